@@ -1,0 +1,30 @@
+"""ssmlab: state space sequence models in one PyTorch API, and a harness that compares them.
+
+Public API (stable names)::
+
+    ssmlab.create_mixer(name, d_model, **options) -> Mixer
+    ssmlab.create_model(mixer, *, head="lm" | "classify", d_model, n_layers, **options)
+    ssmlab.list_mixers(pattern="*"), ssmlab.list_tasks(pattern="*")
+    ssmlab.ops  -- the operations (scans, kernels, HiPPO, ...)
+"""
+
+__version__ = "0.1.0"
+
+from ssmlab import ops, registry
+from ssmlab.mixers import Attention, Mixer
+from ssmlab.models import create_mixer, create_model
+from ssmlab.tasks import create_task
+
+
+def list_mixers(pattern: str = "*") -> list[str]:
+    """Names of the registered mixers matching the glob ``pattern``."""
+    return registry.names("mixer", pattern)
+
+
+def list_tasks(pattern: str = "*") -> list[str]:
+    """Names of the registered tasks matching the glob ``pattern``."""
+    return registry.names("task", pattern)
+
+
+__all__ = ["Attention", "Mixer", "create_mixer", "create_model", "create_task", "list_mixers", "list_tasks",
+           "ops", "registry", "__version__"]

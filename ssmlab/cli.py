@@ -1,0 +1,145 @@
+"""The ``ssmlab`` command: list what is registered, train, run suites, print leaderboards."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from ssmlab import registry
+from ssmlab.registry import UnknownNameError
+
+SUITES = ("quick",)
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _cmd_list(args) -> int:
+    kinds = {"mixers": "mixer", "tasks": "task", "models": "model"}
+    chosen = [args.kind] if args.kind else list(kinds)
+    for plural in chosen:
+        entries = registry.entries(kinds[plural], args.pattern)
+        print(f"{plural} ({len(entries)}):")
+        width = max((len(e.name) for e in entries), default=0)
+        for e in entries:
+            paper = f"  [arXiv {e.paper}]" if e.paper else ""
+            causal = ""
+            if plural == "mixers":
+                causal = "  causal" if e.obj.causal else "  bidirectional"
+            print(f"  {e.name.ljust(width)}  {e.description}{paper}{causal}")
+    return 0
+
+
+def _train_config(args):
+    from ssmlab.train import TrainConfig
+
+    return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, progress=not args.no_progress,
+                       device=args.device)
+
+
+def _cmd_run(args) -> int:
+    from ssmlab.report import format_table, leaderboard
+    from ssmlab.store import ResultStore
+    from ssmlab.train.sweep import execute, quick_suite
+
+    mixers = _csv(args.mixers) if args.mixers else None
+    tasks = _csv(args.tasks) if args.tasks else None
+    for name in mixers or []:
+        registry.get("mixer", name)
+    for name in tasks or []:
+        registry.get("task", name)
+    specs = quick_suite(mixers, tasks, seeds=args.seeds)
+    for spec in specs:
+        spec.d_model, spec.n_layers = args.d_model, args.n_layers
+    config = _train_config(args)
+    started = time.perf_counter()
+    with ResultStore(args.store) as store:
+        print(f"suite {args.suite}: {len(specs)} runs, results in {store.path}", flush=True)
+        for i, spec in enumerate(specs, 1):
+            run_id = execute(spec, config, store, suite=args.suite)
+            row = store.runs(status=None)[-1] if run_id else None
+            acc = row["metrics"]["test_accuracy"] if row else float("nan")
+            print(f"[{i}/{len(specs)}] {spec.mixer} on {spec.task} (seed {spec.seed}): "
+                  f"test accuracy {acc:.3f} in {row['wall_time_s']:.1f}s", flush=True)
+        print(f"\nfinished {len(specs)} runs in {time.perf_counter() - started:.0f}s\n")
+        print(format_table(leaderboard(store, suite=args.suite)))
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from ssmlab.store import ResultStore
+    from ssmlab.train.sweep import QUICK_TASKS, RunSpec, execute
+
+    registry.get("mixer", args.mixer)
+    registry.get("task", args.task)
+    spec = RunSpec(args.mixer, args.task, args.seed, dict(QUICK_TASKS.get(args.task, {})), d_model=args.d_model,
+                   n_layers=args.n_layers)
+    with ResultStore(args.store) as store:
+        run_id = execute(spec, _train_config(args), store, suite="train")
+        run = next(r for r in store.runs() if r["id"] == run_id)
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(run["metrics"].items()))
+    print(f"run {run_id}: {args.mixer} on {args.task}: {metrics} ({run['wall_time_s']:.1f}s, "
+          f"{run['n_params']:,} parameters)")
+    return 0
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=300, help="optimiser steps per run (default 300)")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--d-model", type=int, default=64, help="model width (default 64)")
+    p.add_argument("--n-layers", type=int, default=2, help="number of blocks (default 2)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--store", default=None, help="results database (default ssmlab-results/results.sqlite "
+                                                  "or $SSMLAB_STORE)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssmlab", description="State space sequence models: list, train, compare.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("list", help="list registered mixers, tasks and models")
+    p.add_argument("kind", nargs="?", choices=["mixers", "tasks", "models"], help="only this kind")
+    p.add_argument("--pattern", default="*", help="glob on names (default *)")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("run", help="train a suite of mixers x tasks and print the leaderboard",
+                       description="Train every registered mixer on the suite's tasks, record each run in the "
+                                   "results store and print a leaderboard read back from it.")
+    p.add_argument("suite", nargs="?", default="quick", choices=SUITES, help="suite to run (default quick)")
+    p.add_argument("--mixers", help="comma-separated mixer names (default: all registered)")
+    p.add_argument("--tasks", help="comma-separated task names (default: the suite's tasks)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
+    _add_training_options(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("train", help="train one mixer on one task and record the run")
+    p.add_argument("mixer")
+    p.add_argument("task")
+    p.add_argument("--seed", type=int, default=0)
+    _add_training_options(p)
+    p.set_defaults(func=_cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except UnknownNameError as exc:
+        print(f"ssmlab: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as exc:
+        print(f"ssmlab: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

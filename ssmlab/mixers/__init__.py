@@ -1,0 +1,4 @@
+"""Sequence mixers, one file per family, all following :class:`ssmlab.mixers.base.Mixer`."""
+
+from ssmlab.mixers.base import Mixer, set_optim
+from ssmlab.mixers.attention import Attention

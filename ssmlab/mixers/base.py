@@ -1,0 +1,130 @@
+"""The mixer contract that every sequence mixer in ssmlab follows.
+
+A mixer maps ``(B, L, D) -> (B, L, D)``. Causal mixers also run one position
+at a time with a recurrent state, which is how generation, streaming and
+truncated backpropagation work::
+
+    y = mixer(x)                                      # (B, L, D)
+    y1, s = mixer(x[:, :a], return_state=True)
+    y2 = mixer(x[:, a:], s)                           # == y[:, a:]
+    s = mixer.init_state(B); y_t, s = mixer.step(x[:, t], s)   # == y[:, t]
+
+A state is a ``dict`` of tensors whose first dimension is the batch. The
+conformance suite in ``tests/mixers/test_conformance.py`` checks every
+registered mixer against this contract.
+
+Parameters that need their own optimiser treatment (no weight decay, a lower
+learning rate for A and dt, as in S4 and Mamba) carry an ``_optim`` dict, set
+with :func:`set_optim`; the trainer reads it and has no per-model cases.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+State = dict[str, torch.Tensor]
+
+
+def set_optim(param: nn.Parameter, *, weight_decay: float | None = None, lr: float | None = None) -> nn.Parameter:
+    """Mark ``param`` for special optimiser treatment: its own ``weight_decay`` and/or absolute ``lr``."""
+    hints = {}
+    if weight_decay is not None:
+        hints["weight_decay"] = weight_decay
+    if lr is not None:
+        hints["lr"] = lr
+    param._optim = hints
+    return param
+
+
+class Mixer(nn.Module):
+    """Base class of all sequence mixers: ``(B, L, D) -> (B, L, D)``.
+
+    Subclasses set ``causal`` and implement ``_forward``, ``init_state`` and
+    ``_step``; the public ``forward`` and ``step`` validate their inputs here so
+    that every mixer rejects bad input the same way.
+    """
+
+    causal: bool = True
+    registry_name: str = "mixer"
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        if not isinstance(d_model, int) or d_model < 1:
+            raise ValueError(f"d_model must be a positive int, got {d_model!r}")
+        self.d_model = d_model
+
+    # The contract -------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, state: State | None = None, *, return_state: bool = False):
+        """Mix ``x`` (B, L, D) along L, optionally continuing from ``state``.
+
+        Returns ``y`` (B, L, D), or ``(y, state)`` when ``return_state``.
+        """
+        self._check_input(x, ndim=3)
+        if state is not None:
+            self._check_state(state, x.shape[0])
+        y, new_state = self._forward(x, state, return_state)
+        return (y, new_state) if return_state else y
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """One position: ``x_t`` (B, D) and the state -> ``y_t`` (B, D) and the new state."""
+        self._check_input(x_t, ndim=2)
+        self._check_state(state, x_t.shape[0])
+        return self._step(x_t, state)
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> State:
+        """The state before the first position (zeros, or an empty cache)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement init_state")
+
+    def _forward(self, x: torch.Tensor, state: State | None, return_state: bool):
+        raise NotImplementedError(f"{type(self).__name__} must implement _forward")
+
+    def _step(self, x_t: torch.Tensor, state: State):
+        raise RuntimeError(f"mixer {self.registry_name!r} has no recurrent form and cannot step")
+
+    # Validation ---------------------------------------------------------
+
+    def _check_input(self, x: Any, ndim: int) -> None:
+        expected = "(B, L, D)" if ndim == 3 else "(B, D)"
+        expected = expected.replace("D)", f"D={self.d_model})")
+        name = "x" if ndim == 3 else "x_t"
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{self.registry_name}: {name} must be a tensor of shape {expected}, got {type(x).__name__}")
+        if x.dim() != ndim:
+            raise ValueError(f"{self.registry_name}: {name} must have shape {expected}, got {tuple(x.shape)}")
+        if x.shape[-1] != self.d_model:
+            raise ValueError(f"{self.registry_name}: {name} must have shape {expected}, got {tuple(x.shape)} "
+                             f"(feature size {x.shape[-1]} != d_model {self.d_model})")
+        if not x.is_floating_point():
+            raise ValueError(f"{self.registry_name}: {name} must be floating point of shape {expected}, "
+                             f"got dtype {x.dtype}")
+        if ndim == 3 and x.shape[1] == 0:
+            raise ValueError(f"{self.registry_name}: {name} must have at least one position, got {tuple(x.shape)}")
+
+    def _check_state(self, state: Any, batch_size: int) -> None:
+        """Compare ``state`` with ``init_state(batch_size)``: same keys, same shapes.
+
+        Dimensions listed in ``_state_growing_dims`` (e.g. the length of a KV
+        cache) may differ.
+        """
+        if not isinstance(state, dict):
+            raise ValueError(f"{self.registry_name}: state must be a dict from init_state(), got {type(state).__name__}")
+        ref = self.init_state(batch_size, device="meta")
+        if set(state) != set(ref):
+            raise ValueError(f"{self.registry_name}: state keys {sorted(state)} != expected {sorted(ref)}")
+        growing = getattr(self, "_state_growing_dims", {})
+        for key, want in ref.items():
+            got = state[key]
+            if not isinstance(got, torch.Tensor) or got.dim() != want.dim():
+                raise ValueError(f"{self.registry_name}: state[{key!r}] must have shape {tuple(want.shape)}, "
+                                 f"got {getattr(got, 'shape', type(got).__name__)}")
+            for i, (a, b) in enumerate(zip(got.shape, want.shape)):
+                if a != b and i not in growing.get(key, ()):
+                    raise ValueError(f"{self.registry_name}: state[{key!r}] must have shape {tuple(want.shape)} "
+                                     f"for batch size {batch_size}, got {tuple(got.shape)}")
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, causal={self.causal}"

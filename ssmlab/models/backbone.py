@@ -1,0 +1,101 @@
+"""The backbone shared by every model: a stack of pre-norm residual blocks.
+
+Each block is ``x + mixer(norm(x))``, then optionally ``x + mlp(norm(x))``,
+the layout used by Mamba (arXiv 2312.00752) and by pre-norm transformers.
+The backbone steps one position at a time when all its mixers are causal.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ssmlab import registry
+from ssmlab.layers import GatedMLP, RMSNorm
+from ssmlab.mixers.base import Mixer
+
+
+def create_mixer(name: str, d_model: int, **options) -> Mixer:
+    """Build the registered mixer ``name`` with width ``d_model`` and its own ``options``."""
+    cls = registry.get("mixer", name).obj
+    try:
+        return cls(d_model, **options)
+    except TypeError as exc:
+        raise ValueError(f"mixer {name!r}: bad options {sorted(options)}: {exc}") from exc
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: ``x + mixer(norm1(x))`` and optionally ``+ mlp(norm2(x))``."""
+
+    def __init__(self, mixer: Mixer, d_model: int, *, mlp: bool, mlp_hidden: int | None, norm_eps: float,
+                 device=None, dtype=None):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.norm1 = RMSNorm(d_model, norm_eps, **factory)
+        self.mixer = mixer
+        self.norm2 = RMSNorm(d_model, norm_eps, **factory) if mlp else None
+        self.mlp = GatedMLP(d_model, mlp_hidden, **factory) if mlp else None
+
+    def forward(self, x, state=None, return_state=False):
+        y, state = self.mixer(self.norm1(x), state, return_state=True) if return_state else \
+            (self.mixer(self.norm1(x), state), None)
+        x = x + y
+        if self.mlp is not None:
+            x = x + self.mlp(self.norm2(x))
+        return x, state
+
+    def step(self, x_t, state):
+        y, state = self.mixer.step(self.norm1(x_t), state)
+        x_t = x_t + y
+        if self.mlp is not None:
+            x_t = x_t + self.mlp(self.norm2(x_t))
+        return x_t, state
+
+
+class Backbone(nn.Module):
+    """``n_layers`` blocks of one mixer type and a final norm: ``(B, L, D) -> (B, L, D)``.
+
+    Args:
+        mixer: registered mixer name.
+        d_model: width D.
+        n_layers: number of blocks.
+        mlp: add a gated MLP after each mixer (default True).
+        mlp_hidden: hidden width of the MLP (default 8/3 D).
+        mixer_options: keyword options passed to every mixer.
+        norm_eps: RMSNorm epsilon (default 1e-5).
+    """
+
+    def __init__(self, mixer: str, d_model: int, n_layers: int, *, mlp: bool = True, mlp_hidden: int | None = None,
+                 mixer_options: dict | None = None, norm_eps: float = 1e-5, device=None, dtype=None):
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be at least 1, got {n_layers}")
+        factory = {"device": device, "dtype": dtype}
+        self.mixer_name = mixer
+        self.layers = nn.ModuleList(
+            Block(create_mixer(mixer, d_model, **(mixer_options or {}), **factory), d_model, mlp=mlp,
+                  mlp_hidden=mlp_hidden, norm_eps=norm_eps, **factory)
+            for _ in range(n_layers)
+        )
+        self.norm_f = RMSNorm(d_model, norm_eps, **factory)
+
+    @property
+    def causal(self) -> bool:
+        return all(layer.mixer.causal for layer in self.layers)
+
+    def forward(self, x, states=None, return_state=False):
+        new_states = []
+        for i, layer in enumerate(self.layers):
+            x, s = layer(x, None if states is None else states[i], return_state)
+            new_states.append(s)
+        return self.norm_f(x), (new_states if return_state else None)
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        return [layer.mixer.init_state(batch_size, device=device, dtype=dtype) for layer in self.layers]
+
+    def step(self, x_t, states):
+        new_states = []
+        for layer, s in zip(self.layers, states):
+            x_t, s = layer.step(x_t, s)
+            new_states.append(s)
+        return self.norm_f(x_t), new_states

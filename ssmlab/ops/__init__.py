@@ -1,0 +1,8 @@
+"""Pure functions (no parameters, no nn.Module) that every model stands on.
+
+Each op has one ``(B, L, ...)`` layout, takes ``initial_state=None`` and
+``return_final_state=False``, has a plain reference implementation that is the
+specification, and fast backends chosen as described in :mod:`ssmlab.ops._dispatch`.
+"""
+
+from ssmlab.ops._dispatch import BackendUnavailableError, Op

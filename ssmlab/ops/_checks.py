@@ -1,0 +1,35 @@
+"""Input validation shared by the ops: every bad input is a ValueError that says what was expected."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def _fmt(shape: Sequence) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def check_tensor(name: str, t: torch.Tensor, expected: Sequence, *, allow_complex: bool = True,
+                 allow_integer: bool = False) -> None:
+    """Check ``t`` against ``expected``: a sequence whose items are ints (exact size) or
+    strings (symbolic names, any size). Raises ``ValueError`` naming the expected shape."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape {_fmt(expected)}, got {type(t).__name__}")
+    if t.dim() != len(expected):
+        raise ValueError(f"{name} must have shape {_fmt(expected)} ({len(expected)} dims), "
+                         f"got shape {tuple(t.shape)} ({t.dim()} dims)")
+    for i, (want, got) in enumerate(zip(expected, t.shape)):
+        if isinstance(want, int) and want != got:
+            raise ValueError(f"{name} must have shape {_fmt(expected)}, got {tuple(t.shape)} "
+                             f"(dim {i} is {got}, expected {want})")
+    if not allow_integer and not (t.is_floating_point() or t.is_complex()):
+        raise ValueError(f"{name} must be a floating point tensor, got dtype {t.dtype}")
+    if not allow_complex and t.is_complex():
+        raise ValueError(f"{name} must be real, got complex dtype {t.dtype}")
+
+
+def check_same(name_a: str, a: int, name_b: str, b: int, what: str = "size") -> None:
+    if a != b:
+        raise ValueError(f"{what} mismatch: {name_a} is {a} but {name_b} is {b}")

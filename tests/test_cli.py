@@ -1,0 +1,41 @@
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from ssmlab.cli import main
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "attention" in out and "1706.03762" in out and "mqar" in out
+
+
+def test_unknown_mixer_is_an_error(capsys, tmp_path):
+    assert main(["run", "--mixers", "atention", "--store", str(tmp_path / "r.sqlite")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown mixer 'atention'" in err and "Did you mean attention" in err
+
+
+def test_help_exits_zero():
+    proc = subprocess.run([sys.executable, "-m", "ssmlab.cli", "run", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "--mixers" in proc.stdout
+
+
+def test_bad_argument_exits_nonzero():
+    proc = subprocess.run([sys.executable, "-m", "ssmlab.cli", "run", "--steps", "many"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "invalid int value" in proc.stderr
+
+
+def test_run_writes_store_and_prints_leaderboard(capsys, tmp_path):
+    db = tmp_path / "r.sqlite"
+    assert main(["run", "--mixers", "attention", "--steps", "3", "--d-model", "16", "--n-layers", "1",
+                 "--store", str(db), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "mqar" in out and "selective-copying" in out and "attention" in out
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT model, task, status FROM runs").fetchall()
+    assert sorted(rows) == [("attention", "mqar", "finished"), ("attention", "selective-copying", "finished")]

@@ -1,0 +1,29 @@
+"""Shared test helpers: a named closeness check that reports the largest difference."""
+
+from __future__ import annotations
+
+import torch
+
+LENGTHS = (1, 2, 63, 64, 65, 1000)
+
+
+def max_abs_diff(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return (actual.detach() - expected.detach()).abs().max().item() if actual.numel() else 0.0
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, atol: float, rtol: float = 0.0,
+                 name: str = "value") -> None:
+    """Assert ``|actual - expected| <= atol + rtol * |expected|`` elementwise; the failure
+    message names the quantity and prints the largest absolute and relative difference."""
+    actual = torch.as_tensor(actual)
+    expected = torch.as_tensor(expected).to(actual.dtype) if not actual.is_complex() else torch.as_tensor(expected)
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
+    diff = (actual.detach() - expected.detach()).abs()
+    bound = atol + rtol * expected.detach().abs()
+    if diff.numel() and not bool((diff <= bound).all()):
+        worst = diff.max().item()
+        rel = (diff / expected.detach().abs().clamp_min(1e-30)).max().item()
+        idx = tuple(int(i) for i in torch.nonzero(diff > bound)[0])
+        raise AssertionError(f"{name}: max abs diff {worst:.3e}, max rel diff {rel:.3e} "
+                             f"(atol={atol:g}, rtol={rtol:g}); first failure at index {idx}")
