@@ -72,6 +72,55 @@ class LanguageModel(nn.Module):
         h, states = self.backbone.step(self.encoder(token_ids), states)
         return self.lm_head(h), states
 
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Continue ``input_ids`` (B, L) by ``max_new_tokens`` tokens; returns (B, L + max_new_tokens).
+
+        The prompt is consumed in one parallel forward (prefill), then each new token
+        costs one recurrent ``step`` (a KV cache for attention). ``temperature=0`` is
+        greedy decoding; otherwise tokens are sampled from the softmax at that
+        temperature, restricted to the ``top_k`` most likely tokens and to the smallest
+        set whose probability reaches ``top_p`` (nucleus sampling, arXiv 1904.09751).
+        """
+        if not self.backbone.causal:
+            raise ValueError("generate needs a causal model; this one has a bidirectional mixer")
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be non-negative, got {max_new_tokens}")
+        if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
+            raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 1; got {temperature}, {top_p}, {top_k}")
+        was_training = self.training
+        self.eval()
+        logits, states = self(input_ids, return_state=True)
+        logits = logits[:, -1]
+        out = [input_ids]
+        for i in range(max_new_tokens):
+            token = sample_token(logits, temperature, top_k, top_p, generator)
+            out.append(token[:, None])
+            if i + 1 < max_new_tokens:
+                logits, states = self.step(token, states)
+        self.train(was_training)
+        return torch.cat(out, dim=1)
+
+
+def sample_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick one token per row of ``logits`` (B, V): greedy at temperature 0, else top-k / top-p sampling."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # Drop a token when the tokens ranked above it already reach top_p.
+        drop = probs.cumsum(-1) - probs >= top_p
+        logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
 
 @register("model", "classify", description="Sequence classifier: encoder, backbone, pooling, linear head")
 class SequenceClassifier(nn.Module):

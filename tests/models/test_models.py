@@ -10,7 +10,9 @@ CAUSAL_MIXERS = [n for n in ssmlab.list_mixers() if ssmlab.registry.get("mixer",
 @pytest.mark.parametrize("mixer", CAUSAL_MIXERS)
 def test_lm_step_matches_forward(mixer):
     torch.manual_seed(0)
-    model = ssmlab.create_model(mixer, head="lm", d_model=16, n_layers=2, vocab_size=11, dtype=torch.float64)
+    options = ssmlab.registry.get("mixer", mixer).extra.get("variants", [{}])[0]
+    model = ssmlab.create_model(mixer, head="lm", d_model=16, n_layers=2, vocab_size=11, dtype=torch.float64,
+                                mixer_options=options)
     ids = torch.randint(0, 11, (2, 7))
     logits = model(ids)
     assert logits.shape == (2, 7, 11)
