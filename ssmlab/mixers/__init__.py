@@ -2,3 +2,4 @@
 
 from ssmlab.mixers.base import Mixer, set_optim
 from ssmlab.mixers.attention import Attention
+from ssmlab.mixers.s4d import S4D

@@ -6,3 +6,4 @@ specification, and fast backends chosen as described in :mod:`ssmlab.ops._dispat
 """
 
 from ssmlab.ops._dispatch import BackendUnavailableError, Op
+from ssmlab.ops.fftconv import fft_conv

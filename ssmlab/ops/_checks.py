@@ -8,7 +8,7 @@ import torch
 
 
 def _fmt(shape: Sequence) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ")"
+    return str(tuple(shape)).replace("'", "")
 
 
 def check_tensor(name: str, t: torch.Tensor, expected: Sequence, *, allow_complex: bool = True,

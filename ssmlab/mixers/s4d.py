@@ -1,0 +1,127 @@
+"""S4D: the diagonal structured state space layer (arXiv 2206.11893).
+
+Each of the D channels is an independent single-input single-output SSM with
+a diagonal complex state matrix of N/2 conjugate pairs, discretised by
+zero-order hold. Forward computes the length-L convolution kernel in
+Vandermonde form and applies it with an FFT; step runs the recurrence.
+Both are followed by GELU and a GLU output projection, as in the S4D code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssmlab.mixers.base import Mixer, State, set_optim
+from ssmlab.ops import fft_conv
+from ssmlab.registry import register
+
+INITS = ("lin", "inv")
+
+
+def s4d_init(init: str, d_model: int, half_state: int, *, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real and imaginary parts (D, N/2) of S4D's diagonal A, in float64.
+
+    ``lin`` (S4D-Lin): ``A_n = -1/2 + i pi n``;
+    ``inv`` (S4D-Inv): ``A_n = -1/2 + i (N / pi) (N / (2n + 1) - 1)``, both from arXiv 2206.11893.
+    """
+    n = torch.arange(half_state, device=device, dtype=torch.float64)
+    real = torch.full((d_model, half_state), -0.5, device=device, dtype=torch.float64)
+    if init == "lin":
+        imag = math.pi * n
+    elif init == "inv":
+        big_n = 2 * half_state
+        imag = big_n / math.pi * (big_n / (2 * n + 1) - 1)
+    else:
+        raise ValueError(f"s4d: unknown init {init!r}; expected one of {INITS}")
+    return real, imag.expand(d_model, half_state).clone()
+
+
+@register("mixer", "s4d", description="Diagonal SSM (S4D), FFT convolution forward, recurrent step",
+          paper="2206.11893", variants=[{}, {"init": "inv", "d_state": 8}])
+class S4D(Mixer):
+    """S4D layer (Gu, Gupta, Goel, Re; arXiv 2206.11893).
+
+    Args:
+        d_model: channels D (each its own SSM).
+        d_state: state size N per channel, stored as N/2 complex conjugate pairs (64).
+        init: ``"lin"`` (S4D-Lin, default) or ``"inv"`` (S4D-Inv).
+        dt_min, dt_max: the step is initialised log-uniform in [0.001, 0.1].
+        lr: learning rate for log_dt and A (0.001; ``None`` uses the trainer's); these get no weight decay.
+        dropout: dropout after the activation (0.0).
+
+    Discretisation is zero-order hold, ``A_bar = exp(dt A)``,
+    ``B_bar = (exp(dt A) - 1) / A`` (B is fixed to ones and absorbed into C, as in the
+    S4D code); the kernel is ``K[l] = 2 Re(sum_n C_n B_bar_n A_bar_n^l)``. The layer
+    output is ``GLU(W (GELU(K * u + D u)))``.
+
+    State: ``{"ssm": (B, D, N/2)}`` complex, the SSM state after the last position.
+    """
+
+    causal = True
+
+    def __init__(self, d_model: int, d_state: int = 64, *, init: str = "lin", dt_min: float = 0.001,
+                 dt_max: float = 0.1, lr: float | None = 0.001, dropout: float = 0.0, device=None, dtype=None):
+        super().__init__(d_model)
+        if d_state < 2 or d_state % 2:
+            raise ValueError(f"s4d: d_state must be an even number >= 2, got {d_state}")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"s4d: need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
+        factory = {"device": device, "dtype": dtype}
+        dtype = dtype or torch.get_default_dtype()
+        self.d_state, self.init = d_state, init
+        half = d_state // 2
+        real, imag = s4d_init(init, d_model, half, device=device)
+        log_dt = torch.rand(d_model, device=device, dtype=torch.float64) * (math.log(dt_max) - math.log(dt_min)) \
+            + math.log(dt_min)
+        self.log_dt = set_optim(nn.Parameter(log_dt.to(dtype)), weight_decay=0.0, lr=lr)
+        self.log_A_real = set_optim(nn.Parameter(torch.log(-real).to(dtype)), weight_decay=0.0, lr=lr)
+        self.A_imag = set_optim(nn.Parameter(imag.to(dtype)), weight_decay=0.0, lr=lr)
+        c = torch.randn(d_model, half, 2, device=device, dtype=torch.float64) * math.sqrt(0.5)
+        self.C = nn.Parameter(c.to(dtype))  # real view of complex (D, N/2)
+        self.D = nn.Parameter(torch.randn(d_model, **factory))
+        self.dropout = nn.Dropout(dropout)
+        self.output_linear = nn.Linear(d_model, 2 * d_model, **factory)
+
+    def _discrete(self):
+        """ZOH discretisation: ``dt A``, ``B_bar = (exp(dt A) - 1) / A`` and ``C``, each (D, N/2) complex."""
+        a = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
+        dta = a * torch.exp(self.log_dt)[:, None]
+        return dta, torch.expm1(dta) / a, torch.view_as_complex(self.C.contiguous())
+
+    def _output(self, y: torch.Tensor) -> torch.Tensor:
+        return F.glu(self.output_linear(self.dropout(F.gelu(y))), dim=-1)
+
+    def _forward(self, x, state, return_state):
+        length = x.shape[1]
+        dta, b_bar, c = self._discrete()
+        # Vandermonde powers A_bar^l = exp(l dt A) for l = 0 .. L.
+        powers = torch.exp(dta[..., None] * torch.arange(length + 1, device=x.device))  # (D, N/2, L+1)
+        kernel = 2 * torch.einsum("dn,dnl->dl", c * b_bar, powers[..., :length]).real  # (D, L)
+        y = fft_conv(x, kernel.to(x.dtype), D=self.D)
+        h0 = None if state is None else state["ssm"]
+        if h0 is not None:
+            # Free response of the initial state: 2 Re(C A_bar^(t+1) h0).
+            y = y + 2 * torch.einsum("dn,bdn,dnl->bld", c, h0, powers[..., 1:]).real.to(x.dtype)
+        new_state = None
+        if return_state:
+            # h_(L-1) = A_bar^L h0 + sum_s A_bar^(L-1-s) B_bar u_s.
+            weights = powers[..., :length].flip(-1) * b_bar[..., None]  # (D, N/2, L)
+            h = torch.einsum("bld,dnl->bdn", x.to(weights.dtype), weights)
+            new_state = {"ssm": h if h0 is None else h + powers[..., length] * h0}
+        return self._output(y), new_state
+
+    def _step(self, x_t, state):
+        dta, b_bar, c = self._discrete()
+        h = torch.exp(dta) * state["ssm"] + b_bar * x_t[..., None]  # (B, D, N/2)
+        y = 2 * torch.einsum("dn,bdn->bd", c, h).real.to(x_t.dtype) + self.D * x_t
+        return self._output(y), {"ssm": h}
+
+    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
+        device = device if device is not None else self.D.device
+        dtype = dtype or self.D.dtype
+        complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        return {"ssm": torch.zeros(batch_size, self.d_model, self.d_state // 2, device=device, dtype=complex_dtype)}
