@@ -3,3 +3,5 @@
 from ssmlab.mixers.base import Mixer, set_optim
 from ssmlab.mixers.attention import Attention
 from ssmlab.mixers.s4d import S4D
+from ssmlab.mixers.mamba import Mamba
+from ssmlab.mixers.mamba2 import Mamba2

@@ -7,3 +7,6 @@ specification, and fast backends chosen as described in :mod:`ssmlab.ops._dispat
 
 from ssmlab.ops._dispatch import BackendUnavailableError, Op
 from ssmlab.ops.fftconv import fft_conv
+from ssmlab.ops.scan import linear_scan
+from ssmlab.ops.selective_scan import selective_scan, selective_scan_step
+from ssmlab.ops.ssd import ssd, ssd_step

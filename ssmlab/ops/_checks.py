@@ -33,3 +33,11 @@ def check_tensor(name: str, t: torch.Tensor, expected: Sequence, *, allow_comple
 def check_same(name_a: str, a: int, name_b: str, b: int, what: str = "size") -> None:
     if a != b:
         raise ValueError(f"{what} mismatch: {name_a} is {a} but {name_b} is {b}")
+
+
+def check_sequence(name: str, t: torch.Tensor, *, allow_complex: bool = True) -> None:
+    """``t`` must be a floating or complex tensor of shape (B, L, ...)."""
+    if not isinstance(t, torch.Tensor) or t.dim() < 2:
+        got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        raise ValueError(f"{name} must have shape (B, L, ...), got {got}")
+    check_tensor(name, t, ("B", "L") + ("...",) * (t.dim() - 2), allow_complex=allow_complex)

@@ -1,0 +1,133 @@
+"""Mamba: the selective state space block (arXiv 2312.00752).
+
+``x -> in_proj -> (x, z)``; ``x -> causal depthwise conv -> SiLU -> selective
+scan (S6)`` whose step ``dt``, input matrix ``B`` and output matrix ``C``
+depend on the input; the result is gated by ``SiLU(z)`` and projected back.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ssmlab.mixers.base import Mixer, State, set_optim
+from ssmlab.ops import selective_scan, selective_scan_step
+from ssmlab.registry import register
+
+
+def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
+    """``y`` with ``softplus(y) == x`` for ``x > 0``."""
+    return x + torch.log(-torch.expm1(-x))
+
+
+def init_dt_bias(size: int, dt_min: float, dt_max: float, dt_init_floor: float, *, device=None,
+                 dtype=None) -> torch.Tensor:
+    """Bias whose softplus is log-uniform in [dt_min, dt_max] (Mamba's dt initialisation, arXiv 2312.00752)."""
+    if not 0 < dt_min <= dt_max:
+        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+    u = torch.rand(size, device=device, dtype=torch.float64)
+    dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
+    return inverse_softplus(dt).to(dtype or torch.get_default_dtype())
+
+
+def causal_conv_with_state(x: torch.Tensor, conv: nn.Conv1d, conv_state: torch.Tensor | None):
+    """Depthwise causal convolution over (B, L, C) continuing from the last ``k - 1`` inputs.
+
+    ``conv_state`` (B, C, k - 1) holds the inputs before this segment (zeros at the start).
+    Returns the output (B, L, C) and the new state (B, C, k - 1).
+    """
+    width = conv.kernel_size[0]
+    xt = rearrange(x, "b l c -> b c l")
+    if conv_state is None:
+        conv_state = xt.new_zeros(xt.shape[0], xt.shape[1], width - 1)
+    full = torch.cat([conv_state.to(xt.dtype), xt], dim=-1)  # (B, C, k - 1 + L)
+    y = F.conv1d(full, conv.weight, conv.bias, groups=conv.groups)  # (B, C, L)
+    return rearrange(y, "b c l -> b l c"), full[..., full.shape[-1] - (width - 1):]
+
+
+@register("mixer", "mamba", description="Mamba selective SSM block (S6 scan, conv, gate)", paper="2312.00752",
+          variants=[{}, {"d_state": 4, "expand": 1, "d_conv": 2, "dt_rank": 3}])
+class Mamba(Mixer):
+    """The Mamba block (Gu and Dao, arXiv 2312.00752).
+
+    Args (defaults as in the paper's code):
+        d_model: width D.
+        d_state: SSM state size N per channel (16).
+        d_conv: width of the causal depthwise convolution (4).
+        expand: inner width E*D (2).
+        dt_rank: rank of the dt projection; ``None`` means ``ceil(D / 16)``.
+        dt_min, dt_max: range of the log-uniform initial step (0.001, 0.1); dt_init_floor (1e-4).
+        dt_scale: scale of the dt projection's weight init (1.0).
+        conv_bias (True), bias (False): biases of the convolution and of the in/out projections.
+        lr: learning rate for A_log and D, which also get no weight decay (``None``: the trainer's).
+
+    A is initialised to S4D-Real, ``A[d, n] = -(n + 1)`` (arXiv 2206.11893), stored as
+    ``A_log``; D to ones. dt_proj's bias is initialised so that ``softplus(bias)`` is
+    log-uniform in ``[dt_min, dt_max]``.
+
+    State: ``{"conv": (B, E*D, d_conv - 1), "ssm": (B, E*D, N)}``: the last inputs of
+    the convolution and the SSM state.
+    """
+
+    causal = True
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | None = None,
+                 *, dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4, dt_scale: float = 1.0,
+                 conv_bias: bool = True, bias: bool = False, lr: float | None = None, backend: str | None = None,
+                 device=None, dtype=None):
+        super().__init__(d_model)
+        if d_state < 1 or d_conv < 1 or expand < 1:
+            raise ValueError(f"mamba: d_state, d_conv and expand must be positive, got {d_state}, {d_conv}, {expand}")
+        factory = {"device": device, "dtype": dtype}
+        self.d_state, self.d_conv = d_state, d_conv
+        self.d_inner = expand * d_model
+        self.dt_rank = dt_rank or math.ceil(d_model / 16)
+        self.backend = backend
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, bias=conv_bias, **factory)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+        with torch.no_grad():
+            std = self.dt_rank ** -0.5 * dt_scale
+            self.dt_proj.weight.uniform_(-std, std)
+            self.dt_proj.bias.copy_(init_dt_bias(self.d_inner, dt_min, dt_max, dt_init_floor, **factory))
+        a = torch.arange(1, d_state + 1, device=device, dtype=torch.float64).repeat(self.d_inner, 1)
+        self.A_log = set_optim(nn.Parameter(torch.log(a).to(dtype or torch.get_default_dtype())),
+                               weight_decay=0.0, lr=lr)
+        self.D = set_optim(nn.Parameter(torch.ones(self.d_inner, **factory)), weight_decay=0.0, lr=lr)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+    def _ssm_inputs(self, x: torch.Tensor):
+        dt, b, c = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return dt @ self.dt_proj.weight.T, b, c  # (..., E*D), (..., N), (..., N)
+
+    def _forward(self, x, state, return_state):
+        xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E*D) each
+        xs, conv_state = causal_conv_with_state(xs, self.conv1d, None if state is None else state["conv"])
+        xs = F.silu(xs)
+        dt, b, c = self._ssm_inputs(xs)
+        y, ssm_state = selective_scan(xs, dt, -torch.exp(self.A_log), b, c, D=self.D, z=z,
+                                      delta_bias=self.dt_proj.bias, delta_softplus=True,
+                                      initial_state=None if state is None else state["ssm"],
+                                      return_final_state=True, backend=self.backend)
+        out = self.out_proj(y)
+        return out, ({"conv": conv_state, "ssm": ssm_state} if return_state else None)
+
+    def _step(self, x_t, state):
+        xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E*D)
+        xs, conv_state = causal_conv_with_state(xs[:, None], self.conv1d, state["conv"])
+        xs = F.silu(xs[:, 0])
+        dt, b, c = self._ssm_inputs(xs)
+        y, ssm_state = selective_scan_step(xs, dt, -torch.exp(self.A_log), b, c, state["ssm"], D=self.D, z=z,
+                                           delta_bias=self.dt_proj.bias, delta_softplus=True)
+        return self.out_proj(y), {"conv": conv_state, "ssm": ssm_state}
+
+    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
+        device = device if device is not None else self.D.device
+        dtype = dtype or self.D.dtype
+        return {"conv": torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
+                "ssm": torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype)}

@@ -1,0 +1,112 @@
+"""Mamba-2: the SSD block (arXiv 2405.21060).
+
+One input projection produces the gate ``z``, the convolved stream ``xBC``
+(``x`` and the grouped ``B``, ``C``) and the per-head step ``dt``; the SSD
+scan (scalar-times-identity A per head) mixes along the sequence; a gated
+RMSNorm ``norm(y * SiLU(z))`` and an output projection follow.
+"""
+
+from __future__ import annotations
+
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ssmlab.layers import RMSNorm
+from ssmlab.mixers.base import Mixer, State, set_optim
+from ssmlab.mixers.mamba import causal_conv_with_state, init_dt_bias
+from ssmlab.ops import ssd, ssd_step
+from ssmlab.registry import register
+
+
+@register("mixer", "mamba2", description="Mamba-2 block (SSD with heads and groups, gated RMSNorm)",
+          paper="2405.21060",
+          variants=[{"headdim": 8, "d_state": 8, "chunk_size": 4},
+                    {"headdim": 4, "d_state": 4, "ngroups": 2, "chunk_size": 3, "d_conv": 2}])
+class Mamba2(Mixer):
+    """The Mamba-2 block (Dao and Gu, arXiv 2405.21060).
+
+    Args (defaults as in the paper's code):
+        d_model: width D.
+        d_state: state size N per head (128).
+        d_conv: width of the causal depthwise convolution over x, B, C (4).
+        expand: inner width E*D (2).
+        headdim: head size P (64); the number of heads is ``E*D / P``.
+        ngroups: groups G of B and C shared by ``H / G`` heads each (1).
+        chunk_size: chunk length of the SSD algorithm (256).
+        dt_min, dt_max, dt_init_floor: initial step log-uniform in [0.001, 0.1], floor 1e-4.
+        A_init_range: A = -a with a uniform in this range (1, 16).
+        norm_eps: epsilon of the gated RMSNorm (1e-5).
+        conv_bias (True), bias (False); lr: learning rate for A_log, dt_bias and D (no weight decay).
+
+    State: ``{"conv": (B, E*D + 2*G*N, d_conv - 1), "ssm": (B, H, P, N)}``.
+    """
+
+    causal = True
+
+    def __init__(self, d_model: int, d_state: int = 128, d_conv: int = 4, expand: int = 2, headdim: int = 64,
+                 ngroups: int = 1, chunk_size: int = 256, *, dt_min: float = 0.001, dt_max: float = 0.1,
+                 dt_init_floor: float = 1e-4, A_init_range: tuple[float, float] = (1.0, 16.0), norm_eps: float = 1e-5,
+                 conv_bias: bool = True, bias: bool = False, lr: float | None = None, backend: str | None = None,
+                 device=None, dtype=None):
+        super().__init__(d_model)
+        factory = {"device": device, "dtype": dtype}
+        self.d_inner = expand * d_model
+        if self.d_inner % headdim:
+            raise ValueError(f"mamba2: expand * d_model = {self.d_inner} must be divisible by headdim={headdim}")
+        self.nheads = self.d_inner // headdim
+        if self.nheads % ngroups:
+            raise ValueError(f"mamba2: the number of heads {self.nheads} must be divisible by ngroups={ngroups}")
+        if not 0 < A_init_range[0] <= A_init_range[1]:
+            raise ValueError(f"mamba2: A_init_range must be positive and ordered, got {A_init_range}")
+        self.d_state, self.d_conv, self.headdim, self.ngroups = d_state, d_conv, headdim, ngroups
+        self.chunk_size, self.backend = chunk_size, backend
+        self.conv_dim = self.d_inner + 2 * ngroups * d_state
+        self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.nheads, bias=bias, **factory)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, bias=conv_bias, **factory)
+        self.dt_bias = set_optim(nn.Parameter(init_dt_bias(self.nheads, dt_min, dt_max, dt_init_floor, **factory)),
+                                 weight_decay=0.0, lr=lr)
+        a = torch.empty(self.nheads, device=device, dtype=torch.float64).uniform_(*A_init_range)
+        self.A_log = set_optim(nn.Parameter(torch.log(a).to(dtype or torch.get_default_dtype())),
+                               weight_decay=0.0, lr=lr)
+        self.D = set_optim(nn.Parameter(torch.ones(self.nheads, **factory)), weight_decay=0.0, lr=lr)
+        self.norm = RMSNorm(self.d_inner, norm_eps, **factory)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+    def _split(self, zxbcdt: torch.Tensor):
+        return torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.nheads], dim=-1)
+
+    def _heads(self, xbc: torch.Tensor):
+        x, b, c = torch.split(xbc, [self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+        x = rearrange(x, "... (h p) -> ... h p", p=self.headdim)
+        b = rearrange(b, "... (g n) -> ... g n", g=self.ngroups)
+        c = rearrange(c, "... (g n) -> ... g n", g=self.ngroups)
+        return x, b, c
+
+    def _forward(self, x, state, return_state):
+        z, xbc, dt = self._split(self.in_proj(x))
+        xbc, conv_state = causal_conv_with_state(xbc, self.conv1d, None if state is None else state["conv"])
+        xh, b, c = self._heads(F.silu(xbc))  # (B, L, H, P), (B, L, G, N), (B, L, G, N)
+        dt = F.softplus(dt + self.dt_bias)  # (B, L, H)
+        y, ssm_state = ssd(xh, dt, -torch.exp(self.A_log), b, c, chunk_size=self.chunk_size, D=self.D,
+                           initial_state=None if state is None else state["ssm"], return_final_state=True,
+                           backend=self.backend)
+        y = self.norm(rearrange(y, "b l h p -> b l (h p)") * F.silu(z))
+        return self.out_proj(y), ({"conv": conv_state, "ssm": ssm_state} if return_state else None)
+
+    def _step(self, x_t, state):
+        z, xbc, dt = self._split(self.in_proj(x_t))
+        xbc, conv_state = causal_conv_with_state(xbc[:, None], self.conv1d, state["conv"])
+        xh, b, c = self._heads(F.silu(xbc[:, 0]))  # (B, H, P), (B, G, N), (B, G, N)
+        dt = F.softplus(dt + self.dt_bias)  # (B, H)
+        y, ssm_state = ssd_step(xh, dt, -torch.exp(self.A_log), b, c, state["ssm"], D=self.D)
+        y = self.norm(rearrange(y, "b h p -> b (h p)") * F.silu(z))
+        return self.out_proj(y), {"conv": conv_state, "ssm": ssm_state}
+
+    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
+        device = device if device is not None else self.D.device
+        dtype = dtype or self.D.dtype
+        return {"conv": torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype),
+                "ssm": torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device, dtype=dtype)}

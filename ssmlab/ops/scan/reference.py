@@ -1,0 +1,18 @@
+"""Sequential loop: the specification of ``linear_scan``."""
+
+from __future__ import annotations
+
+import torch
+
+from ssmlab.ops.scan import linear_scan_op
+
+
+@linear_scan_op.register("reference", priority=0)
+def linear_scan_reference(a, b, initial_state=None):
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    h = torch.zeros_like(b[:, 0], dtype=dtype) if initial_state is None else initial_state.to(dtype)
+    out = []
+    for t in range(b.shape[1]):
+        h = a[:, t] * h + b[:, t]
+        out.append(h)
+    return torch.stack(out, dim=1)

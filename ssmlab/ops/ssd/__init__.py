@@ -1,0 +1,70 @@
+"""Structured state space duality (SSD), the sequence mixer of Mamba-2 (arXiv 2405.21060).
+
+Each head h has a scalar decay ``A[h] < 0`` (A is a scalar times the identity) and
+a state (P, N); heads share B and C within groups, head h reading group
+``g(h) = h // (H / G)``::
+
+    h_t = exp(dt_t[h] A[h]) h_{t-1} + dt_t[h] x_t[h] B_t[g(h)]^T     (P, N)
+    y_t[h] = h_t C_t[g(h)] + D[h] x_t[h]
+
+Shapes: x (B, L, H, P); dt (B, L, H), already positive (softplus and bias are the
+mixer's business); A (H,); B, C (B, L, G, N); D (H,) or (H, P); state (B, H, P, N).
+
+Backends, all computing the same function:
+
+* ``reference``: the recurrence, one position at a time (the specification);
+* ``quadratic``: the attention-like form ``y = (L o C B^T) (dt x)`` with the
+  1-semiseparable decay mask ``L[t, s] = exp(sum_{s<r<=t} dt_r A)``, O(L^2);
+* ``chunked`` (default): Mamba-2's block decomposition: the quadratic form inside
+  chunks of ``chunk_size`` positions, chunk states passed by the recurrence between
+  chunks; any chunk size and any L.
+"""
+
+from __future__ import annotations
+
+from ssmlab.ops._checks import check_tensor
+from ssmlab.ops._dispatch import Op
+
+ssd_op = Op("ssd")
+
+
+def check_inputs(x, dt, A, B, C, D=None, initial_state=None, *, step=False):
+    seq = () if step else ("L",)
+    check_tensor("x", x, ("B",) + seq + ("H", "P"), allow_complex=False)
+    batch, heads, head_dim = x.shape[0], x.shape[-2], x.shape[-1]
+    if not step and x.shape[1] == 0:
+        raise ValueError("ssd needs at least one position (L >= 1)")
+    lead = (batch,) + (() if step else (x.shape[1],))
+    check_tensor("dt", dt, lead + (heads,), allow_complex=False)
+    check_tensor("A", A, (heads,), allow_complex=False)
+    check_tensor("B", B, lead + ("G", "N"), allow_complex=False)
+    groups, n_state = B.shape[-2], B.shape[-1]
+    check_tensor("C", C, lead + (groups, n_state), allow_complex=False)
+    if heads % groups:
+        raise ValueError(f"B and C have {groups} groups, which does not divide the {heads} heads")
+    if D is not None:
+        check_tensor("D", D, (heads,) if D.dim() == 1 else (heads, head_dim), allow_complex=False)
+    if initial_state is not None:
+        check_tensor("initial_state" if not step else "state", initial_state, (batch, heads, head_dim, n_state),
+                     allow_complex=False)
+
+
+def ssd(x, dt, A, B, C, *, chunk_size: int = 64, D=None, initial_state=None, return_final_state: bool = False,
+        backend: str | None = None):
+    """Run SSD over the sequence; returns ``y`` (B, L, H, P) or ``(y, final_state)`` with state (B, H, P, N)."""
+    check_inputs(x, dt, A, B, C, D, initial_state)
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    fn = ssd_op.resolve(backend, x.device)
+    y, state = fn(x, dt, A, B, C, chunk_size=chunk_size, D=D, initial_state=initial_state)
+    return (y, state) if return_final_state else y
+
+
+def ssd_step(x, dt, A, B, C, state, *, D=None):
+    """One position: x (B, H, P), dt (B, H), B and C (B, G, N), state (B, H, P, N) -> (y (B, H, P), new state)."""
+    check_inputs(x, dt, A, B, C, D, state, step=True)
+    return _reference.step(x, dt, A, B, C, state, D)
+
+
+from ssmlab.ops.ssd import reference as _reference  # noqa: E402  (registers the backend)
+from ssmlab.ops.ssd import torch as _torch_backend  # noqa: E402,F401
