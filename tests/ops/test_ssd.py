@@ -1,0 +1,132 @@
+import pytest
+import torch
+from einops import rearrange, repeat
+
+from ssmlab.ops import selective_scan, ssd, ssd_step
+from ssmlab.ops.ssd import ssd_op
+from ssmlab.ops.ssd.torch import segment_sum
+from tests.utils import LENGTHS, assert_close
+
+FAST = [b for b in ssd_op.backends if b != "reference"]
+
+
+def _inputs(length, groups=1, batch=2, heads=4, head_dim=3, n_state=5, d_shape="h", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    x = r(batch, length, heads, head_dim)
+    dt = torch.rand(batch, length, heads, generator=g, dtype=torch.float64) * 0.5 + 0.01
+    A = -torch.rand(heads, generator=g, dtype=torch.float64) * 2 - 0.1
+    B, C = r(batch, length, groups, n_state), r(batch, length, groups, n_state)
+    D = r(heads) if d_shape == "h" else r(heads, head_dim)
+    h0 = r(batch, heads, head_dim, n_state)
+    return (x, dt, A, B, C), {"D": D, "initial_state": h0}
+
+
+def test_segment_sum():
+    a = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    s = segment_sum(a)
+    assert s[3, 1] == 7.0 and s[2, 2] == 0.0 and s[3, 0] == 9.0 and s[1, 2] == float("-inf")
+
+
+@pytest.mark.parametrize("backend, chunk_size",
+                         [(b, c) for b in FAST for c in ((1, 7, 64, 1000) if b != "quadratic" else (64,))])
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("length", LENGTHS)
+def test_fast_matches_reference(backend, chunk_size, groups, length):
+    args, kwargs = _inputs(length, groups, batch=1, heads=2, head_dim=2, n_state=2, d_shape="h" if groups == 1 else "hp")
+    want = ssd(*args, **kwargs, return_final_state=True, backend="reference")
+    got = ssd(*args, **kwargs, chunk_size=chunk_size, return_final_state=True, backend=backend)
+    assert_close(got[0], want[0], atol=1e-10, rtol=1e-10, name=f"{backend}/{chunk_size} y")
+    assert_close(got[1], want[1], atol=1e-10, rtol=1e-10, name=f"{backend}/{chunk_size} final state")
+
+
+def test_chunked_float32_long_sequence():
+    # L = 4096 in float32 against the float64 reference: within 1e-4 of the output scale.
+    args, kwargs = _inputs(4096, 2, batch=1, heads=2, head_dim=2, n_state=4)
+    want = ssd(*args, **kwargs, backend="reference")
+    got = ssd(*[a.float() for a in args], **{k: v.float() for k, v in kwargs.items()}, backend="chunked")
+    assert_close(got.double(), want, atol=1e-4 * want.abs().max().item(), name="float32 L=4096")
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_gradients_match_reference(backend):
+    args, kwargs = _inputs(70, 2, d_shape="hp")
+    grads = {}
+    for name in ("reference", backend):
+        leaves = [t.clone().requires_grad_(True) for t in args]
+        kw = {k: v.clone().requires_grad_(True) for k, v in kwargs.items()}
+        y, h = ssd(*leaves, **kw, chunk_size=16, return_final_state=True, backend=name)
+        (y.sin().sum() + h.square().sum()).backward()
+        grads[name] = [t.grad for t in leaves] + [v.grad for v in kw.values()]
+    for label, got, want in zip(["x", "dt", "A", "B", "C", "D", "h0"], grads[backend], grads["reference"]):
+        assert torch.isfinite(got).all(), label
+        assert_close(got, want, atol=1e-10, rtol=1e-10, name=f"grad {label}")
+
+
+@pytest.mark.parametrize("backend", list(ssd_op.backends))
+def test_gradcheck(backend):
+    args, kwargs = _inputs(5, 1, batch=1, heads=2, head_dim=2, n_state=2)
+    tensors = [t.requires_grad_(True) for t in list(args) + [kwargs["D"], kwargs["initial_state"]]]
+
+    def fn(x, dt, A, B, C, D, h0):
+        return ssd(x, dt, A, B, C, D=D, initial_state=h0, chunk_size=2, return_final_state=True, backend=backend)
+
+    assert torch.autograd.gradcheck(fn, tensors)
+
+
+@pytest.mark.parametrize("backend", list(ssd_op.backends))
+def test_split_sequence_passes_state(backend):
+    args, kwargs = _inputs(50, 2)
+    whole = ssd(*args, **kwargs, chunk_size=8, backend=backend)
+    y1, state = ssd(*[a[:, :23] if a.dim() > 1 else a for a in args], **kwargs, chunk_size=8,
+                    return_final_state=True, backend=backend)
+    y2 = ssd(*[a[:, 23:] if a.dim() > 1 else a for a in args], D=kwargs["D"], initial_state=state, chunk_size=8,
+             backend=backend)
+    assert_close(torch.cat([y1, y2], 1), whole, atol=1e-11, name="two pieces vs one")
+
+
+def test_step_matches_forward():
+    args, kwargs = _inputs(11, 2)
+    x, dt, A, B, C = args
+    want, want_state = ssd(*args, **kwargs, return_final_state=True)
+    state = kwargs["initial_state"]
+    for t in range(11):
+        y, state = ssd_step(x[:, t], dt[:, t], A, B[:, t], C[:, t], state, D=kwargs["D"])
+        assert_close(y, want[:, t], atol=1e-11, name=f"step {t}")
+    assert_close(state, want_state, atol=1e-11, name="state after steps")
+
+
+def test_equals_selective_scan_on_equivalent_inputs():
+    """SSD is the selective scan with A[d, n] = A[h] for every channel d = (h, p), delta = dt[h]."""
+    args, kwargs = _inputs(40, 2, heads=4, head_dim=3, n_state=5)
+    x, dt, A, B, C = args
+    y, h = ssd(*args, D=kwargs["D"], initial_state=kwargs["initial_state"], chunk_size=16, return_final_state=True)
+    heads, head_dim = 4, 3
+    u = rearrange(x, "b l h p -> b l (h p)")
+    delta = repeat(dt, "b l h -> b l (h p)", p=head_dim)
+    A_full = repeat(A, "h -> (h p) n", p=head_dim, n=5)
+    # Channel (h, p) reads group h // 2; selective_scan's groups split channels the same way.
+    y2, h2 = selective_scan(u, delta, A_full, B, C, D=repeat(kwargs["D"], "h -> (h p)", p=head_dim),
+                            initial_state=rearrange(kwargs["initial_state"], "b h p n -> b (h p) n"),
+                            return_final_state=True)
+    assert_close(rearrange(y, "b l h p -> b l (h p)"), y2, atol=1e-11, name="ssd vs selective scan")
+    assert_close(rearrange(h, "b h p n -> b (h p) n"), h2, atol=1e-11, name="final states")
+
+
+def test_bad_inputs():
+    args, kwargs = _inputs(8, 2)
+    x, dt, A, B, C = args
+    with pytest.raises(ValueError, match=r"dt must have shape \(2, 8, 4\)"):
+        ssd(x, dt[:, :5], A, B, C)
+    with pytest.raises(ValueError, match=r"x must have shape \(B, L, H, P\)"):
+        ssd(x[0], dt, A, B, C)
+    with pytest.raises(ValueError, match="real"):
+        ssd(x, dt, A.to(torch.complex128), B, C)
+    with pytest.raises(ValueError, match="3 groups, which does not divide the 4 heads"):
+        ssd(x, dt, A, torch.randn(2, 8, 3, 5, dtype=torch.float64), torch.randn(2, 8, 3, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"C must have shape \(2, 8, 2, 5\)"):
+        ssd(x, dt, A, B, C[..., :4])
+    with pytest.raises(ValueError, match="chunk_size"):
+        ssd(*args, chunk_size=0)
+    with pytest.raises(ValueError, match=r"initial_state must have shape \(2, 4, 3, 5\)"):
+        ssd(*args, initial_state=torch.zeros(2, 4, 3, 4, dtype=torch.float64))
