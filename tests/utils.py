@@ -21,9 +21,10 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, atol: float, r
         raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
     diff = (actual.detach() - expected.detach()).abs()
     bound = atol + rtol * expected.detach().abs()
-    if diff.numel() and not bool((diff <= bound).all()):
+    failing = ~(diff <= bound)  # NaN fails too
+    if diff.numel() and bool(failing.any()):
         worst = diff.max().item()
         rel = (diff / expected.detach().abs().clamp_min(1e-30)).max().item()
-        idx = tuple(int(i) for i in torch.nonzero(diff > bound)[0])
+        idx = tuple(int(i) for i in torch.nonzero(failing)[0])
         raise AssertionError(f"{name}: max abs diff {worst:.3e}, max rel diff {rel:.3e} "
                              f"(atol={atol:g}, rtol={rtol:g}); first failure at index {idx}")

@@ -16,17 +16,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmlab.mixers.base import Mixer, State, set_optim
-from ssmlab.ops import fft_conv
+from ssmlab.ops import fft_conv, s4d_legs, ssm_kernel_diag
 from ssmlab.registry import register
 
-INITS = ("lin", "inv")
+INITS = ("lin", "inv", "legs")
 
 
 def s4d_init(init: str, d_model: int, half_state: int, *, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Real and imaginary parts (D, N/2) of S4D's diagonal A, in float64.
 
     ``lin`` (S4D-Lin): ``A_n = -1/2 + i pi n``;
-    ``inv`` (S4D-Inv): ``A_n = -1/2 + i (N / pi) (N / (2n + 1) - 1)``, both from arXiv 2206.11893.
+    ``inv`` (S4D-Inv): ``A_n = -1/2 + i (N / pi) (N / (2n + 1) - 1)``;
+    ``legs`` (S4D-LegS): the eigenvalues of the normal part of HiPPO-LegS; all from arXiv 2206.11893.
     """
     n = torch.arange(half_state, device=device, dtype=torch.float64)
     real = torch.full((d_model, half_state), -0.5, device=device, dtype=torch.float64)
@@ -35,20 +36,23 @@ def s4d_init(init: str, d_model: int, half_state: int, *, device=None) -> tuple[
     elif init == "inv":
         big_n = 2 * half_state
         imag = big_n / math.pi * (big_n / (2 * n + 1) - 1)
+    elif init == "legs":
+        eig = s4d_legs(2 * half_state).to(device)
+        real, imag = eig.real.expand(d_model, half_state).clone(), eig.imag
     else:
         raise ValueError(f"s4d: unknown init {init!r}; expected one of {INITS}")
     return real, imag.expand(d_model, half_state).clone()
 
 
 @register("mixer", "s4d", description="Diagonal SSM (S4D), FFT convolution forward, recurrent step",
-          paper="2206.11893", variants=[{}, {"init": "inv", "d_state": 8}])
+          paper="2206.11893", variants=[{}, {"init": "inv", "d_state": 8}, {"init": "legs", "d_state": 8}])
 class S4D(Mixer):
     """S4D layer (Gu, Gupta, Goel, Re; arXiv 2206.11893).
 
     Args:
         d_model: channels D (each its own SSM).
         d_state: state size N per channel, stored as N/2 complex conjugate pairs (64).
-        init: ``"lin"`` (S4D-Lin, default) or ``"inv"`` (S4D-Inv).
+        init: ``"lin"`` (S4D-Lin, default), ``"inv"`` (S4D-Inv) or ``"legs"`` (S4D-LegS).
         dt_min, dt_max: the step is initialised log-uniform in [0.001, 0.1].
         lr: learning rate for log_dt and A (0.001; ``None`` uses the trainer's); these get no weight decay.
         dropout: dropout after the activation (0.0).
@@ -86,37 +90,39 @@ class S4D(Mixer):
         self.dropout = nn.Dropout(dropout)
         self.output_linear = nn.Linear(d_model, 2 * d_model, **factory)
 
-    def _discrete(self):
-        """ZOH discretisation: ``dt A``, ``B_bar = (exp(dt A) - 1) / A`` and ``C``, each (D, N/2) complex."""
+    def _continuous(self):
+        """A, C (D, N/2) complex and dt (D,)."""
         a = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
-        dta = a * torch.exp(self.log_dt)[:, None]
-        return dta, torch.expm1(dta) / a, torch.view_as_complex(self.C.contiguous())
+        return a, torch.view_as_complex(self.C.contiguous()), torch.exp(self.log_dt)
 
     def _output(self, y: torch.Tensor) -> torch.Tensor:
         return F.glu(self.output_linear(self.dropout(F.gelu(y))), dim=-1)
 
     def _forward(self, x, state, return_state):
         length = x.shape[1]
-        dta, b_bar, c = self._discrete()
-        # Vandermonde powers A_bar^l = exp(l dt A) for l = 0 .. L.
-        powers = torch.exp(dta[..., None] * torch.arange(length + 1, device=x.device))  # (D, N/2, L+1)
-        kernel = 2 * torch.einsum("dn,dnl->dl", c * b_bar, powers[..., :length]).real  # (D, L)
+        a, c, dt = self._continuous()
+        kernel = ssm_kernel_diag(a, torch.ones_like(c), c, dt, length, conj_sym=True)  # (D, L)
         y = fft_conv(x, kernel.to(x.dtype), D=self.D)
         h0 = None if state is None else state["ssm"]
+        new_state = None
+        if h0 is not None or return_state:
+            dta = a * dt[:, None]
+            # Vandermonde powers A_bar^l = exp(l dt A) for l = 0 .. L.
+            powers = torch.exp(dta[..., None] * torch.arange(length + 1, device=x.device))  # (D, N/2, L+1)
         if h0 is not None:
             # Free response of the initial state: 2 Re(C A_bar^(t+1) h0).
             y = y + 2 * torch.einsum("dn,bdn,dnl->bld", c, h0, powers[..., 1:]).real.to(x.dtype)
-        new_state = None
         if return_state:
-            # h_(L-1) = A_bar^L h0 + sum_s A_bar^(L-1-s) B_bar u_s.
-            weights = powers[..., :length].flip(-1) * b_bar[..., None]  # (D, N/2, L)
+            # h_(L-1) = A_bar^L h0 + sum_s A_bar^(L-1-s) B_bar u_s, with B_bar = (exp(dt A) - 1) / A.
+            weights = powers[..., :length].flip(-1) * (torch.expm1(dta) / a)[..., None]  # (D, N/2, L)
             h = torch.einsum("bld,dnl->bdn", x.to(weights.dtype), weights)
             new_state = {"ssm": h if h0 is None else h + powers[..., length] * h0}
         return self._output(y), new_state
 
     def _step(self, x_t, state):
-        dta, b_bar, c = self._discrete()
-        h = torch.exp(dta) * state["ssm"] + b_bar * x_t[..., None]  # (B, D, N/2)
+        a, c, dt = self._continuous()
+        dta = a * dt[:, None]
+        h = torch.exp(dta) * state["ssm"] + (torch.expm1(dta) / a) * x_t[..., None]  # (B, D, N/2)
         y = 2 * torch.einsum("dn,bdn->bd", c, h).real.to(x_t.dtype) + self.D * x_t
         return self._output(y), {"ssm": h}
 

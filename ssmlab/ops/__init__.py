@@ -10,3 +10,7 @@ from ssmlab.ops.fftconv import fft_conv
 from ssmlab.ops.scan import linear_scan
 from ssmlab.ops.selective_scan import selective_scan, selective_scan_step
 from ssmlab.ops.ssd import ssd, ssd_step
+from ssmlab.ops.discretize import (discretize_dense, discretize_diag, discretize_dplr, dplr_dense,
+                                   init_log_dt)
+from ssmlab.ops.hippo import MEASURES, dplr, hippo, hippo_legs, nplr, s4d_legs
+from ssmlab.ops.kernels import dplr_c_tilde, ssm_kernel_dense, ssm_kernel_diag, ssm_kernel_dplr

@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 from ssmlab.ops.selective_scan import selective_scan_op
 from ssmlab.ops.selective_scan.reference import compute_dtype, prepare_delta
 
-DEFAULT_CHUNK = 64
+DEFAULT_CHUNK = 16
 
 
 def _as_groups(m: torch.Tensor) -> torch.Tensor:
@@ -25,19 +25,24 @@ def _as_groups(m: torch.Tensor) -> torch.Tensor:
     return (m[:, :, None] if m.dim() == 3 else m)[:, :, :, None, :]
 
 
-def _chunk(u, delta, A, B, C, h):
-    """One chunk: u, delta (B, T, D); B, C (B, T, [G,] N); h (B, D, N) -> y (B, T, D), h."""
+def _chunk(u, delta, A, B, C, h, D, z, delta_bias, delta_softplus):
+    """One chunk: u, delta, z (B, T, D); B, C (B, T, [G,] N); h (B, D, N) -> y (B, T, D), h."""
     batch, length, channels = u.shape
     groups = 1 if B.dim() == 3 else B.shape[2]
+    delta = prepare_delta(delta, delta_bias, delta_softplus)
     d_a = torch.exp(delta[..., None] * A)  # (B, T, D, N)
     d_bu = ((delta * u).reshape(batch, length, groups, channels // groups)[..., None] * _as_groups(B))
     d_bu = d_bu.reshape(batch, length, channels, -1)  # (B, T, D, N)
     states = []
     for t in range(length):
-        h = d_a[:, t] * h + d_bu[:, t]
+        h = torch.addcmul(d_bu[:, t], d_a[:, t], h)
         states.append(h)
     hs = torch.stack(states, dim=1).reshape(batch, length, groups, channels // groups, -1)
-    y = (hs * _as_groups(C)).sum(-1).reshape(batch, length, channels)
+    y = torch.matmul(hs, _as_groups(C).transpose(-1, -2)).reshape(batch, length, channels)
+    if D is not None:
+        y = y + D * u
+    if z is not None:
+        y = y * F.silu(z)
     return y, h
 
 
@@ -46,19 +51,16 @@ def selective_scan_chunked(u, delta, A, B, C, *, D=None, z=None, delta_bias=None
                            initial_state=None, chunk_size: int = DEFAULT_CHUNK):
     dtype = compute_dtype(u.dtype)
     batch, length, channels = u.shape
-    delta = prepare_delta(delta, delta_bias, delta_softplus)
-    uc, A, B, C = u.to(dtype), A.to(dtype), B.to(dtype), C.to(dtype)
-    h = uc.new_zeros(batch, channels, A.shape[1]) if initial_state is None else initial_state.to(dtype)
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, A, B, C, h))
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    A, B, C, D, bias = cast(A), cast(B), cast(C), cast(D), cast(delta_bias)
+    h = u.new_zeros(batch, channels, A.shape[1], dtype=dtype) if initial_state is None else initial_state.to(dtype)
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, bias, h))
     ys = []
     for start in range(0, length, chunk_size):
         part = slice(start, start + chunk_size)
-        args = (uc[:, part], delta[:, part], A, B[:, part], C[:, part], h)
+        args = (u[:, part].to(dtype), delta[:, part], A, B[:, part], C[:, part], h, D,
+                None if z is None else z[:, part].to(dtype), bias, delta_softplus)
         y, h = checkpoint(_chunk, *args, use_reentrant=False) if grad else _chunk(*args)
-        ys.append(y)
-    y = torch.cat(ys, dim=1)
-    if D is not None:
-        y = y + D.to(dtype) * uc
-    if z is not None:
-        y = y * F.silu(z.to(dtype))
-    return y.to(u.dtype), h
+        ys.append(y.to(u.dtype))
+    return torch.cat(ys, dim=1), h
