@@ -1,0 +1,126 @@
+"""Time and peak memory of every backend of the selective scan and SSD, with ratios to the reference.
+
+Shapes as in the Mamba papers' 1.3B-scale layers: B=4, D=1536, N=16 for the
+selective scan; B=4, H=24, P=64 (D = 1536), N=16, G=1 for SSD; L in {1024, 4096}.
+
+Time is the median of ``--repeats`` runs (forward only by default, forward and
+backward with ``--backward``), in one process, after one warm-up run. Peak
+memory is the high-water mark of the bytes PyTorch allocates during one run
+(inputs not counted), from torch.profiler's memory accounting; resident-set
+measurements were tried first and rejected, since the C allocator keeps freed
+memory and hides the difference between backends.
+
+    python benchmarks/ops.py [--lengths 1024 4096] [--repeats 5] [--backward] [--dtype float32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from ssmlab.ops import selective_scan, ssd
+from ssmlab.ops.selective_scan import selective_scan_op
+from ssmlab.ops.ssd import ssd_op
+
+
+def selective_scan_case(length, dtype, grad):
+    b, d, n = 4, 1536, 16
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(b, length, d, generator=g, dtype=dtype, requires_grad=grad)
+    delta = (torch.randn(b, length, d, generator=g, dtype=dtype) * 0.5).requires_grad_(grad)
+    A = (-torch.rand(d, n, generator=g, dtype=dtype) * 4).requires_grad_(grad)
+    B = torch.randn(b, length, n, generator=g, dtype=dtype, requires_grad=grad)
+    C = torch.randn(b, length, n, generator=g, dtype=dtype, requires_grad=grad)
+    D = torch.ones(d, dtype=dtype, requires_grad=grad)
+    z = torch.randn(b, length, d, generator=g, dtype=dtype, requires_grad=grad)
+    return lambda backend: selective_scan(u, delta, A, B, C, D=D, z=z, delta_softplus=True, backend=backend)
+
+
+def ssd_case(length, dtype, grad):
+    b, h, p, n = 4, 24, 64, 16
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, length, h, p, generator=g, dtype=dtype, requires_grad=grad)
+    dt = (torch.rand(b, length, h, generator=g, dtype=dtype) * 0.1).requires_grad_(grad)
+    A = (-torch.rand(h, generator=g, dtype=dtype) * 4).requires_grad_(grad)
+    B = torch.randn(b, length, 1, n, generator=g, dtype=dtype, requires_grad=grad)
+    C = torch.randn(b, length, 1, n, generator=g, dtype=dtype, requires_grad=grad)
+    D = torch.ones(h, dtype=dtype, requires_grad=grad)
+    return lambda backend: ssd(x, dt, A, B, C, D=D, chunk_size=64, backend=backend)
+
+
+def run_once(fn, backend, grad):
+    if grad:
+        fn(backend).sum().backward()
+    else:
+        with torch.no_grad():
+            fn(backend)
+
+
+def peak_mib(fn, backend, grad):
+    """High-water mark of memory allocated by PyTorch during one run, in MiB.
+
+    From torch.profiler's memory accounting: every op's own allocations minus frees
+    (``self_cpu_memory_usage``) and the free events outside ops (``[memory]``), summed
+    in the order the events start.
+    """
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run_once(fn, backend, grad)
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    live = peak = 0
+    for e in events:
+        live += e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def median_seconds(fn, backend, grad, repeats):
+    run_once(fn, backend, grad)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run_once(fn, backend, grad)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+CASES = {"selective_scan": selective_scan_case, "ssd": ssd_case}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--reference-repeats", type=int, default=2, help="the reference loop is slow")
+    parser.add_argument("--backward", action="store_true", help="time forward + backward")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, "
+          f"{'forward+backward' if args.backward else 'forward'}; median of {args.repeats} runs "
+          f"({args.reference_repeats} for the reference)\n")
+    header = f"{'op':<15}{'L':>6}  {'backend':<12}{'time (s)':>10}{'x ref':>8}{'peak MiB':>10}{'x ref':>8}"
+    print(header)
+    print("-" * len(header))
+    for name, op in (("selective_scan", selective_scan_op), ("ssd", ssd_op)):
+        for length in args.lengths:
+            fn = CASES[name](length, dtype, args.backward)
+            results = {}
+            for backend in ["reference"] + sorted(b for b in op.available_backends("cpu") if b != "reference"):
+                repeats = args.reference_repeats if backend == "reference" else args.repeats
+                if backend == "quadratic" and length > 2048:
+                    print(f"{name:<15}{length:>6}  {backend:<12}  skipped: O(L^2) memory at this length")
+                    continue
+                seconds = median_seconds(fn, backend, args.backward, repeats)
+                mib = peak_mib(fn, backend, args.backward)
+                results[backend] = (seconds, mib)
+                ref_s, ref_m = results["reference"]
+                print(f"{name:<15}{length:>6}  {backend:<12}{seconds:>10.3f}{ref_s / seconds:>7.2f}x"
+                      f"{mib:>10.1f}{mib / ref_m if ref_m else float('nan'):>7.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
