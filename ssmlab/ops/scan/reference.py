@@ -12,7 +12,7 @@ def linear_scan_reference(a, b, initial_state=None):
     dtype = torch.promote_types(a.dtype, b.dtype)
     h = torch.zeros_like(b[:, 0], dtype=dtype) if initial_state is None else initial_state.to(dtype)
     out = []
-    for t in range(b.shape[1]):
-        h = a[:, t] * h + b[:, t]
+    for a_t, b_t in zip(a.unbind(1), b.unbind(1)):
+        h = a_t * h + b_t
         out.append(h)
     return torch.stack(out, dim=1)

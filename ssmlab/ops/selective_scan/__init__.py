@@ -14,8 +14,9 @@ Mamba uses (ZOH for A, Euler for B).
 
 Backends: ``reference`` (the loop, the specification) and ``torch`` (default): it
 runs chunk by chunk, so the largest tensor it holds is one chunk (B, T, D, N),
-never (B, L, D, N); under autograd each chunk is recomputed in the backward pass
-(activation checkpointing), so training memory is O(B L D) plus one chunk too.
+never (B, L, D, N); under autograd, for sequences whose intermediates would pass
+64 MiB, each chunk is recomputed in the backward pass (activation checkpointing),
+so training memory is O(B L D) plus one chunk too.
 """
 
 from __future__ import annotations

@@ -49,8 +49,8 @@ def selective_scan_reference(u, delta, A, B, C, *, D=None, z=None, delta_bias=No
     state = u.new_zeros(batch, channels, A.shape[1], dtype=compute_dtype(u.dtype)) if initial_state is None \
         else initial_state
     ys = []
-    for t in range(length):
-        y, state = step(u[:, t], delta[:, t], A, B[:, t], C[:, t], state, D, None if z is None else z[:, t],
-                        delta_bias, delta_softplus)
+    zs = [None] * length if z is None else z.unbind(1)
+    for u_t, delta_t, b_t, c_t, z_t in zip(u.unbind(1), delta.unbind(1), B.unbind(1), C.unbind(1), zs):
+        y, state = step(u_t, delta_t, A, b_t, c_t, state, D, z_t, delta_bias, delta_softplus)
         ys.append(y)
     return torch.stack(ys, dim=1), state

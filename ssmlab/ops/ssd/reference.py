@@ -36,7 +36,7 @@ def ssd_reference(x, dt, A, B, C, *, chunk_size=64, D=None, initial_state=None):
     state = x.new_zeros(batch, heads, head_dim, B.shape[-1], dtype=compute_dtype(x.dtype)) \
         if initial_state is None else initial_state
     ys = []
-    for t in range(length):
-        y, state = step(x[:, t], dt[:, t], A, B[:, t], C[:, t], state, D)
+    for x_t, dt_t, b_t, c_t in zip(x.unbind(1), dt.unbind(1), B.unbind(1), C.unbind(1)):
+        y, state = step(x_t, dt_t, A, b_t, c_t, state, D)
         ys.append(y)
     return torch.stack(ys, dim=1).to(x.dtype), state
