@@ -16,6 +16,13 @@ from ssmlab.models import create_mixer, create_model
 from ssmlab.tasks import create_task
 
 
+def load_pretrained(path, **options):
+    """Load a Mamba / Mamba-2 language model from a Hugging Face or mamba_ssm checkpoint directory."""
+    from ssmlab.interop import load_pretrained as _load
+
+    return _load(path, **options)
+
+
 def list_mixers(pattern: str = "*") -> list[str]:
     """Names of the registered mixers matching the glob ``pattern``."""
     return registry.names("mixer", pattern)
@@ -27,4 +34,4 @@ def list_tasks(pattern: str = "*") -> list[str]:
 
 
 __all__ = ["Attention", "Mixer", "create_mixer", "create_model", "create_task", "list_mixers", "list_tasks",
-           "ops", "registry", "__version__"]
+           "load_pretrained", "ops", "registry", "__version__"]

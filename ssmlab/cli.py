@@ -85,10 +85,40 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_generate(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from ssmlab.interop import load_pretrained
+
+    model = load_pretrained(args.checkpoint).eval()
+    tokenizer_file = Path(args.checkpoint) / "tokenizer.json"
+    if tokenizer_file.is_file():
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        ids = tokenizer.encode(args.prompt).ids
+        decode = tokenizer.decode
+    else:
+        if model.encoder.vocab_size < 256:
+            raise ValueError(f"{args.checkpoint} has no tokenizer.json and a vocabulary of "
+                             f"{model.encoder.vocab_size} < 256 tokens, too small for byte-level tokens")
+        ids = list(args.prompt.encode("utf-8"))
+        decode = lambda tokens: bytes(t for t in tokens if t < 256).decode("utf-8", errors="replace")  # noqa: E731
+    if not ids:
+        raise ValueError("the prompt is empty after tokenisation")
+    generator = torch.Generator().manual_seed(args.seed)
+    out = model.generate(torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p, generator=generator)
+    print(decode(out[0].tolist()))
+    return 0
+
+
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=300, help="optimiser steps per run (default 300)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
     p.add_argument("--d-model", type=int, default=64, help="model width (default 64)")
     p.add_argument("--n-layers", type=int, default=2, help="number of blocks (default 2)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -122,6 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     _add_training_options(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("generate", help="continue a prompt with a Mamba / Mamba-2 checkpoint",
+                       description="Load a Hugging Face or mamba_ssm checkpoint directory and continue the prompt. "
+                                   "Uses tokenizer.json from the directory if there is one, else byte-level tokens.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory (config.json + weights)")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy decoding (default 1.0)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_generate)
     return parser
 
 

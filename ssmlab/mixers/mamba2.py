@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ssmlab.layers import RMSNorm
+from ssmlab.layers import GatedRMSNorm
 from ssmlab.mixers.base import Mixer, State, set_optim
 from ssmlab.mixers.mamba import causal_conv_with_state, init_dt_bias
 from ssmlab.ops import ssd, ssd_step
@@ -38,7 +38,8 @@ class Mamba2(Mixer):
         chunk_size: chunk length of the SSD algorithm (256).
         dt_min, dt_max, dt_init_floor: initial step log-uniform in [0.001, 0.1], floor 1e-4.
         A_init_range: A = -a with a uniform in this range (1, 16).
-        norm_eps: epsilon of the gated RMSNorm (1e-5).
+        norm_eps: epsilon of the gated RMSNorm (1e-5), which normalises each group of
+            ``E*D / G`` channels separately, as the reference implementation does.
         conv_bias (True), bias (False); lr: learning rate for A_log, dt_bias and D (no weight decay).
 
     State: ``{"conv": (B, E*D + 2*G*N, d_conv - 1), "ssm": (B, H, P, N)}``.
@@ -72,7 +73,7 @@ class Mamba2(Mixer):
         self.A_log = set_optim(nn.Parameter(torch.log(a).to(dtype or torch.get_default_dtype())),
                                weight_decay=0.0, lr=lr)
         self.D = set_optim(nn.Parameter(torch.ones(self.nheads, **factory)), weight_decay=0.0, lr=lr)
-        self.norm = RMSNorm(self.d_inner, norm_eps, **factory)
+        self.norm = GatedRMSNorm(self.d_inner, self.d_inner // ngroups, norm_eps, **factory)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
 
     def _split(self, zxbcdt: torch.Tensor):
@@ -93,7 +94,7 @@ class Mamba2(Mixer):
         y, ssm_state = ssd(xh, dt, -torch.exp(self.A_log), b, c, chunk_size=self.chunk_size, D=self.D,
                            initial_state=None if state is None else state["ssm"], return_final_state=True,
                            backend=self.backend)
-        y = self.norm(rearrange(y, "b l h p -> b l (h p)") * F.silu(z))
+        y = self.norm(rearrange(y, "b l h p -> b l (h p)"), z)
         return self.out_proj(y), ({"conv": conv_state, "ssm": ssm_state} if return_state else None)
 
     def _step(self, x_t, state):
@@ -102,7 +103,7 @@ class Mamba2(Mixer):
         xh, b, c = self._heads(F.silu(xbc[:, 0]))  # (B, H, P), (B, G, N), (B, G, N)
         dt = F.softplus(dt + self.dt_bias)  # (B, H)
         y, ssm_state = ssd_step(xh, dt, -torch.exp(self.A_log), b, c, state["ssm"], D=self.D)
-        y = self.norm(rearrange(y, "b h p -> b (h p)") * F.silu(z))
+        y = self.norm(rearrange(y, "b h p -> b (h p)"), z)
         return self.out_proj(y), {"conv": conv_state, "ssm": ssm_state}
 
     def init_state(self, batch_size, *, device=None, dtype=None) -> State:

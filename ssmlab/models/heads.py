@@ -67,6 +67,12 @@ class LanguageModel(nn.Module):
     def init_state(self, batch_size, *, device=None, dtype=None):
         return self.backbone.init_state(batch_size, device=device, dtype=dtype)
 
+    def save_pretrained(self, path):
+        """Write a Mamba or Mamba-2 LM in the Hugging Face transformers format (see :mod:`ssmlab.interop`)."""
+        from ssmlab.interop import save_pretrained
+
+        return save_pretrained(self, path)
+
     def step(self, token_ids, states):
         """One token per sequence: ids (B,) -> logits (B, V) and the new states."""
         h, states = self.backbone.step(self.encoder(token_ids), states)
