@@ -5,3 +5,4 @@ from ssmlab.mixers.attention import Attention
 from ssmlab.mixers.s4d import S4D
 from ssmlab.mixers.mamba import Mamba
 from ssmlab.mixers.mamba2 import Mamba2
+from ssmlab.mixers.bidirectional import BiMamba, BiMamba2, Bidirectional

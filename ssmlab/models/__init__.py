@@ -5,16 +5,19 @@ from __future__ import annotations
 from torch import nn
 
 from ssmlab import registry
-from ssmlab.models.backbone import Backbone, Block, create_mixer
+from ssmlab.models.backbone import Backbone, Block, create_mixer, hybrid_pattern
 from ssmlab.models.heads import LanguageModel, SequenceClassifier
 
 
-def create_model(mixer: str, *, head: str = "lm", d_model: int, n_layers: int, **options) -> nn.Module:
+def create_model(mixer: str | list[str], *, head: str = "lm", d_model: int, n_layers: int, **options) -> nn.Module:
     """Build model ``head`` ("lm" | "classify") with ``n_layers`` blocks of ``mixer`` at width ``d_model``.
 
-    ``options`` go to the head (``vocab_size``, ``n_classes``, ``pooling``, ...) and the
-    backbone (``mlp``, ``mlp_hidden``, ``mixer_options``, ``norm_eps``).
+    ``mixer`` is a registered name, or one name per layer for a hybrid stack
+    (e.g. ``hybrid_pattern(8, 4)``). ``options`` go to the head (``vocab_size``,
+    ``n_classes``, ``pooling``, ...) and the backbone (``mlp``, ``mlp_hidden``,
+    ``mixer_options``, ``norm_eps``).
     """
-    registry.get("mixer", mixer)
+    for name in [mixer] if isinstance(mixer, str) else mixer:
+        registry.get("mixer", name)
     cls = registry.get("model", head).obj
     return cls(mixer, d_model=d_model, n_layers=n_layers, **options)

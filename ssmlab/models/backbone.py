@@ -52,30 +52,53 @@ class Block(nn.Module):
         return x_t, state
 
 
+def hybrid_pattern(n_layers: int, every: int, *, base: str = "mamba", other: str = "attention") -> list[str]:
+    """Jamba-style layer pattern (arXiv 2403.19887): one ``other`` layer in each run of ``every``
+    layers, in the middle of the run (Jamba: one attention layer per 8, at position 4)."""
+    if every < 1:
+        raise ValueError(f"every must be a positive int, got {every}")
+    return [other if i % every == every // 2 else base for i in range(n_layers)]
+
+
 class Backbone(nn.Module):
-    """``n_layers`` blocks of one mixer type and a final norm: ``(B, L, D) -> (B, L, D)``.
+    """``n_layers`` blocks and a final norm: ``(B, L, D) -> (B, L, D)``.
 
     Args:
-        mixer: registered mixer name.
+        mixer: a registered mixer name, or a list of names, one per layer, for a hybrid
+            stack (see :func:`hybrid_pattern`).
         d_model: width D.
         n_layers: number of blocks.
         mlp: add a gated MLP after each mixer (default True).
         mlp_hidden: hidden width of the MLP (default 8/3 D).
-        mixer_options: keyword options passed to every mixer.
+        mixer_options: keyword options for every mixer; for a hybrid stack, a dict from
+            mixer name to that mixer's options (names not given get none).
         norm_eps: RMSNorm epsilon (default 1e-5).
     """
 
-    def __init__(self, mixer: str, d_model: int, n_layers: int, *, mlp: bool = True, mlp_hidden: int | None = None,
-                 mixer_options: dict | None = None, norm_eps: float = 1e-5, device=None, dtype=None):
+    def __init__(self, mixer: str | list[str], d_model: int, n_layers: int, *, mlp: bool = True,
+                 mlp_hidden: int | None = None, mixer_options: dict | None = None, norm_eps: float = 1e-5,
+                 device=None, dtype=None):
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"n_layers must be at least 1, got {n_layers}")
         factory = {"device": device, "dtype": dtype}
-        self.mixer_name = mixer
+        if isinstance(mixer, str):
+            names, per_name = [mixer] * n_layers, {mixer: mixer_options or {}}
+        else:
+            names = list(mixer)
+            if len(names) != n_layers:
+                raise ValueError(f"a hybrid pattern needs one mixer per layer: {len(names)} names for "
+                                 f"n_layers={n_layers}")
+            per_name = dict(mixer_options or {})
+            stray = set(per_name) - set(names)
+            if stray:
+                raise ValueError(f"mixer_options of a hybrid stack are keyed by mixer name; {sorted(stray)} "
+                                 f"are not in the pattern {sorted(set(names))}")
+        self.mixer_name = mixer if isinstance(mixer, str) else "+".join(dict.fromkeys(names))
         self.layers = nn.ModuleList(
-            Block(create_mixer(mixer, d_model, **(mixer_options or {}), **factory), d_model, mlp=mlp,
+            Block(create_mixer(name, d_model, **per_name.get(name, {}), **factory), d_model, mlp=mlp,
                   mlp_hidden=mlp_hidden, norm_eps=norm_eps, **factory)
-            for _ in range(n_layers)
+            for name in names
         )
         self.norm_f = RMSNorm(d_model, norm_eps, **factory)
 

@@ -1,0 +1,86 @@
+"""Bidirectional wrapper: any causal mixer run forward and on the reversed sequence.
+
+As in Vision Mamba (arXiv 2401.09417), which pairs a forward and a backward
+Mamba over image-patch sequences, and the bidirectional SSMs of S4-style
+encoders: ``y = combine(f(x), reverse(b(reverse(x))))`` with two mixers of the
+same kind and separate parameters. The result sees the whole sequence, so it
+is not causal and has no recurrent step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ssmlab import registry
+from ssmlab.mixers.base import Mixer, State
+from ssmlab.registry import register
+
+COMBINE = ("add", "mean", "concat")
+
+
+@register("mixer", "bidirectional", description="Any causal mixer run both ways (forward + reversed)",
+          paper="2401.09417",
+          variants=[{"mixer": "mamba", "d_state": 4}, {"mixer": "attention", "combine": "concat"}])
+class Bidirectional(Mixer):
+    """Two copies of a causal mixer, one reading the sequence backwards.
+
+    Args:
+        d_model: width D.
+        mixer: the registered causal mixer to wrap ("mamba").
+        combine: ``"add"`` the two outputs (default), take their ``"mean"``, or ``"concat"``
+            them and project 2D -> D with a linear layer.
+        **options: passed to both copies of the mixer.
+
+    There is no state: ``step`` and ``return_state`` raise, since the output at a
+    position depends on the positions after it.
+    """
+
+    causal = False
+
+    def __init__(self, d_model: int, mixer: str = "mamba", *, combine: str = "add", device=None, dtype=None,
+                 **options):
+        super().__init__(d_model)
+        cls = registry.get("mixer", mixer).obj
+        if not cls.causal:
+            raise ValueError(f"{self.registry_name}: the wrapped mixer {mixer!r} must be causal")
+        if combine not in COMBINE:
+            raise ValueError(f"{self.registry_name}: combine must be one of {COMBINE}, got {combine!r}")
+        self.inner, self.combine = mixer, combine
+        self.forward_mixer = cls(d_model, **options, device=device, dtype=dtype)
+        self.backward_mixer = cls(d_model, **options, device=device, dtype=dtype)
+        self.proj = nn.Linear(2 * d_model, d_model, device=device, dtype=dtype) if combine == "concat" else None
+
+    def _forward(self, x, state, return_state):
+        if return_state:
+            raise RuntimeError(f"mixer {self.registry_name!r} is bidirectional and has no state to return")
+        y_f = self.forward_mixer(x)
+        y_b = self.backward_mixer(x.flip(1)).flip(1)
+        if self.combine == "concat":
+            return self.proj(torch.cat([y_f, y_b], dim=-1)), None
+        y = y_f + y_b
+        return (y / 2 if self.combine == "mean" else y), None
+
+    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
+        return {}
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, mixer={self.inner!r}, combine={self.combine!r}"
+
+
+@register("mixer", "bi-mamba", description="Bidirectional Mamba (Vision Mamba)", paper="2401.09417",
+          variants=[{"d_state": 4}])
+class BiMamba(Bidirectional):
+    """:class:`Bidirectional` around :class:`~ssmlab.mixers.mamba.Mamba` (Vim, arXiv 2401.09417)."""
+
+    def __init__(self, d_model: int, *, combine: str = "add", device=None, dtype=None, **options):
+        super().__init__(d_model, "mamba", combine=combine, device=device, dtype=dtype, **options)
+
+
+@register("mixer", "bi-mamba2", description="Bidirectional Mamba-2", paper="2401.09417",
+          variants=[{"headdim": 8, "d_state": 8, "chunk_size": 4}])
+class BiMamba2(Bidirectional):
+    """:class:`Bidirectional` around :class:`~ssmlab.mixers.mamba2.Mamba2`."""
+
+    def __init__(self, d_model: int, *, combine: str = "add", device=None, dtype=None, **options):
+        super().__init__(d_model, "mamba2", combine=combine, device=device, dtype=dtype, **options)
