@@ -6,3 +6,5 @@ from ssmlab.mixers.s4d import S4D
 from ssmlab.mixers.mamba import Mamba
 from ssmlab.mixers.mamba2 import Mamba2
 from ssmlab.mixers.bidirectional import BiMamba, BiMamba2, Bidirectional
+from ssmlab.mixers.lru import LRU
+from ssmlab.mixers.s5 import S5

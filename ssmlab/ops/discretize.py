@@ -87,11 +87,16 @@ def discretize_dense(A: torch.Tensor, B: torch.Tensor, dt, method: str = "zoh"):
 
 
 def discretize_diag(A: torch.Tensor, B: torch.Tensor, dt, method: str = "zoh"):
-    """Discretise a diagonal system: A (..., N), B broadcastable to A -> (A_bar, B_bar), elementwise."""
+    """Discretise a diagonal system: A (..., N), B broadcastable to A -> (A_bar, B_bar), elementwise.
+
+    ``dt`` is a number, one step per channel (shape ``A.shape[:-1]``) or one per state (shape ``A.shape``).
+    """
     _check_method(method)
     dt = _check_dt(dt).to(A.device)
-    dtA = A * dt[..., None] if dt.dim() else A * dt
-    dtB = B * (dt[..., None] if dt.dim() else dt)
+    # A step per state (dt shaped like A) or per channel (dt shaped like A.shape[:-1]) or one for all.
+    if dt.dim() and dt.shape != A.shape:
+        dt = dt[..., None]
+    dtA, dtB = A * dt, B * dt
     if method == "zoh":
         # (exp(dt A) - 1) / A = dt * expm1(dt A) / (dt A), written to keep precision for small dt A.
         return torch.exp(dtA), torch.expm1(dtA) / dtA * dtB
