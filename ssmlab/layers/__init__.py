@@ -1,4 +1,4 @@
 """Building blocks shared by models: norms and the gated MLP."""
 
-from ssmlab.layers.mlp import GatedMLP
+from ssmlab.layers.mlp import GatedMLP, GELUGLUOutput
 from ssmlab.layers.norm import GatedRMSNorm, RMSNorm

@@ -24,3 +24,16 @@ class GatedMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, value = self.fc_in(x).chunk(2, dim=-1)
         return self.fc_out(F.silu(gate) * value)
+
+
+class GELUGLUOutput(nn.Module):
+    """The output stage of S4-style layers (arXiv 2111.00396, 2206.11893):
+    ``GLU(W dropout(GELU(y)))`` with W: D -> 2D."""
+
+    def __init__(self, d_model: int, dropout: float = 0.0, *, device=None, dtype=None):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.output_linear = nn.Linear(d_model, 2 * d_model, device=device, dtype=dtype)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return F.glu(self.output_linear(self.dropout(F.gelu(y))), dim=-1)

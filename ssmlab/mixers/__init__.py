@@ -8,3 +8,4 @@ from ssmlab.mixers.mamba2 import Mamba2
 from ssmlab.mixers.bidirectional import BiMamba, BiMamba2, Bidirectional
 from ssmlab.mixers.lru import LRU
 from ssmlab.mixers.s5 import S5
+from ssmlab.mixers.s4 import S4

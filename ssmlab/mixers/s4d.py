@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ssmlab.layers import GELUGLUOutput
 from ssmlab.mixers.base import Mixer, State, set_optim
 from ssmlab.ops import fft_conv, s4d_legs, ssm_kernel_diag
 from ssmlab.registry import register
@@ -45,7 +45,8 @@ def s4d_init(init: str, d_model: int, half_state: int, *, device=None) -> tuple[
 
 
 @register("mixer", "s4d", description="Diagonal SSM (S4D), FFT convolution forward, recurrent step",
-          paper="2206.11893", variants=[{}, {"init": "inv", "d_state": 8}, {"init": "legs", "d_state": 8}])
+          paper="2206.11893", variants=[{}, {"init": "inv", "d_state": 8}, {"init": "legs", "d_state": 8},
+                                        {"d_state": 8, "bidirectional": True}])
 class S4D(Mixer):
     """S4D layer (Gu, Gupta, Goel, Re; arXiv 2206.11893).
 
@@ -56,6 +57,9 @@ class S4D(Mixer):
         dt_min, dt_max: the step is initialised log-uniform in [0.001, 0.1].
         lr: learning rate for log_dt and A (0.001; ``None`` uses the trainer's); these get no weight decay.
         dropout: dropout after the activation (0.0).
+        bidirectional: a second C gives a kernel over the following positions (lag 1, 2, ...),
+            from the same A and dt, as in the S4 code's bidirectional mode (default False; the
+            layer is then not causal and has no step).
 
     Discretisation is zero-order hold, ``A_bar = exp(dt A)``,
     ``B_bar = (exp(dt A) - 1) / A`` (B is fixed to ones and absorbed into C, as in the
@@ -68,7 +72,8 @@ class S4D(Mixer):
     causal = True
 
     def __init__(self, d_model: int, d_state: int = 64, *, init: str = "lin", dt_min: float = 0.001,
-                 dt_max: float = 0.1, lr: float | None = 0.001, dropout: float = 0.0, device=None, dtype=None):
+                 dt_max: float = 0.1, lr: float | None = 0.001, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None):
         super().__init__(d_model)
         if d_state < 2 or d_state % 2:
             raise ValueError(f"s4d: d_state must be an even number >= 2, got {d_state}")
@@ -86,23 +91,30 @@ class S4D(Mixer):
         self.A_imag = set_optim(nn.Parameter(imag.to(dtype)), weight_decay=0.0, lr=lr)
         c = torch.randn(d_model, half, 2, device=device, dtype=torch.float64) * math.sqrt(0.5)
         self.C = nn.Parameter(c.to(dtype))  # real view of complex (D, N/2)
+        self.bidirectional = bidirectional
+        self.causal = not bidirectional
+        if bidirectional:
+            c_back = torch.randn(d_model, half, 2, device=device, dtype=torch.float64) * math.sqrt(0.5)
+            self.C_backward = nn.Parameter(c_back.to(dtype))
         self.D = nn.Parameter(torch.randn(d_model, **factory))
-        self.dropout = nn.Dropout(dropout)
-        self.output_linear = nn.Linear(d_model, 2 * d_model, **factory)
+        self.output = GELUGLUOutput(d_model, dropout, **factory)
 
     def _continuous(self):
         """A, C (D, N/2) complex and dt (D,)."""
         a = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
         return a, torch.view_as_complex(self.C.contiguous()), torch.exp(self.log_dt)
 
-    def _output(self, y: torch.Tensor) -> torch.Tensor:
-        return F.glu(self.output_linear(self.dropout(F.gelu(y))), dim=-1)
-
     def _forward(self, x, state, return_state):
         length = x.shape[1]
         a, c, dt = self._continuous()
-        kernel = ssm_kernel_diag(a, torch.ones_like(c), c, dt, length, conj_sym=True)  # (D, L)
-        y = fft_conv(x, kernel.to(x.dtype), D=self.D)
+        ones = torch.ones_like(c)
+        kernel = ssm_kernel_diag(a, ones, c, dt, length, conj_sym=True)  # (D, L)
+        if self.bidirectional:
+            if return_state:
+                raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True has no state to return")
+            c_back = torch.view_as_complex(self.C_backward.contiguous())
+            kernel = torch.cat([kernel, ssm_kernel_diag(a, ones, c_back, dt, length, conj_sym=True)], dim=-1)
+        y = fft_conv(x, kernel.to(x.dtype), D=self.D, bidirectional=self.bidirectional)
         h0 = None if state is None else state["ssm"]
         new_state = None
         if h0 is not None or return_state:
@@ -117,14 +129,16 @@ class S4D(Mixer):
             weights = powers[..., :length].flip(-1) * (torch.expm1(dta) / a)[..., None]  # (D, N/2, L)
             h = torch.einsum("bld,dnl->bdn", x.to(weights.dtype), weights)
             new_state = {"ssm": h if h0 is None else h + powers[..., length] * h0}
-        return self._output(y), new_state
+        return self.output(y), new_state
 
     def _step(self, x_t, state):
+        if self.bidirectional:
+            raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True cannot step")
         a, c, dt = self._continuous()
         dta = a * dt[:, None]
         h = torch.exp(dta) * state["ssm"] + (torch.expm1(dta) / a) * x_t[..., None]  # (B, D, N/2)
         y = 2 * torch.einsum("dn,bdn->bd", c, h).real.to(x_t.dtype) + self.D * x_t
-        return self._output(y), {"ssm": h}
+        return self.output(y), {"ssm": h}
 
     def init_state(self, batch_size, *, device=None, dtype=None) -> State:
         device = device if device is not None else self.D.device

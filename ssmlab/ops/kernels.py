@@ -113,11 +113,13 @@ def ssm_kernel_dplr(Lambda, P, B, C, dt, L: int, *, Q=None, c_tilde: bool = Fals
     dt_c = (dt[..., None] if dt.dim() else dt).to(cdtype)[..., None]  # (H, 1, 1) or scalar
     # r[h, j, n] = 2 / ((2/dt)(1 - z_j) - (1 + z_j) Lambda[h, n])
     r = 2 / ((2 / dt_c) * (1 - z)[:, None] - (1 + z)[:, None] * Lambda[..., None, :])  # (H, L, N)
-    Pc, Qc = P.to(cdtype), Q.to(cdtype).conj()
+    channels = Lambda.shape[0]
+    Pc = P.to(cdtype).expand(channels, *P.shape[-2:])  # (H, r, N)
+    Qc = Q.to(cdtype).conj().expand(channels, *Q.shape[-2:])
     k_cb = torch.einsum("hn,hln,hn->hl", C, r, B)
-    k_cp = torch.einsum("hn,hln,...rn->hlr", C, r, Pc)
-    k_qp = torch.einsum("...an,hln,...bn->hlab", Qc, r, Pc)
-    k_qb = torch.einsum("...an,hln,hn->hla", Qc, r, B)
+    k_cp = torch.einsum("hn,hln,hrn->hlr", C, r, Pc)
+    k_qp = torch.einsum("han,hln,hbn->hlab", Qc, r, Pc)
+    k_qb = torch.einsum("han,hln,hn->hla", Qc, r, B)
     half = ((1 + z) / 2)[:, None]  # (L, 1)
     rank = Pc.shape[-2]
     small = torch.eye(rank, dtype=cdtype, device=Lambda.device) + half[..., None] * k_qp  # (H, L, r, r)

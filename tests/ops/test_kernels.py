@@ -62,6 +62,17 @@ def test_dplr_kernel_equals_unrolled_recurrence(measure, L):
     assert_close(got, want, atol=1e-9 * max(1.0, want.abs().max().item()), name=f"{measure} DPLR kernel")
 
 
+def test_dplr_kernel_with_per_channel_low_rank_terms():
+    Lambda, P, B, _ = dplr("legs", 6)
+    g = torch.Generator().manual_seed(0)
+    P2 = P.expand(2, 1, 6) * torch.tensor([1.0, 0.5], dtype=torch.float64)[:, None, None]
+    C = torch.randn(2, 6, generator=g, dtype=torch.complex128)
+    dt = torch.tensor([0.05, 0.2], dtype=torch.float64)
+    got = ssm_kernel_dplr(Lambda.expand(2, 6), P2, B.expand(2, 6), C, dt, 40)
+    Ab, Bb = discretize_dense(dplr_dense(Lambda.expand(2, 6), P2), B.expand(2, 6), dt, "bilinear")
+    assert_close(got, ssm_kernel_dense(Ab, Bb, C, 40), atol=1e-10, name="per-channel P")
+
+
 def test_dplr_kernel_of_the_real_hippo_system():
     """In the original basis S4's system is real: C = V^T C_real gives a real kernel, equal to the
     dense kernel of the real HiPPO matrix."""

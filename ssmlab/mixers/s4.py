@@ -1,0 +1,136 @@
+"""S4: the structured state space sequence model (Gu, Goel, Re; arXiv 2111.00396).
+
+Each channel is a SISO SSM whose state matrix is diagonal plus low rank,
+``A = diag(Lambda) - P P^*``, initialised from HiPPO-LegS (arXiv 2008.07669) in
+its NPLR form, with the halved conjugate-symmetric spectrum. Forward computes the
+length-L kernel with the Cauchy kernel and the Woodbury identity at the roots of
+unity (bilinear discretisation) and applies it with an FFT; step runs the
+discretised recurrence with the dense (N/2 x N/2) transition.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ssmlab.layers import GELUGLUOutput
+from ssmlab.mixers.base import Mixer, State, set_optim
+from ssmlab.ops import discretize_dplr, dplr, fft_conv, init_log_dt, ssm_kernel_dplr
+from ssmlab.registry import register
+
+
+@register("mixer", "s4", description="S4: DPLR SSM, HiPPO-LegS init, Cauchy kernel, FFT conv",
+          paper="2111.00396",
+          variants=[{"d_state": 8}, {"d_state": 8, "n_ssm": 2, "rank": 1},
+                    {"d_state": 8, "bidirectional": True}])
+class S4(Mixer):
+    """The S4 layer (arXiv 2111.00396) with the output stage of the S4 code.
+
+    Args:
+        d_model: channels H.
+        d_state: state size N, kept as N/2 conjugate pairs (64).
+        n_ssm: number of distinct (Lambda, P, B) triples shared by the channels; ``None`` gives
+            every channel its own (the S4 code's default).
+        rank: rank of the low-rank term P (1, as for HiPPO-LegS; extra rows start at zero).
+        dt_min, dt_max: the per-channel step is initialised log-uniform in [0.001, 0.1].
+        lr: learning rate for Lambda, P, B and dt (0.001, as in the S4 code; ``None`` uses the
+            trainer's); they get no weight decay.
+        dropout: dropout after the activation (0.0).
+        bidirectional: a second C gives a kernel over the following positions (default False;
+            the layer is then not causal).
+
+    C is learnt in its plain form (not S4's C~): the kernel of any length L converts it to
+    ``C~ = (I - A_bar^L)^T C`` on the fly, so one layer serves every sequence length and its
+    recurrent step is exact. Output: ``GLU(W GELU(K * u + D u))``.
+
+    State: ``{"ssm": (B, H, N/2)}`` complex.
+    """
+
+    causal = True
+
+    def __init__(self, d_model: int, d_state: int = 64, *, n_ssm: int | None = None, rank: int = 1,
+                 dt_min: float = 0.001, dt_max: float = 0.1, lr: float | None = 0.001, dropout: float = 0.0,
+                 bidirectional: bool = False, device=None, dtype=None):
+        super().__init__(d_model)
+        if d_state < 2 or d_state % 2:
+            raise ValueError(f"s4: d_state must be an even number >= 2, got {d_state}")
+        n_ssm = n_ssm or d_model
+        if d_model % n_ssm or rank < 1:
+            raise ValueError(f"s4: n_ssm={n_ssm} must divide d_model={d_model} and rank must be >= 1")
+        dtype = dtype or torch.get_default_dtype()
+        factory = {"device": device, "dtype": dtype}
+        self.d_state, self.n_ssm, self.rank = d_state, n_ssm, rank
+        self.bidirectional = bidirectional
+        self.causal = not bidirectional
+        half = d_state // 2
+        Lambda, P, B, _ = dplr("legs", d_state, conj_sym=True)
+        P = torch.cat([P, torch.zeros(rank - 1, half, dtype=P.dtype)]) if rank > 1 else P
+        as_param = lambda t: nn.Parameter(torch.view_as_real(t.to(device)).to(dtype).expand(  # noqa: E731
+            n_ssm, *t.shape, 2).clone())
+        # Lambda's real part is kept negative through A_real = -exp(log_A_real).
+        self.log_A_real = set_optim(nn.Parameter(torch.log(-Lambda.real).to(**factory).expand(n_ssm, half).clone()),
+                                    weight_decay=0.0, lr=lr)
+        self.A_imag = set_optim(nn.Parameter(Lambda.imag.to(**factory).expand(n_ssm, half).clone()),
+                                weight_decay=0.0, lr=lr)
+        self.P = set_optim(as_param(P), weight_decay=0.0, lr=lr)  # (n_ssm, r, N/2, 2)
+        self.B = set_optim(as_param(B), weight_decay=0.0, lr=lr)  # (n_ssm, N/2, 2)
+        n_c = 2 if bidirectional else 1
+        c = torch.randn(n_c, d_model, half, 2, device=device, dtype=torch.float64) * math.sqrt(0.5)
+        self.C = nn.Parameter(c.to(dtype))
+        self.log_dt = set_optim(nn.Parameter(init_log_dt(d_model, dt_min, dt_max, device=device, dtype=dtype)),
+                                weight_decay=0.0, lr=lr)
+        self.D = nn.Parameter(torch.randn(d_model, **factory))
+        self.output = GELUGLUOutput(d_model, dropout, **factory)
+
+    def _system(self):
+        """Per-channel Lambda (H, N/2), P (H, r, N/2), B (H, N/2), C (n, H, N/2) and dt (H,)."""
+        per = self.d_model // self.n_ssm
+        lam = torch.complex(-torch.exp(self.log_A_real), self.A_imag).repeat_interleave(per, dim=0)
+        p = torch.view_as_complex(self.P.contiguous()).repeat_interleave(per, dim=0)
+        b = torch.view_as_complex(self.B.contiguous()).repeat_interleave(per, dim=0)
+        return lam, p, b, torch.view_as_complex(self.C.contiguous()), torch.exp(self.log_dt)
+
+    def _forward(self, x, state, return_state):
+        length = x.shape[1]
+        lam, p, b, c, dt = self._system()
+        kernel = ssm_kernel_dplr(lam, p, b, c[0], dt, length, conj_sym=True)  # (H, L)
+        if self.bidirectional:
+            if return_state:
+                raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True has no state to return")
+            kernel = torch.cat([kernel, ssm_kernel_dplr(lam, p, b, c[1], dt, length, conj_sym=True)], dim=-1)
+        y = fft_conv(x, kernel.to(x.dtype), D=self.D, bidirectional=self.bidirectional)
+        h0 = None if state is None else state["ssm"]
+        new_state = None
+        if h0 is not None or return_state:
+            # The state's free response and the final state by the recurrence (streaming use only).
+            a_bar, b_bar = discretize_dplr(lam, p, b, dt, "bilinear")  # (H, N/2, N/2), (H, N/2)
+            h = torch.zeros(x.shape[0], self.d_model, self.d_state // 2, dtype=a_bar.dtype, device=x.device) \
+                if h0 is None else h0
+            free = h0
+            responses = []
+            for u_t in x.unbind(1):
+                h = (a_bar @ h[..., None])[..., 0] + b_bar * u_t[..., None].to(b_bar.dtype)
+                if h0 is not None:
+                    free = (a_bar @ free[..., None])[..., 0]
+                    responses.append(free)
+            if h0 is not None:
+                y = y + 2 * torch.einsum("hn,blhn->blh", c[0], torch.stack(responses, 1)).real.to(x.dtype)
+            new_state = {"ssm": h} if return_state else None
+        return self.output(y), new_state
+
+    def _step(self, x_t, state):
+        if self.bidirectional:
+            raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True cannot step")
+        lam, p, b, c, dt = self._system()
+        a_bar, b_bar = discretize_dplr(lam, p, b, dt, "bilinear")
+        h = (a_bar @ state["ssm"][..., None])[..., 0] + b_bar * x_t[..., None].to(b_bar.dtype)
+        y = 2 * torch.einsum("hn,bhn->bh", c[0], h).real.to(x_t.dtype) + self.D * x_t
+        return self.output(y), {"ssm": h}
+
+    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
+        device = device if device is not None else self.D.device
+        dtype = dtype or self.D.dtype
+        cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        return {"ssm": torch.zeros(batch_size, self.d_model, self.d_state // 2, device=device, dtype=cdtype)}
