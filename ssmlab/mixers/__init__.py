@@ -9,3 +9,5 @@ from ssmlab.mixers.bidirectional import BiMamba, BiMamba2, Bidirectional
 from ssmlab.mixers.lru import LRU
 from ssmlab.mixers.s5 import S5
 from ssmlab.mixers.s4 import S4
+from ssmlab.mixers.dss import DSS
+from ssmlab.mixers.lssl import LSSL

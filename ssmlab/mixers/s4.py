@@ -21,6 +21,28 @@ from ssmlab.ops import discretize_dplr, dplr, fft_conv, init_log_dt, ssm_kernel_
 from ssmlab.registry import register
 
 
+def dense_state_terms(x, a_bar, b_bar, c, h0, return_state: bool, scale: float = 2.0):
+    """What a state adds to an SSM with a dense transition computed as a convolution.
+
+    The system is ``h_t = a_bar h_{t-1} + b_bar u_t`` with a_bar (H, M, M), b_bar and c (H, M),
+    and ``y_t = scale * Re(c h_t)``. Returns the free response of ``h0`` (B, H, M) to add to
+    the output (B, L, H), or None without ``h0``; and the state after the last position when
+    ``return_state``, else None. It runs the recurrence position by position: it serves
+    streaming and chunked inference, not training on whole sequences.
+    """
+    h = torch.zeros(x.shape[0], *b_bar.shape, dtype=a_bar.dtype, device=x.device) if h0 is None else h0
+    free, responses = h0, []
+    for u_t in x.unbind(1):
+        h = (a_bar @ h[..., None])[..., 0] + b_bar * u_t[..., None].to(b_bar.dtype)
+        if h0 is not None:
+            free = (a_bar @ free[..., None])[..., 0]
+            responses.append(free)
+    extra = None
+    if h0 is not None:
+        extra = scale * torch.einsum("hm,blhm->blh", c, torch.stack(responses, 1)).real.to(x.dtype)
+    return extra, (h if return_state else None)
+
+
 @register("mixer", "s4", description="S4: DPLR SSM, HiPPO-LegS init, Cauchy kernel, FFT conv",
           paper="2111.00396",
           variants=[{"d_state": 8}, {"d_state": 8, "n_ssm": 2, "rank": 1},
@@ -101,23 +123,12 @@ class S4(Mixer):
                 raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True has no state to return")
             kernel = torch.cat([kernel, ssm_kernel_dplr(lam, p, b, c[1], dt, length, conj_sym=True)], dim=-1)
         y = fft_conv(x, kernel.to(x.dtype), D=self.D, bidirectional=self.bidirectional)
-        h0 = None if state is None else state["ssm"]
-        new_state = None
-        if h0 is not None or return_state:
-            # The state's free response and the final state by the recurrence (streaming use only).
+        if state is not None or return_state:
             a_bar, b_bar = discretize_dplr(lam, p, b, dt, "bilinear")  # (H, N/2, N/2), (H, N/2)
-            h = torch.zeros(x.shape[0], self.d_model, self.d_state // 2, dtype=a_bar.dtype, device=x.device) \
-                if h0 is None else h0
-            free = h0
-            responses = []
-            for u_t in x.unbind(1):
-                h = (a_bar @ h[..., None])[..., 0] + b_bar * u_t[..., None].to(b_bar.dtype)
-                if h0 is not None:
-                    free = (a_bar @ free[..., None])[..., 0]
-                    responses.append(free)
-            if h0 is not None:
-                y = y + 2 * torch.einsum("hn,blhn->blh", c[0], torch.stack(responses, 1)).real.to(x.dtype)
-            new_state = {"ssm": h} if return_state else None
+            extra, h = dense_state_terms(x, a_bar, b_bar, c[0], None if state is None else state["ssm"],
+                                         return_state)
+            y = y if extra is None else y + extra
+        new_state = {"ssm": h} if return_state else None
         return self.output(y), new_state
 
     def _step(self, x_t, state):

@@ -44,6 +44,32 @@ def s4d_init(init: str, d_model: int, half_state: int, *, device=None) -> tuple[
     return real, imag.expand(d_model, half_state).clone()
 
 
+def diagonal_state_terms(x, dta, b_bar, c, h0, return_state: bool, scale: float = 2.0):
+    """What a state adds to a diagonal SSM computed as a convolution.
+
+    The system is ``h_t = exp(dta) h_{t-1} + b_bar u_t``, ``y_t = scale * Re(c h_t)`` per channel,
+    with dta, b_bar, c (H, M) complex (scale 2 for a conjugate-symmetric halved spectrum).
+    Returns the free response of the initial state ``h0`` (B, H, M) to add to the output,
+    ``scale Re(c A_bar^(t+1) h0)`` (B, L, H), or None without ``h0``; and the state after
+    the last position, ``A_bar^L h0 + sum_s A_bar^(L-1-s) b_bar u_s`` (B, H, M), when
+    ``return_state``, else None.
+    """
+    if h0 is None and not return_state:
+        return None, None
+    length = x.shape[1]
+    powers = torch.exp(dta[..., None] * torch.arange(length + 1, device=x.device))  # (H, M, L+1)
+    extra = None
+    if h0 is not None:
+        extra = scale * torch.einsum("hm,bhm,hml->blh", c, h0, powers[..., 1:]).real.to(x.dtype)
+    h = None
+    if return_state:
+        weights = powers[..., :length].flip(-1) * b_bar[..., None]  # (H, M, L)
+        h = torch.einsum("blh,hml->bhm", x.to(weights.dtype), weights)
+        if h0 is not None:
+            h = h + powers[..., length] * h0
+    return extra, h
+
+
 @register("mixer", "s4d", description="Diagonal SSM (S4D), FFT convolution forward, recurrent step",
           paper="2206.11893", variants=[{}, {"init": "inv", "d_state": 8}, {"init": "legs", "d_state": 8},
                                         {"d_state": 8, "bidirectional": True}])
@@ -115,20 +141,11 @@ class S4D(Mixer):
             c_back = torch.view_as_complex(self.C_backward.contiguous())
             kernel = torch.cat([kernel, ssm_kernel_diag(a, ones, c_back, dt, length, conj_sym=True)], dim=-1)
         y = fft_conv(x, kernel.to(x.dtype), D=self.D, bidirectional=self.bidirectional)
-        h0 = None if state is None else state["ssm"]
-        new_state = None
-        if h0 is not None or return_state:
-            dta = a * dt[:, None]
-            # Vandermonde powers A_bar^l = exp(l dt A) for l = 0 .. L.
-            powers = torch.exp(dta[..., None] * torch.arange(length + 1, device=x.device))  # (D, N/2, L+1)
-        if h0 is not None:
-            # Free response of the initial state: 2 Re(C A_bar^(t+1) h0).
-            y = y + 2 * torch.einsum("dn,bdn,dnl->bld", c, h0, powers[..., 1:]).real.to(x.dtype)
-        if return_state:
-            # h_(L-1) = A_bar^L h0 + sum_s A_bar^(L-1-s) B_bar u_s, with B_bar = (exp(dt A) - 1) / A.
-            weights = powers[..., :length].flip(-1) * (torch.expm1(dta) / a)[..., None]  # (D, N/2, L)
-            h = torch.einsum("bld,dnl->bdn", x.to(weights.dtype), weights)
-            new_state = {"ssm": h if h0 is None else h + powers[..., length] * h0}
+        extra, h = diagonal_state_terms(x, a * dt[:, None], torch.expm1(a * dt[:, None]) / a, c,
+                                        None if state is None else state["ssm"], return_state)
+        if extra is not None:
+            y = y + extra
+        new_state = {"ssm": h} if return_state else None
         return self.output(y), new_state
 
     def _step(self, x_t, state):

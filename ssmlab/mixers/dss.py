@@ -1,0 +1,105 @@
+"""DSS: diagonal state spaces (Gupta, Gu, Berant; arXiv 2203.14343).
+
+A diagonal complex state matrix ``Lambda`` (N,) shared by the layer, per-channel
+output weights ``W`` (H, N) and steps, with the kernel in one of the paper's two
+forms (K over positions k):
+
+* ``exp`` (DSS-exp): ``K_k = Re(sum_n W_n (exp(lambda_n dt) - 1) / lambda_n * exp(k lambda_n dt))``,
+  the ZOH-discretised diagonal SSM;
+* ``softmax`` (DSS-softmax): ``K_k = Re(sum_n W_n / lambda_n * softmax_k(k lambda_n dt))``, the
+  powers normalised over the positions of each state. The normaliser runs over ``l_max``
+  positions (fixed, rather than the input's length), so the kernel of a length-L input is a
+  prefix of the kernel of a longer one and the layer has an exact recurrent form.
+
+Lambda is initialised to the eigenvalues of the normal part of HiPPO-LegS (skew-HiPPO),
+as in the paper, and its real part is kept negative.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ssmlab.layers import GELUGLUOutput
+from ssmlab.mixers.base import Mixer, State, set_optim
+from ssmlab.mixers.s4d import diagonal_state_terms
+from ssmlab.ops import fft_conv, init_log_dt, s4d_legs
+from ssmlab.registry import register
+
+VERSIONS = ("exp", "softmax")
+
+
+@register("mixer", "dss", description="Diagonal state spaces (DSS-exp, DSS-softmax)", paper="2203.14343",
+          variants=[{"d_state": 8}, {"d_state": 8, "version": "softmax", "l_max": 32}])
+class DSS(Mixer):
+    """The DSS layer (arXiv 2203.14343) with the S4-style output stage.
+
+    Args:
+        d_model: channels H.
+        d_state: N, the number of complex states (64).
+        version: ``"exp"`` (default) or ``"softmax"``.
+        l_max: length over which DSS-softmax normalises (1024).
+        dt_min, dt_max: per-channel step initialised log-uniform in [0.001, 0.1].
+        lr: learning rate for Lambda and dt (0.001), which get no weight decay.
+        dropout: dropout after the activation (0.0).
+
+    State: ``{"ssm": (B, H, N)}`` complex.
+    """
+
+    causal = True
+
+    def __init__(self, d_model: int, d_state: int = 64, *, version: str = "exp", l_max: int = 1024,
+                 dt_min: float = 0.001, dt_max: float = 0.1, lr: float | None = 0.001, dropout: float = 0.0,
+                 device=None, dtype=None):
+        super().__init__(d_model)
+        if version not in VERSIONS:
+            raise ValueError(f"dss: version must be one of {VERSIONS}, got {version!r}")
+        if d_state < 1 or l_max < 1:
+            raise ValueError(f"dss: d_state and l_max must be positive, got {d_state}, {l_max}")
+        dtype = dtype or torch.get_default_dtype()
+        self.d_state, self.version, self.l_max = d_state, version, l_max
+        eig = s4d_legs(2 * d_state).to(device)  # N eigenvalues with positive imaginary part
+        self.log_Lambda_real = set_optim(nn.Parameter(torch.log(-eig.real).to(dtype)), weight_decay=0.0, lr=lr)
+        self.Lambda_imag = set_optim(nn.Parameter(eig.imag.to(dtype)), weight_decay=0.0, lr=lr)
+        w = torch.randn(d_model, d_state, 2, device=device, dtype=torch.float64) * math.sqrt(0.5)
+        self.W = nn.Parameter(w.to(dtype))
+        self.log_dt = set_optim(nn.Parameter(init_log_dt(d_model, dt_min, dt_max, device=device, dtype=dtype)),
+                                weight_decay=0.0, lr=lr)
+        self.D = nn.Parameter(torch.randn(d_model, device=device, dtype=dtype))
+        self.output = GELUGLUOutput(d_model, dropout, device=device, dtype=dtype)
+
+    def _system(self):
+        """dt * Lambda (H, N), the input weights B_bar (H, N) and W (H, N), complex."""
+        lam = torch.complex(-torch.exp(self.log_Lambda_real), self.Lambda_imag)  # (N,)
+        dtl = lam * torch.exp(self.log_dt)[:, None]  # (H, N)
+        if self.version == "exp":
+            b_bar = torch.expm1(dtl) / lam
+        else:
+            # 1 / (lambda * sum_{k < l_max} exp(k dt lambda)) = (exp(dt lambda) - 1) / (lambda (exp(l_max dt lambda) - 1))
+            b_bar = torch.expm1(dtl) / (lam * torch.expm1(self.l_max * dtl))
+        return dtl, b_bar, torch.view_as_complex(self.W.contiguous())
+
+    def _forward(self, x, state, return_state):
+        length = x.shape[1]
+        dtl, b_bar, w = self._system()
+        powers = torch.exp(dtl[..., None] * torch.arange(length, device=x.device))  # (H, N, L)
+        kernel = torch.einsum("hn,hnl->hl", w * b_bar, powers).real
+        y = fft_conv(x, kernel.to(x.dtype), D=self.D)
+        extra, h = diagonal_state_terms(x, dtl, b_bar, w, None if state is None else state["ssm"], return_state,
+                                        scale=1.0)
+        y = y if extra is None else y + extra
+        return self.output(y), ({"ssm": h} if return_state else None)
+
+    def _step(self, x_t, state):
+        dtl, b_bar, w = self._system()
+        h = torch.exp(dtl) * state["ssm"] + b_bar * x_t[..., None]
+        y = torch.einsum("hn,bhn->bh", w, h).real.to(x_t.dtype) + self.D * x_t
+        return self.output(y), {"ssm": h}
+
+    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
+        device = device if device is not None else self.D.device
+        dtype = dtype or self.D.dtype
+        cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        return {"ssm": torch.zeros(batch_size, self.d_model, self.d_state, device=device, dtype=cdtype)}

@@ -1,0 +1,84 @@
+"""LSSL: the linear state space layer (Gu et al., arXiv 2110.13985).
+
+The original continuous-time SSM layer: a dense HiPPO-LegS state matrix A (N, N)
+shared by the layer, a learnable step per channel, bilinear (generalised
+bilinear transform) discretisation, and per-channel C and D. Forward is the
+convolution with the kernel ``K[k] = C A_bar^k B_bar`` obtained by unrolling the
+recurrence (O(L N^2) per channel: LSSL's own "convolutional view"); step is the
+recurrence itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ssmlab.layers import GELUGLUOutput
+from ssmlab.mixers.base import Mixer, State, set_optim
+from ssmlab.mixers.s4 import dense_state_terms
+from ssmlab.ops import discretize_dense, fft_conv, hippo, init_log_dt, ssm_kernel_dense
+from ssmlab.registry import register
+
+
+@register("mixer", "lssl", description="Linear state space layer: dense HiPPO A, unrolled kernel",
+          paper="2110.13985", variants=[{"d_state": 8}, {"d_state": 6, "learn_A": True, "measure": "legt"}])
+class LSSL(Mixer):
+    """The LSSL layer (arXiv 2110.13985) with the S4-style output stage.
+
+    Args:
+        d_model: channels H.
+        d_state: N (64).
+        measure: HiPPO measure of the initial A: "legs" (default), "legt", "lagt", "fout".
+        learn_A: train A and B too (default False: LSSL-fixed; True: LSSL with learnt A).
+        dt_min, dt_max: per-channel step initialised log-uniform in [0.001, 0.1].
+        lr: learning rate for A, B and dt (0.001), which get no weight decay.
+        dropout: dropout after the activation (0.0).
+
+    State: ``{"ssm": (B, H, N)}``.
+    """
+
+    causal = True
+
+    def __init__(self, d_model: int, d_state: int = 64, *, measure: str = "legs", learn_A: bool = False,
+                 dt_min: float = 0.001, dt_max: float = 0.1, lr: float | None = 0.001, dropout: float = 0.0,
+                 device=None, dtype=None):
+        super().__init__(d_model)
+        dtype = dtype or torch.get_default_dtype()
+        self.d_state = d_state
+        A, B = hippo(measure, d_state, dtype=dtype)
+        if learn_A:
+            self.A = set_optim(nn.Parameter(A.to(device)), weight_decay=0.0, lr=lr)
+            self.B = set_optim(nn.Parameter(B.to(device)), weight_decay=0.0, lr=lr)
+        else:
+            self.register_buffer("A", A.to(device))
+            self.register_buffer("B", B.to(device))
+        c = torch.randn(d_model, d_state, device=device, dtype=torch.float64) / math.sqrt(d_state)
+        self.C = nn.Parameter(c.to(dtype))
+        self.log_dt = set_optim(nn.Parameter(init_log_dt(d_model, dt_min, dt_max, device=device, dtype=dtype)),
+                                weight_decay=0.0, lr=lr)
+        self.D = nn.Parameter(torch.randn(d_model, device=device, dtype=dtype))
+        self.output = GELUGLUOutput(d_model, dropout, device=device, dtype=dtype)
+
+    def _discrete(self):
+        return discretize_dense(self.A, self.B, torch.exp(self.log_dt), "bilinear")  # (H, N, N), (H, N)
+
+    def _forward(self, x, state, return_state):
+        a_bar, b_bar = self._discrete()
+        kernel = ssm_kernel_dense(a_bar, b_bar, self.C, x.shape[1])  # (H, L)
+        y = fft_conv(x, kernel.to(x.dtype), D=self.D)
+        if state is not None or return_state:
+            extra, h = dense_state_terms(x, a_bar, b_bar, self.C, None if state is None else state["ssm"],
+                                         return_state, scale=1.0)
+            y = y if extra is None else y + extra
+        return self.output(y), ({"ssm": h} if return_state else None)
+
+    def _step(self, x_t, state):
+        a_bar, b_bar = self._discrete()
+        h = (a_bar @ state["ssm"][..., None])[..., 0] + b_bar * x_t[..., None]
+        return self.output((self.C * h).sum(-1) + self.D * x_t), {"ssm": h}
+
+    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
+        device = device if device is not None else self.D.device
+        return {"ssm": torch.zeros(batch_size, self.d_model, self.d_state, device=device, dtype=dtype or self.D.dtype)}
