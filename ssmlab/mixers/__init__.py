@@ -11,3 +11,5 @@ from ssmlab.mixers.s5 import S5
 from ssmlab.mixers.s4 import S4
 from ssmlab.mixers.dss import DSS
 from ssmlab.mixers.lssl import LSSL
+from ssmlab.mixers.gss import GSS
+from ssmlab.mixers.h3 import H3

@@ -16,7 +16,7 @@ from torch import nn
 
 from ssmlab.layers import GELUGLUOutput
 from ssmlab.mixers.base import Mixer, State, set_optim
-from ssmlab.ops import fft_conv, s4d_legs, ssm_kernel_diag
+from ssmlab.ops import fft_conv, init_log_dt, s4d_legs, ssm_kernel_diag
 from ssmlab.registry import register
 
 INITS = ("lin", "inv", "legs")
@@ -70,6 +70,70 @@ def diagonal_state_terms(x, dta, b_bar, c, h0, return_state: bool, scale: float 
     return extra, h
 
 
+class DiagonalSSM(nn.Module):
+    """The SSM core of S4D, ``(B, L, H) -> (B, L, H)``: H independent diagonal SSMs with N/2
+    conjugate pairs each, ZOH, kernel ``K[l] = 2 Re(sum_n C_n B_bar_n A_bar_n^l)`` applied by FFT,
+    plus the skip ``D u``. Used by S4D and, as the "diagonal SSM" of their designs, by H3 and GSS.
+
+    With ``bidirectional`` a second C gives a kernel over the following positions (lag 1, 2, ...).
+    Parameters (lr hint for dt and A, no weight decay): log_dt (H,), log_A_real and A_imag
+    (H, N/2), C (H, N/2, 2) as the real view of complex numbers, D (H,).
+    """
+
+    def __init__(self, channels: int, d_state: int = 64, *, init: str = "lin", dt_min: float = 0.001,
+                 dt_max: float = 0.1, lr: float | None = 0.001, bidirectional: bool = False, device=None, dtype=None):
+        super().__init__()
+        if d_state < 2 or d_state % 2:
+            raise ValueError(f"d_state must be an even number >= 2, got {d_state}")
+        dtype = dtype or torch.get_default_dtype()
+        self.channels, self.d_state, self.bidirectional = channels, d_state, bidirectional
+        half = d_state // 2
+        real, imag = s4d_init(init, channels, half, device=device)
+        self.log_dt = set_optim(nn.Parameter(init_log_dt(channels, dt_min, dt_max, device=device, dtype=dtype)),
+                                weight_decay=0.0, lr=lr)
+        self.log_A_real = set_optim(nn.Parameter(torch.log(-real).to(dtype)), weight_decay=0.0, lr=lr)
+        self.A_imag = set_optim(nn.Parameter(imag.to(dtype)), weight_decay=0.0, lr=lr)
+        n_c = 2 if bidirectional else 1
+        c = torch.randn(n_c, channels, half, 2, device=device, dtype=torch.float64) * math.sqrt(0.5)
+        self.C = nn.Parameter(c.to(dtype))
+        self.D = nn.Parameter(torch.randn(channels, device=device, dtype=torch.float64).to(dtype))
+
+    def _continuous(self):
+        """A (H, N/2), C (n, H, N/2) complex and dt (H,)."""
+        a = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
+        return a, torch.view_as_complex(self.C.contiguous()), torch.exp(self.log_dt)
+
+    def forward(self, x, h0=None, return_state: bool = False):
+        """x (B, L, H) -> y (B, L, H) and the final state (B, H, N/2) (None unless ``return_state``)."""
+        length = x.shape[1]
+        a, c, dt = self._continuous()
+        ones = torch.ones_like(a)
+        kernel = ssm_kernel_diag(a, ones, c[0], dt, length, conj_sym=True)  # (H, L)
+        if self.bidirectional:
+            if return_state or h0 is not None:
+                raise RuntimeError("a bidirectional SSM has no state")
+            kernel = torch.cat([kernel, ssm_kernel_diag(a, ones, c[1], dt, length, conj_sym=True)], dim=-1)
+        y = fft_conv(x, kernel.to(x.dtype), D=self.D, bidirectional=self.bidirectional)
+        dta = a * dt[:, None]
+        extra, h = diagonal_state_terms(x, dta, torch.expm1(dta) / a, c[0], h0, return_state)
+        return (y if extra is None else y + extra), h
+
+    def step(self, x_t, h):
+        """x_t (B, H), state (B, H, N/2) -> y_t (B, H), new state."""
+        if self.bidirectional:
+            raise RuntimeError("a bidirectional SSM cannot step")
+        a, c, dt = self._continuous()
+        dta = a * dt[:, None]
+        h = torch.exp(dta) * h + (torch.expm1(dta) / a) * x_t[..., None]  # (B, H, N/2)
+        return 2 * torch.einsum("hn,bhn->bh", c[0], h).real.to(x_t.dtype) + self.D * x_t, h
+
+    def init_state(self, batch_size, *, device=None, dtype=None):
+        device = device if device is not None else self.D.device
+        dtype = dtype or self.D.dtype
+        cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        return torch.zeros(batch_size, self.channels, self.d_state // 2, device=device, dtype=cdtype)
+
+
 @register("mixer", "s4d", description="Diagonal SSM (S4D), FFT convolution forward, recurrent step",
           paper="2206.11893", variants=[{}, {"init": "inv", "d_state": 8}, {"init": "legs", "d_state": 8},
                                         {"d_state": 8, "bidirectional": True}])
@@ -101,64 +165,29 @@ class S4D(Mixer):
                  dt_max: float = 0.1, lr: float | None = 0.001, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None):
         super().__init__(d_model)
-        if d_state < 2 or d_state % 2:
-            raise ValueError(f"s4d: d_state must be an even number >= 2, got {d_state}")
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"s4d: need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
-        factory = {"device": device, "dtype": dtype}
-        dtype = dtype or torch.get_default_dtype()
+        try:
+            self.ssm = DiagonalSSM(d_model, d_state, init=init, dt_min=dt_min, dt_max=dt_max, lr=lr,
+                                   bidirectional=bidirectional, device=device, dtype=dtype)
+        except ValueError as exc:
+            raise ValueError(f"s4d: {exc}") from exc
         self.d_state, self.init = d_state, init
-        half = d_state // 2
-        real, imag = s4d_init(init, d_model, half, device=device)
-        log_dt = torch.rand(d_model, device=device, dtype=torch.float64) * (math.log(dt_max) - math.log(dt_min)) \
-            + math.log(dt_min)
-        self.log_dt = set_optim(nn.Parameter(log_dt.to(dtype)), weight_decay=0.0, lr=lr)
-        self.log_A_real = set_optim(nn.Parameter(torch.log(-real).to(dtype)), weight_decay=0.0, lr=lr)
-        self.A_imag = set_optim(nn.Parameter(imag.to(dtype)), weight_decay=0.0, lr=lr)
-        c = torch.randn(d_model, half, 2, device=device, dtype=torch.float64) * math.sqrt(0.5)
-        self.C = nn.Parameter(c.to(dtype))  # real view of complex (D, N/2)
         self.bidirectional = bidirectional
         self.causal = not bidirectional
-        if bidirectional:
-            c_back = torch.randn(d_model, half, 2, device=device, dtype=torch.float64) * math.sqrt(0.5)
-            self.C_backward = nn.Parameter(c_back.to(dtype))
-        self.D = nn.Parameter(torch.randn(d_model, **factory))
-        self.output = GELUGLUOutput(d_model, dropout, **factory)
-
-    def _continuous(self):
-        """A, C (D, N/2) complex and dt (D,)."""
-        a = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
-        return a, torch.view_as_complex(self.C.contiguous()), torch.exp(self.log_dt)
+        self.output = GELUGLUOutput(d_model, dropout, device=device, dtype=dtype)
 
     def _forward(self, x, state, return_state):
-        length = x.shape[1]
-        a, c, dt = self._continuous()
-        ones = torch.ones_like(c)
-        kernel = ssm_kernel_diag(a, ones, c, dt, length, conj_sym=True)  # (D, L)
-        if self.bidirectional:
-            if return_state:
-                raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True has no state to return")
-            c_back = torch.view_as_complex(self.C_backward.contiguous())
-            kernel = torch.cat([kernel, ssm_kernel_diag(a, ones, c_back, dt, length, conj_sym=True)], dim=-1)
-        y = fft_conv(x, kernel.to(x.dtype), D=self.D, bidirectional=self.bidirectional)
-        extra, h = diagonal_state_terms(x, a * dt[:, None], torch.expm1(a * dt[:, None]) / a, c,
-                                        None if state is None else state["ssm"], return_state)
-        if extra is not None:
-            y = y + extra
-        new_state = {"ssm": h} if return_state else None
-        return self.output(y), new_state
+        if self.bidirectional and return_state:
+            raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True has no state to return")
+        y, h = self.ssm(x, None if state is None else state["ssm"], return_state)
+        return self.output(y), ({"ssm": h} if return_state else None)
 
     def _step(self, x_t, state):
         if self.bidirectional:
             raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True cannot step")
-        a, c, dt = self._continuous()
-        dta = a * dt[:, None]
-        h = torch.exp(dta) * state["ssm"] + (torch.expm1(dta) / a) * x_t[..., None]  # (B, D, N/2)
-        y = 2 * torch.einsum("dn,bdn->bd", c, h).real.to(x_t.dtype) + self.D * x_t
+        y, h = self.ssm.step(x_t, state["ssm"])
         return self.output(y), {"ssm": h}
 
     def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        device = device if device is not None else self.D.device
-        dtype = dtype or self.D.dtype
-        complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-        return {"ssm": torch.zeros(batch_size, self.d_model, self.d_state // 2, device=device, dtype=complex_dtype)}
+        return {"ssm": self.ssm.init_state(batch_size, device=device, dtype=dtype)}

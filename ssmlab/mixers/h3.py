@@ -1,0 +1,88 @@
+"""H3: Hungry Hungry Hippos (Fu, Dao et al., arXiv 2212.14052).
+
+Two SSMs with multiplicative interactions, designed to recall and compare
+tokens like attention does::
+
+    q, k, v = W_q u, W_k u, W_v u
+    k~ = shift_ssm(k)                        remembers the last N keys
+    y  = q * diag_ssm(k~ * v)                (head_dim 1; outer products per head otherwise)
+    out = W_o y
+
+The shift SSM has the shift matrix as A and B = e_1, so its kernel is just C:
+a causal depthwise convolution with N taps (learnt per channel). The diagonal SSM
+is S4D's (arXiv 2206.11893), over every entry of the per-head k~ v^T products.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from ssmlab.mixers.base import Mixer, State
+from ssmlab.mixers.mamba import causal_conv_with_state
+from ssmlab.mixers.s4d import DiagonalSSM
+from ssmlab.registry import register
+
+
+@register("mixer", "h3", description="H3: shift SSM and diagonal SSM with multiplicative gates",
+          paper="2212.14052", variants=[{"d_state": 8}, {"d_state": 4, "head_dim": 4}])
+class H3(Mixer):
+    """The H3 layer (arXiv 2212.14052).
+
+    Args:
+        d_model: width D.
+        d_state: N, the taps of the shift SSM and the state size of the diagonal SSM (64).
+        head_dim: head size; 1 (default, as in the paper's models) multiplies elementwise,
+            larger heads use the outer products ``k~ v^T`` of each head (``D * head_dim`` SSM channels).
+        lr: learning rate for the diagonal SSM's A and dt (0.001), which get no weight decay.
+
+    State: ``{"shift": (B, D, N - 1), "ssm": (B, D * head_dim, N/2)}``: the last keys and the
+    diagonal SSM's state.
+    """
+
+    causal = True
+
+    def __init__(self, d_model: int, d_state: int = 64, *, head_dim: int = 1, lr: float | None = 0.001,
+                 device=None, dtype=None):
+        super().__init__(d_model)
+        if d_model % head_dim:
+            raise ValueError(f"h3: head_dim={head_dim} must divide d_model={d_model}")
+        if d_state < 2 or d_state % 2:
+            raise ValueError(f"h3: d_state must be an even number >= 2, got {d_state}")
+        factory = {"device": device, "dtype": dtype}
+        self.d_state, self.head_dim = d_state, head_dim
+        self.qkv = nn.Linear(d_model, 3 * d_model, **factory)
+        self.shift = nn.Conv1d(d_model, d_model, d_state, groups=d_model, bias=False, **factory)
+        self.ssm = DiagonalSSM(d_model * head_dim, d_state, lr=lr, **factory)
+        self.out_proj = nn.Linear(d_model, d_model, **factory)
+
+    def _mix(self, q, k, v):
+        """(..., D) each -> the inputs of the diagonal SSM (..., D * head_dim)."""
+        k = rearrange(k, "... (h i) -> ... h i 1", i=self.head_dim)
+        v = rearrange(v, "... (h j) -> ... h 1 j", j=self.head_dim)
+        return rearrange(k * v, "... h i j -> ... (h i j)")
+
+    def _read(self, q, kv):
+        """q (..., D), diagonal-SSM outputs (..., D * head_dim) -> (..., D)."""
+        q = rearrange(q, "... (h i) -> ... h i 1", i=self.head_dim)
+        kv = rearrange(kv, "... (h i j) -> ... h i j", i=self.head_dim, j=self.head_dim)
+        return self.out_proj(rearrange((q * kv).sum(-2), "... h j -> ... (h j)"))
+
+    def _forward(self, x, state, return_state):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        k, shift_state = causal_conv_with_state(k, self.shift, None if state is None else state["shift"])
+        kv, h = self.ssm(self._mix(q, k, v), None if state is None else state["ssm"], return_state)
+        return self._read(q, kv), ({"shift": shift_state, "ssm": h} if return_state else None)
+
+    def _step(self, x_t, state):
+        q, k, v = self.qkv(x_t).chunk(3, dim=-1)
+        k, shift_state = causal_conv_with_state(k[:, None], self.shift, state["shift"])
+        kv, h = self.ssm.step(self._mix(q, k[:, 0], v), state["ssm"])
+        return self._read(q, kv), {"shift": shift_state, "ssm": h}
+
+    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
+        device = device if device is not None else self.qkv.weight.device
+        dtype = dtype or self.qkv.weight.dtype
+        return {"shift": torch.zeros(batch_size, self.d_model, self.d_state - 1, device=device, dtype=dtype),
+                "ssm": self.ssm.init_state(batch_size, device=device, dtype=dtype)}

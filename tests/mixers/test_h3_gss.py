@@ -1,0 +1,43 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ssmlab
+from tests.utils import assert_close
+
+
+def test_h3_is_q_times_ssm_of_shifted_k_times_v():
+    torch.manual_seed(0)
+    h3 = ssmlab.create_mixer("h3", 6, d_state=4, dtype=torch.float64)
+    x = torch.randn(2, 11, 6, dtype=torch.float64)
+    q, k, v = h3.qkv(x).chunk(3, dim=-1)
+    taps = h3.shift.weight[:, 0]  # (D, N): output t reads k[t - N + 1 + j] with weight taps[:, j]
+    shifted = torch.stack([sum(taps[:, j] * k[:, t - 3 + j] for j in range(4) if t - 3 + j >= 0)
+                           for t in range(11)], dim=1)
+    ssm_out, _ = h3.ssm(shifted * v)
+    assert_close(h3(x), h3.out_proj(q * ssm_out), atol=1e-12, name="H3 output")
+
+
+def test_h3_heads_use_outer_products():
+    torch.manual_seed(0)
+    h3 = ssmlab.create_mixer("h3", 4, d_state=4, head_dim=2, dtype=torch.float64)
+    assert h3.ssm.channels == 8
+    q, k, v = (torch.arange(4, dtype=torch.float64) + i for i in range(3))
+    kv = h3._mix(q, k, v)  # head 0: k[0:2] v[0:2]^T flattened
+    assert_close(kv[:4], torch.outer(k[:2], v[:2]).flatten(), atol=0, name="outer product")
+
+
+def test_gss_shapes_and_formula():
+    torch.manual_seed(0)
+    gss = ssmlab.create_mixer("gss", 8, d_state=4, expand=2, d_ssm=3, dtype=torch.float64)
+    x = torch.randn(1, 7, 8, dtype=torch.float64)
+    y, _ = gss.ssm(F.gelu(gss.ssm_in(x)))
+    assert_close(gss(x), gss.out_proj(gss.ssm_out(y) * F.gelu(gss.gate_proj(x))), atol=1e-12, name="GSS")
+    assert gss.gate_proj.out_features == 16 and gss.ssm.channels == 3
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="head_dim"):
+        ssmlab.create_mixer("h3", 6, head_dim=4)
+    with pytest.raises(ValueError, match="expand"):
+        ssmlab.create_mixer("gss", 8, expand=0)
