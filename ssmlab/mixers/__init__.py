@@ -13,3 +13,4 @@ from ssmlab.mixers.dss import DSS
 from ssmlab.mixers.lssl import LSSL
 from ssmlab.mixers.gss import GSS
 from ssmlab.mixers.h3 import H3
+from ssmlab.mixers.hyena import Hyena

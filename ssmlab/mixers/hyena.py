@@ -1,0 +1,148 @@
+"""Hyena: long convolutions with implicit filters and data-controlled gating (Poli et al., arXiv 2302.10866).
+
+The operator of order N projects the input to N + 1 streams (each passed through
+a short causal convolution), ``x_1 .. x_N`` and ``v``, then alternates gating and
+long causal convolutions::
+
+    z = v
+    for i = N, N-1, ..., 2:   z = h_{i-1} * (x_i . z) + b_{i-1} . (x_i . z)
+    y = W_o (x_1 . z)
+
+Each long filter ``h`` is implicit: a small FFN with sine activations reads a
+positional encoding of the time ``t / l_max`` (t and ``emb_dim // 2`` sine/cosine
+bands), and an exponential window ``exp(-alpha t)`` with per-channel rates
+spreads the filters from fast to slow decay. The filter of a length-L input is the
+first L values of the filter over ``l_max`` positions, so the layer is causal and
+streams: its state is the input history of each long convolution (it grows with
+the context, like a KV cache) plus the short convolutions' last inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from ssmlab.mixers.base import Mixer, State
+from ssmlab.mixers.mamba import causal_conv_with_state
+from ssmlab.ops import fft_conv
+from ssmlab.registry import register
+
+
+class Sin(nn.Module):
+    """``sin(w x)`` with a learnable frequency per feature (Hyena's filter activation)."""
+
+    def __init__(self, features: int, w: float = 1.0, device=None, dtype=None):
+        super().__init__()
+        self.freq = nn.Parameter(torch.full((features,), w, device=device, dtype=dtype))
+
+    def forward(self, x):
+        return torch.sin(self.freq * x)
+
+
+class ImplicitFilter(nn.Module):
+    """Filters (channels, L) from an FFN of a positional encoding, times an exponential window."""
+
+    def __init__(self, channels: int, l_max: int, emb_dim: int, filter_order: int, fast_decay: float,
+                 slow_decay: float, target: float, device=None, dtype=None):
+        super().__init__()
+        if emb_dim < 3 or emb_dim % 2 == 0:
+            raise ValueError(f"hyena: emb_dim must be odd and >= 3 (t plus sine/cosine pairs), got {emb_dim}")
+        factory = {"device": device, "dtype": dtype}
+        self.l_max, self.channels = l_max, channels
+        self.ffn = nn.Sequential(nn.Linear(emb_dim, filter_order, **factory), Sin(filter_order, **factory),
+                                 nn.Linear(filter_order, filter_order, **factory), Sin(filter_order, **factory),
+                                 nn.Linear(filter_order, channels, bias=False, **factory))
+        bands = (emb_dim - 1) // 2
+        self.register_buffer("band_freqs", torch.linspace(1e-4, bands - 1, bands, device=device, dtype=dtype),
+                             persistent=False)
+        # Decay rates from fast (reaching `target` after fast_decay * l_max) to slow.
+        rates = torch.linspace(math.log(1 / target) / fast_decay, math.log(1 / target) / slow_decay, channels,
+                               device=device, dtype=dtype)
+        self.register_buffer("decay_rates", rates, persistent=False)
+
+    def forward(self, length: int) -> torch.Tensor:
+        if length > self.l_max:
+            raise ValueError(f"hyena: sequence length {length} exceeds l_max={self.l_max}")
+        t = torch.arange(length, device=self.decay_rates.device, dtype=self.decay_rates.dtype)[:, None] / self.l_max
+        angle = 2 * math.pi * t * self.band_freqs  # (L, bands)
+        z = torch.cat([t, torch.cos(angle), torch.sin(angle)], dim=-1)  # (L, emb_dim)
+        h = self.ffn(z) * torch.exp(-t * self.decay_rates)  # (L, channels)
+        return h.T
+
+
+@register("mixer", "hyena", description="Hyena operator: implicit long filters, data-controlled gating",
+          paper="2302.10866", variants=[{"l_max": 64, "filter_order": 16}, {"l_max": 64, "order": 3,
+                                                                              "filter_order": 8, "emb_dim": 5}])
+class Hyena(Mixer):
+    """The Hyena operator (arXiv 2302.10866).
+
+    Args:
+        d_model: width D.
+        l_max: longest sequence (2048); the filters are defined on ``t / l_max``.
+        order: N, the number of gates (2).
+        filter_order: width of the filter FFN (64).
+        emb_dim: size of the positional encoding, t and sine/cosine bands (33).
+        short_filter: width of the short causal convolutions (3).
+        fast_decay, slow_decay, target: the windows decay to ``target`` (0.01) after
+            ``fast_decay`` (0.3) to ``slow_decay`` (1.5) times l_max.
+        dropout: dropout on the gated streams (0.0).
+
+    State: ``{"short": (B, (N+1) D, short_filter - 1), "history": (B, N - 1, T, D)}``: the short
+    convolutions' last inputs and the inputs of every long convolution so far.
+    """
+
+    causal = True
+    _state_growing_dims = {"history": (2,)}
+
+    def __init__(self, d_model: int, l_max: int = 2048, *, order: int = 2, filter_order: int = 64, emb_dim: int = 33,
+                 short_filter: int = 3, fast_decay: float = 0.3, slow_decay: float = 1.5, target: float = 1e-2,
+                 dropout: float = 0.0, device=None, dtype=None):
+        super().__init__(d_model)
+        if order < 2 or l_max < 1 or short_filter < 1:
+            raise ValueError(f"hyena: need order >= 2, l_max >= 1, short_filter >= 1; got {order}, {l_max}, "
+                             f"{short_filter}")
+        factory = {"device": device, "dtype": dtype}
+        self.order, self.l_max, self.short_width = order, l_max, short_filter
+        width = (order + 1) * d_model
+        self.in_proj = nn.Linear(d_model, width, **factory)
+        self.short = nn.Conv1d(width, width, short_filter, groups=width, **factory)
+        self.filter = ImplicitFilter((order - 1) * d_model, l_max, emb_dim, filter_order, fast_decay, slow_decay,
+                                     target, **factory)
+        self.bias = nn.Parameter(torch.randn(order - 1, d_model, **factory))
+        self.dropout = nn.Dropout(dropout)
+        self.out_proj = nn.Linear(d_model, d_model, **factory)
+
+    def _streams(self, x, short_state):
+        u, short_state = causal_conv_with_state(self.in_proj(x), self.short, short_state)
+        *gates, v = u.split(self.d_model, dim=-1)
+        return gates, v, short_state
+
+    def _forward(self, x, state, return_state):
+        gates, z, short_state = self._streams(x, None if state is None else state["short"])
+        past = None if state is None else state["history"]  # (B, N-1, T, D)
+        offset = 0 if past is None else past.shape[2]
+        filters = rearrange(self.filter(offset + x.shape[1]), "(n d) l -> n d l", n=self.order - 1)
+        inputs = []
+        for i, gate in enumerate(reversed(gates[1:])):
+            z = self.dropout(gate * z)
+            full = z if past is None else torch.cat([past[:, i], z], dim=1)  # (B, T + L, D)
+            inputs.append(full)
+            z = fft_conv(full, filters[i], D=self.bias[i])[:, offset:]
+        y = self.out_proj(gates[0] * z)
+        if not return_state:
+            return y, None
+        return y, {"short": short_state, "history": torch.stack(inputs, dim=1)}
+
+    def _step(self, x_t, state):
+        y, new_state = self._forward(x_t[:, None], state, True)
+        return y[:, 0], new_state
+
+    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
+        device = device if device is not None else self.bias.device
+        dtype = dtype or self.bias.dtype
+        width = (self.order + 1) * self.d_model
+        return {"short": torch.zeros(batch_size, width, self.short_width - 1, device=device, dtype=dtype),
+                "history": torch.zeros(batch_size, self.order - 1, 0, self.d_model, device=device, dtype=dtype)}
