@@ -14,3 +14,4 @@ from ssmlab.mixers.lssl import LSSL
 from ssmlab.mixers.gss import GSS
 from ssmlab.mixers.h3 import H3
 from ssmlab.mixers.hyena import Hyena
+from ssmlab.mixers.tnn import TNN
