@@ -15,3 +15,4 @@ from ssmlab.mixers.gss import GSS
 from ssmlab.mixers.h3 import H3
 from ssmlab.mixers.hyena import Hyena
 from ssmlab.mixers.tnn import TNN
+from ssmlab.mixers.mega import Mega

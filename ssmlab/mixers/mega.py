@@ -1,0 +1,140 @@
+"""Mega: moving average equipped gated attention (Ma et al., arXiv 2209.10655).
+
+A multi-dimensional damped exponential moving average (EMA) gives every position
+a smoothed, position-aware summary; single-head gated attention then mixes the
+sequence, its queries and keys both derived from the EMA output::
+
+    EMA:  h_t = alpha * (beta x_t) + (1 - alpha * delta) * h_{t-1},  y_t = eta . h_t   (per channel, h dims)
+    X' = silu(EMA(X) + omega * X)
+    Z  = silu(W_z X'),  Q = kappa_q * Z + mu_q,  K = kappa_k * Z + mu_k,  V = silu(W_v X)
+    O  = softmax(Q K^T / sqrt(z) + b_rel, causal) V
+    gamma = silu(W_g X'),  phi = sigmoid(W_f X'),  H = silu(W_h X' + W_u (gamma * O))
+    Y  = phi * H + (1 - phi) * X
+
+The EMA is a real diagonal SSM (A_bar = 1 - alpha delta, B_bar = alpha beta, C = eta),
+computed as a convolution by FFT; its recurrent form is the same system. With
+``chunk_size`` attention only reaches back to the start of each chunk (Mega-chunk),
+for linear cost. The state for streaming is the EMA state and the keys and values so far.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssmlab.mixers.base import Mixer, State
+from ssmlab.mixers.s4d import diagonal_state_terms
+from ssmlab.ops import fft_conv
+from ssmlab.registry import register
+
+
+@register("mixer", "mega", description="Mega: damped multi-dimensional EMA plus single-head gated attention",
+          paper="2209.10655", variants=[{"ndim": 4, "max_positions": 64}, {"ndim": 2, "chunk_size": 4,
+                                                                               "max_positions": 64}])
+class Mega(Mixer):
+    """The Mega layer (arXiv 2209.10655).
+
+    Args:
+        d_model: width d.
+        ndim: h, the expansion of each channel in the EMA (16).
+        z_dim: width of the shared query/key representation (min(128, d)).
+        v_dim: width of the values (2 d).
+        chunk_size: ``None`` for full causal attention (default), or the chunk length of Mega-chunk.
+        max_positions: longest distance covered by the learnt relative position bias (2048).
+        dropout: attention dropout (0.0).
+
+    Initialisation as in the paper's code: alpha, delta (pre-sigmoid) ~ N(0, 0.2); beta ~
+    N(0, 0.02) plus alternating +1/-1; eta, omega ~ N(0, 1).
+
+    State: ``{"ema": (B, d, h), "k": (B, T, z), "v": (B, T, v)}``.
+    """
+
+    causal = True
+    _state_growing_dims = {"k": (1,), "v": (1,)}
+
+    def __init__(self, d_model: int, ndim: int = 16, *, z_dim: int | None = None, v_dim: int | None = None,
+                 chunk_size: int | None = None, max_positions: int = 2048, dropout: float = 0.0,
+                 device=None, dtype=None):
+        super().__init__(d_model)
+        if ndim < 1 or max_positions < 1 or (chunk_size is not None and chunk_size < 1):
+            raise ValueError(f"mega: ndim, max_positions and chunk_size must be positive, got {ndim}, "
+                             f"{max_positions}, {chunk_size}")
+        factory = {"device": device, "dtype": dtype}
+        self.ndim, self.chunk_size, self.max_positions, self.dropout = ndim, chunk_size, max_positions, dropout
+        self.z_dim, self.v_dim = z_dim or min(128, d_model), v_dim or 2 * d_model
+        f64 = {"device": device, "dtype": torch.float64}
+        dtype = dtype or torch.get_default_dtype()
+        self.alpha = nn.Parameter((torch.randn(d_model, ndim, **f64) * 0.2).to(dtype))
+        self.delta = nn.Parameter((torch.randn(d_model, ndim, **f64) * 0.2).to(dtype))
+        signs = torch.ones(ndim, **f64)
+        signs[1::2] = -1.0
+        self.beta = nn.Parameter((torch.randn(d_model, ndim, **f64) * 0.02 + signs).to(dtype))
+        self.eta = nn.Parameter(torch.randn(d_model, ndim, **f64).to(dtype))
+        self.omega = nn.Parameter(torch.randn(d_model, **f64).to(dtype))
+        self.v_proj = nn.Linear(d_model, self.v_dim, **factory)
+        # One projection of X' into Z, gamma, phi and the first term of H.
+        self.mx_proj = nn.Linear(d_model, self.z_dim + self.v_dim + 2 * d_model, **factory)
+        self.qk_scale = nn.Parameter(torch.randn(2, self.z_dim, **f64).mul(0.02).add(1.0).to(dtype))
+        self.qk_bias = nn.Parameter(torch.zeros(2, self.z_dim, **factory))
+        self.h_proj = nn.Linear(self.v_dim, d_model, **factory)
+        self.rel_bias = nn.Parameter((torch.randn(max_positions, **f64) * 0.02).to(dtype))
+
+    def _ema_system(self):
+        """A_bar (d, h) as log, B_bar and C of the EMA's diagonal SSM."""
+        alpha, delta = torch.sigmoid(self.alpha), torch.sigmoid(self.delta)
+        return torch.log1p(-alpha * delta), alpha * self.beta, self.eta
+
+    def _ema(self, x, h0, return_state):
+        log_q, b_bar, c = self._ema_system()
+        powers = torch.exp(log_q[..., None] * torch.arange(x.shape[1], device=x.device, dtype=x.dtype))
+        kernel = torch.einsum("dn,dnl->dl", c * b_bar, powers)  # (d, L)
+        y = fft_conv(x, kernel, D=self.omega)
+        extra, h = diagonal_state_terms(x, log_q, b_bar, c, h0, return_state, scale=1.0)
+        return (y if extra is None else y + extra), h
+
+    def _attend(self, q, k, v, offset):
+        """Causal (or chunked) attention of queries at positions offset.. over keys at 0..; (B, L, *)."""
+        length, total = q.shape[1], k.shape[1]
+        if total > self.max_positions:
+            raise ValueError(f"mega: context of {total} positions exceeds max_positions={self.max_positions}")
+        i = torch.arange(offset, offset + length, device=q.device)[:, None]
+        j = torch.arange(total, device=q.device)[None]
+        allowed = j <= i
+        if self.chunk_size is not None:
+            allowed = allowed & (j // self.chunk_size == i // self.chunk_size)
+        bias = self.rel_bias[(i - j).clamp(min=0)].masked_fill(~allowed, float("-inf"))  # (L, T)
+        dropout = self.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout,
+                                              scale=1 / math.sqrt(self.z_dim))
+
+    def _forward(self, x, state, return_state):
+        ema, h = self._ema(x, None if state is None else state["ema"], return_state)
+        mx = F.silu(ema)
+        z, gamma, phi, hx = torch.split(self.mx_proj(mx), [self.z_dim, self.v_dim, self.d_model, self.d_model],
+                                        dim=-1)
+        z = F.silu(z)
+        q, k = z * self.qk_scale[0] + self.qk_bias[0], z * self.qk_scale[1] + self.qk_bias[1]
+        v = F.silu(self.v_proj(x))
+        offset = 0
+        if state is not None:
+            offset = state["k"].shape[1]
+            k, v = torch.cat([state["k"], k], dim=1), torch.cat([state["v"], v], dim=1)
+        attn = self._attend(q, k, v, offset)
+        out = F.silu(hx + self.h_proj(F.silu(gamma) * attn))
+        phi = torch.sigmoid(phi)
+        y = phi * out + (1 - phi) * x
+        return y, ({"ema": h, "k": k, "v": v} if return_state else None)
+
+    def _step(self, x_t, state):
+        y, new_state = self._forward(x_t[:, None], state, True)
+        return y[:, 0], new_state
+
+    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
+        device = device if device is not None else self.omega.device
+        dtype = dtype or self.omega.dtype
+        return {"ema": torch.zeros(batch_size, self.d_model, self.ndim, device=device, dtype=dtype),
+                "k": torch.zeros(batch_size, 0, self.z_dim, device=device, dtype=dtype),
+                "v": torch.zeros(batch_size, 0, self.v_dim, device=device, dtype=dtype)}
