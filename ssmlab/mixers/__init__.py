@@ -16,3 +16,4 @@ from ssmlab.mixers.h3 import H3
 from ssmlab.mixers.hyena import Hyena
 from ssmlab.mixers.tnn import TNN
 from ssmlab.mixers.mega import Mega
+from ssmlab.mixers.s4nd import S4ND

@@ -1,0 +1,102 @@
+"""S4ND: state spaces over multi-dimensional signals (Nguyen et al., arXiv 2210.06583), in 2-D.
+
+An image is a sequence of H * W patches or pixels in row-major order. Each
+channel has one diagonal SSM per axis (S4D's, arXiv 2206.11893); the 2-D
+kernel is the outer product of the two 1-D kernels, ``K[d, i, j] = K_h[d, i] K_w[d, j]``,
+applied with a 2-D FFT. As for images in the S4ND paper, each axis's kernel is
+bidirectional (a second C per axis reaches the rows below / the columns to the
+right), so the layer is not causal and has no step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from ssmlab.layers import GELUGLUOutput
+from ssmlab.mixers.base import Mixer, State, set_optim
+from ssmlab.mixers.s4d import s4d_init
+from ssmlab.ops import init_log_dt, ssm_kernel_diag
+from ssmlab.registry import register
+
+
+class AxisKernel(nn.Module):
+    """Bidirectional S4D kernel along one axis: (channels, 2n - 1) taps for offsets -(n-1) .. n-1."""
+
+    def __init__(self, channels: int, d_state: int, init: str, dt_min: float, dt_max: float, lr, device, dtype):
+        super().__init__()
+        half = d_state // 2
+        real, imag = s4d_init(init, channels, half, device=device)
+        self.log_dt = set_optim(nn.Parameter(init_log_dt(channels, dt_min, dt_max, device=device, dtype=dtype)),
+                                weight_decay=0.0, lr=lr)
+        self.log_A_real = set_optim(nn.Parameter(torch.log(-real).to(dtype)), weight_decay=0.0, lr=lr)
+        self.A_imag = set_optim(nn.Parameter(imag.to(dtype)), weight_decay=0.0, lr=lr)
+        c = torch.randn(2, channels, half, 2, device=device, dtype=torch.float64) * math.sqrt(0.5)
+        self.C = nn.Parameter(c.to(dtype))
+
+    def forward(self, n: int) -> torch.Tensor:
+        a = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
+        c = torch.view_as_complex(self.C.contiguous())
+        dt, ones = torch.exp(self.log_dt), torch.ones_like(a)
+        forward = ssm_kernel_diag(a, ones, c[0], dt, n, conj_sym=True)  # offsets 0 .. n-1
+        backward = ssm_kernel_diag(a, ones, c[1], dt, n, conj_sym=True)[:, 1:]  # offsets -1 .. -(n-1)
+        return torch.cat([backward.flip(-1), forward], dim=-1)  # (channels, 2n - 1), offset -(n-1) first
+
+
+@register("mixer", "s4nd", description="S4ND: 2-D separable SSM kernels over images, FFT conv over H and W",
+          paper="2210.06583", variants=[{"image_shape": (4, 4), "d_state": 8}], fixed_length=16)
+class S4ND(Mixer):
+    """The 2-D S4ND layer (arXiv 2210.06583) with the S4-style output stage.
+
+    Args:
+        d_model: channels D.
+        image_shape: (H, W); inputs are (B, H * W, D) in row-major order. Required.
+        d_state: state size N per axis (64, as N/2 conjugate pairs).
+        init: S4D initialisation of each axis ("lin", "inv", "legs"; default "lin").
+        dt_min, dt_max: per-axis, per-channel step initialised log-uniform in [0.001, 0.1].
+        lr: learning rate for the SSM parameters (0.001), which get no weight decay.
+        dropout: dropout after the activation (0.0).
+    """
+
+    causal = False
+
+    def __init__(self, d_model: int, image_shape: tuple[int, int] | None = None, d_state: int = 64, *,
+                 init: str = "lin", dt_min: float = 0.001, dt_max: float = 0.1, lr: float | None = 0.001,
+                 dropout: float = 0.0, device=None, dtype=None):
+        super().__init__(d_model)
+        if image_shape is None or len(image_shape) != 2 or min(image_shape) < 1:
+            raise ValueError(f"s4nd: image_shape=(H, W) is required, got {image_shape!r}")
+        if d_state < 2 or d_state % 2:
+            raise ValueError(f"s4nd: d_state must be an even number >= 2, got {d_state}")
+        dtype = dtype or torch.get_default_dtype()
+        self.image_shape = tuple(image_shape)
+        self.kernel_h = AxisKernel(d_model, d_state, init, dt_min, dt_max, lr, device, dtype)
+        self.kernel_w = AxisKernel(d_model, d_state, init, dt_min, dt_max, lr, device, dtype)
+        self.D = nn.Parameter(torch.randn(d_model, device=device, dtype=torch.float64).to(dtype))
+        self.output = GELUGLUOutput(d_model, dropout, device=device, dtype=dtype)
+
+    def kernel(self) -> torch.Tensor:
+        """The 2-D kernel (D, 2H - 1, 2W - 1) over offsets -(H-1) .. H-1 and -(W-1) .. W-1."""
+        h, w = self.image_shape
+        return self.kernel_h(h)[:, :, None] * self.kernel_w(w)[:, None, :]
+
+    def _forward(self, x, state, return_state):
+        if return_state:
+            raise RuntimeError(f"mixer {self.registry_name!r} is bidirectional and has no state to return")
+        h, w = self.image_shape
+        if x.shape[1] != h * w:
+            raise ValueError(f"s4nd: x must have shape (B, H*W={h * w}, D={self.d_model}) for image_shape "
+                             f"{self.image_shape}, got {tuple(x.shape)}")
+        image = rearrange(x, "b (h w) d -> b d h w", h=h)
+        size = (2 * h - 1 + h, 2 * w - 1 + w)
+        spectrum = torch.fft.rfft2(image, s=size) * torch.fft.rfft2(self.kernel().to(x.dtype), s=size)
+        # Output (i, j) = sum over inputs (i', j') of K[i - i', j - j'], stored at index (i - i') + H - 1.
+        y = torch.fft.irfft2(spectrum, s=size)[..., h - 1:2 * h - 1, w - 1:2 * w - 1]
+        y = rearrange(y, "b d h w -> b (h w) d") + self.D * x
+        return self.output(y), None
+
+    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
+        return {}
