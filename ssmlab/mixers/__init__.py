@@ -17,3 +17,4 @@ from ssmlab.mixers.hyena import Hyena
 from ssmlab.mixers.tnn import TNN
 from ssmlab.mixers.mega import Mega
 from ssmlab.mixers.s4nd import S4ND
+from ssmlab.mixers.liquid_s4 import LiquidS4

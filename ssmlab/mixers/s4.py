@@ -129,7 +129,12 @@ class S4(Mixer):
                                          return_state)
             y = y if extra is None else y + extra
         new_state = {"ssm": h} if return_state else None
-        return self.output(y), new_state
+        extra = self._extra_terms(x, state)
+        return self.output(y if extra is None else y + extra), new_state
+
+    def _extra_terms(self, x, state):
+        """Terms (B, L, H) a subclass adds to the SSM output before the activation (Liquid-S4's)."""
+        return None
 
     def _step(self, x_t, state):
         if self.bidirectional:
@@ -138,7 +143,8 @@ class S4(Mixer):
         a_bar, b_bar = discretize_dplr(lam, p, b, dt, "bilinear")
         h = (a_bar @ state["ssm"][..., None])[..., 0] + b_bar * x_t[..., None].to(b_bar.dtype)
         y = 2 * torch.einsum("hn,bhn->bh", c[0], h).real.to(x_t.dtype) + self.D * x_t
-        return self.output(y), {"ssm": h}
+        extra = self._extra_terms(x_t[:, None], state)
+        return self.output(y if extra is None else y + extra[:, 0]), {"ssm": h}
 
     def init_state(self, batch_size, *, device=None, dtype=None) -> State:
         device = device if device is not None else self.D.device
