@@ -77,11 +77,12 @@ class DiagonalSSM(nn.Module):
 
     With ``bidirectional`` a second C gives a kernel over the following positions (lag 1, 2, ...).
     Parameters (lr hint for dt and A, no weight decay): log_dt (H,), log_A_real and A_imag
-    (H, N/2), C (H, N/2, 2) as the real view of complex numbers, D (H,).
+    (H, N/2), C (n, H, N/2, 2) as the real view of complex numbers, and D (H,) unless ``skip=False``.
     """
 
     def __init__(self, channels: int, d_state: int = 64, *, init: str = "lin", dt_min: float = 0.001,
-                 dt_max: float = 0.1, lr: float | None = 0.001, bidirectional: bool = False, device=None, dtype=None):
+                 dt_max: float = 0.1, lr: float | None = 0.001, bidirectional: bool = False, skip: bool = True,
+                 device=None, dtype=None):
         super().__init__()
         if d_state < 2 or d_state % 2:
             raise ValueError(f"d_state must be an even number >= 2, got {d_state}")
@@ -96,24 +97,30 @@ class DiagonalSSM(nn.Module):
         n_c = 2 if bidirectional else 1
         c = torch.randn(n_c, channels, half, 2, device=device, dtype=torch.float64) * math.sqrt(0.5)
         self.C = nn.Parameter(c.to(dtype))
-        self.D = nn.Parameter(torch.randn(channels, device=device, dtype=torch.float64).to(dtype))
+        d = torch.randn(channels, device=device, dtype=torch.float64).to(dtype)
+        self.D = nn.Parameter(d) if skip else None
 
     def _continuous(self):
         """A (H, N/2), C (n, H, N/2) complex and dt (H,)."""
         a = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
         return a, torch.view_as_complex(self.C.contiguous()), torch.exp(self.log_dt)
 
-    def forward(self, x, h0=None, return_state: bool = False):
-        """x (B, L, H) -> y (B, L, H) and the final state (B, H, N/2) (None unless ``return_state``)."""
-        length = x.shape[1]
+    def kernel(self, length: int) -> torch.Tensor:
+        """The convolution kernel (H, L); with ``bidirectional`` (H, 2L), the second half for lags
+        1 .. L into the future (the layout of :func:`ssmlab.ops.fft_conv`)."""
         a, c, dt = self._continuous()
         ones = torch.ones_like(a)
-        kernel = ssm_kernel_diag(a, ones, c[0], dt, length, conj_sym=True)  # (H, L)
+        kernel = ssm_kernel_diag(a, ones, c[0], dt, length, conj_sym=True)
         if self.bidirectional:
-            if return_state or h0 is not None:
-                raise RuntimeError("a bidirectional SSM has no state")
             kernel = torch.cat([kernel, ssm_kernel_diag(a, ones, c[1], dt, length, conj_sym=True)], dim=-1)
-        y = fft_conv(x, kernel.to(x.dtype), D=self.D, bidirectional=self.bidirectional)
+        return kernel
+
+    def forward(self, x, h0=None, return_state: bool = False):
+        """x (B, L, H) -> y (B, L, H) and the final state (B, H, N/2) (None unless ``return_state``)."""
+        if self.bidirectional and (return_state or h0 is not None):
+            raise RuntimeError("a bidirectional SSM has no state")
+        y = fft_conv(x, self.kernel(x.shape[1]).to(x.dtype), D=self.D, bidirectional=self.bidirectional)
+        a, c, dt = self._continuous()
         dta = a * dt[:, None]
         extra, h = diagonal_state_terms(x, dta, torch.expm1(dta) / a, c[0], h0, return_state)
         return (y if extra is None else y + extra), h
@@ -125,11 +132,12 @@ class DiagonalSSM(nn.Module):
         a, c, dt = self._continuous()
         dta = a * dt[:, None]
         h = torch.exp(dta) * h + (torch.expm1(dta) / a) * x_t[..., None]  # (B, H, N/2)
-        return 2 * torch.einsum("hn,bhn->bh", c[0], h).real.to(x_t.dtype) + self.D * x_t, h
+        y = 2 * torch.einsum("hn,bhn->bh", c[0], h).real.to(x_t.dtype)
+        return (y if self.D is None else y + self.D * x_t), h
 
     def init_state(self, batch_size, *, device=None, dtype=None):
-        device = device if device is not None else self.D.device
-        dtype = dtype or self.D.dtype
+        device = device if device is not None else self.log_dt.device
+        dtype = dtype or self.log_dt.dtype
         cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
         return torch.zeros(batch_size, self.channels, self.d_state // 2, device=device, dtype=cdtype)
 

@@ -10,40 +10,14 @@ right), so the layer is not causal and has no step.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from einops import rearrange
 from torch import nn
 
 from ssmlab.layers import GELUGLUOutput
-from ssmlab.mixers.base import Mixer, State, set_optim
-from ssmlab.mixers.s4d import s4d_init
-from ssmlab.ops import init_log_dt, ssm_kernel_diag
+from ssmlab.mixers.base import Mixer, State
+from ssmlab.mixers.s4d import DiagonalSSM
 from ssmlab.registry import register
-
-
-class AxisKernel(nn.Module):
-    """Bidirectional S4D kernel along one axis: (channels, 2n - 1) taps for offsets -(n-1) .. n-1."""
-
-    def __init__(self, channels: int, d_state: int, init: str, dt_min: float, dt_max: float, lr, device, dtype):
-        super().__init__()
-        half = d_state // 2
-        real, imag = s4d_init(init, channels, half, device=device)
-        self.log_dt = set_optim(nn.Parameter(init_log_dt(channels, dt_min, dt_max, device=device, dtype=dtype)),
-                                weight_decay=0.0, lr=lr)
-        self.log_A_real = set_optim(nn.Parameter(torch.log(-real).to(dtype)), weight_decay=0.0, lr=lr)
-        self.A_imag = set_optim(nn.Parameter(imag.to(dtype)), weight_decay=0.0, lr=lr)
-        c = torch.randn(2, channels, half, 2, device=device, dtype=torch.float64) * math.sqrt(0.5)
-        self.C = nn.Parameter(c.to(dtype))
-
-    def forward(self, n: int) -> torch.Tensor:
-        a = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
-        c = torch.view_as_complex(self.C.contiguous())
-        dt, ones = torch.exp(self.log_dt), torch.ones_like(a)
-        forward = ssm_kernel_diag(a, ones, c[0], dt, n, conj_sym=True)  # offsets 0 .. n-1
-        backward = ssm_kernel_diag(a, ones, c[1], dt, n, conj_sym=True)[:, 1:]  # offsets -1 .. -(n-1)
-        return torch.cat([backward.flip(-1), forward], dim=-1)  # (channels, 2n - 1), offset -(n-1) first
 
 
 @register("mixer", "s4nd", description="S4ND: 2-D separable SSM kernels over images, FFT conv over H and W",
@@ -73,15 +47,24 @@ class S4ND(Mixer):
             raise ValueError(f"s4nd: d_state must be an even number >= 2, got {d_state}")
         dtype = dtype or torch.get_default_dtype()
         self.image_shape = tuple(image_shape)
-        self.kernel_h = AxisKernel(d_model, d_state, init, dt_min, dt_max, lr, device, dtype)
-        self.kernel_w = AxisKernel(d_model, d_state, init, dt_min, dt_max, lr, device, dtype)
+        axis = {"init": init, "dt_min": dt_min, "dt_max": dt_max, "lr": lr, "bidirectional": True, "skip": False,
+                "device": device, "dtype": dtype}
+        # Each axis: a bidirectional S4D kernel, without a skip term of its own (the layer has one).
+        self.axis_h = DiagonalSSM(d_model, d_state, **axis)
+        self.axis_w = DiagonalSSM(d_model, d_state, **axis)
         self.D = nn.Parameter(torch.randn(d_model, device=device, dtype=torch.float64).to(dtype))
         self.output = GELUGLUOutput(d_model, dropout, device=device, dtype=dtype)
+
+    @staticmethod
+    def _axis_kernel(ssm: DiagonalSSM, n: int) -> torch.Tensor:
+        """(D, 2n - 1) taps for offsets -(n-1) .. n-1 of one axis."""
+        k = ssm.kernel(n)  # (D, 2n): lags 0 .. n-1, then lags -1 .. -n
+        return torch.cat([k[:, n:2 * n - 1].flip(-1), k[:, :n]], dim=-1)
 
     def kernel(self) -> torch.Tensor:
         """The 2-D kernel (D, 2H - 1, 2W - 1) over offsets -(H-1) .. H-1 and -(W-1) .. W-1."""
         h, w = self.image_shape
-        return self.kernel_h(h)[:, :, None] * self.kernel_w(w)[:, None, :]
+        return self._axis_kernel(self.axis_h, h)[:, :, None] * self._axis_kernel(self.axis_w, w)[:, None, :]
 
     def _forward(self, x, state, return_state):
         if return_state:

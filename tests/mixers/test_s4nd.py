@@ -19,7 +19,7 @@ def test_is_a_separable_2d_convolution():
                     want[:, i, j] += k[:, i - a + 3, j - b + 4] * img[:, a, b]
     want = want.reshape(2, 20, 3) + layer.D * x
     assert_close(layer(x), layer.output(want), atol=1e-10, name="2-D convolution")
-    kh, kw = layer.kernel_h(4), layer.kernel_w(5)
+    kh, kw = layer._axis_kernel(layer.axis_h, 4), layer._axis_kernel(layer.axis_w, 5)
     assert_close(k, kh[:, :, None] * kw[:, None, :], atol=0, name="separable kernel")
 
 
