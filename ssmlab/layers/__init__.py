@@ -2,3 +2,4 @@
 
 from ssmlab.layers.mlp import GatedMLP, GELUGLUOutput
 from ssmlab.layers.norm import GatedRMSNorm, RMSNorm
+from ssmlab.layers.rotary import RotaryEmbedding, apply_rotary
