@@ -18,3 +18,6 @@ from ssmlab.mixers.tnn import TNN
 from ssmlab.mixers.mega import Mega
 from ssmlab.mixers.s4nd import S4ND
 from ssmlab.mixers.liquid_s4 import LiquidS4
+from ssmlab.mixers.linear_attention import LinearAttention
+from ssmlab.mixers.retnet import RetNet
+from ssmlab.mixers.rwkv import RWKV
