@@ -116,10 +116,10 @@ def _cmd_generate(args) -> int:
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=300, help="optimiser steps per run (default 300)")
+    p.add_argument("--steps", type=int, default=200, help="optimiser steps per run (default 200)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
-    p.add_argument("--d-model", type=int, default=64, help="model width (default 64)")
+    p.add_argument("--d-model", type=int, default=32, help="model width (default 32)")
     p.add_argument("--n-layers", type=int, default=2, help="number of blocks (default 2)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--store", default=None, help="results database (default ssmlab-results/results.sqlite "

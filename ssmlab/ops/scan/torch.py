@@ -42,6 +42,8 @@ def linear_scan_chunked(a, b, initial_state=None, chunk_size: int = DEFAULT_CHUN
     a, b = a.to(dtype), b.to(dtype)
     batch, length = b.shape[:2]
     rest = b.shape[2:]
+    # A sequence shorter than a chunk is one chunk of its own length, not padded to a whole one.
+    chunk_size = min(chunk_size, length)
     chunks = -(-length // chunk_size)
     pad = chunks * chunk_size - length
     if pad:
