@@ -120,8 +120,9 @@ def train(model: nn.Module, task: Task, config: TrainConfig, *, description: str
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    bar = tqdm(range(config.steps), desc=description or "train", disable=not config.progress, leave=False,
-               file=sys.stderr, dynamic_ncols=True)
+    # disable=None: tqdm turns itself off when stderr is not a terminal (logs, CI).
+    bar = tqdm(range(config.steps), desc=description or "train", disable=None if config.progress else True,
+               leave=False, file=sys.stderr, dynamic_ncols=True)
     for step in bar:
         idx = torch.randint(0, len(train_split), (config.batch_size,), generator=generator)
         x, y = train_split.inputs[idx].to(device), train_split.targets[idx].to(device)
