@@ -2,8 +2,6 @@ import sqlite3
 import subprocess
 import sys
 
-import pytest
-
 from ssmlab.cli import main
 
 

@@ -7,7 +7,6 @@ The backbone steps one position at a time when all its mixers are causal.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from ssmlab import registry

@@ -30,11 +30,6 @@ def check_tensor(name: str, t: torch.Tensor, expected: Sequence, *, allow_comple
         raise ValueError(f"{name} must be real, got complex dtype {t.dtype}")
 
 
-def check_same(name_a: str, a: int, name_b: str, b: int, what: str = "size") -> None:
-    if a != b:
-        raise ValueError(f"{what} mismatch: {name_a} is {a} but {name_b} is {b}")
-
-
 def check_sequence(name: str, t: torch.Tensor, *, allow_complex: bool = True) -> None:
     """``t`` must be a floating or complex tensor of shape (B, L, ...)."""
     if not isinstance(t, torch.Tensor) or t.dim() < 2:

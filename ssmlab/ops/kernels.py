@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from ssmlab.ops.discretize import _check_dt, discretize_diag, discretize_dplr, discretize_dense, dplr_dense
+from ssmlab.ops.discretize import _check_dt, discretize_diag, discretize_dplr
 
 
 def _check_length(L) -> None:

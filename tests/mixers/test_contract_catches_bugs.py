@@ -1,7 +1,6 @@
 """The conformance checks must fail on mixers that break the contract: a test that cannot fail is a defect."""
 
 import pytest
-import torch
 
 from ssmlab.mixers.attention import Attention
 from tests.mixers.conformance import check_causal, check_split_forward, check_step_matches_forward, make

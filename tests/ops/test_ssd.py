@@ -101,7 +101,7 @@ def test_equals_selective_scan_on_equivalent_inputs():
     args, kwargs = _inputs(40, 2, heads=4, head_dim=3, n_state=5)
     x, dt, A, B, C = args
     y, h = ssd(*args, D=kwargs["D"], initial_state=kwargs["initial_state"], chunk_size=16, return_final_state=True)
-    heads, head_dim = 4, 3
+    head_dim = 3
     u = rearrange(x, "b l h p -> b l (h p)")
     delta = repeat(dt, "b l h -> b l (h p)", p=head_dim)
     A_full = repeat(A, "h -> (h p) n", p=head_dim, n=5)

@@ -16,7 +16,7 @@ Backends: ``reference`` (direct O(L^2) sum) and ``torch`` (FFT, O(L log L), defa
 
 from __future__ import annotations
 
-from ssmlab.ops._checks import check_same, check_tensor
+from ssmlab.ops._checks import check_tensor
 from ssmlab.ops._dispatch import Op
 
 fft_conv_op = Op("fft_conv")

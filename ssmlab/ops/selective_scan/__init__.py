@@ -21,7 +21,7 @@ so training memory is O(B L D) plus one chunk too.
 
 from __future__ import annotations
 
-from ssmlab.ops._checks import check_same, check_tensor
+from ssmlab.ops._checks import check_tensor
 from ssmlab.ops._dispatch import Op
 
 selective_scan_op = Op("selective_scan")
