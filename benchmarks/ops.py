@@ -3,23 +3,39 @@
 Shapes as in the Mamba papers' 1.3B-scale layers: B=4, D=1536, N=16 for the
 selective scan; B=4, H=24, P=64 (D = 1536), N=16, G=1 for SSD; L in {1024, 4096}.
 
-Time is the median of ``--repeats`` runs (forward only by default, forward and
-backward with ``--backward``), in one process, after one warm-up run. Peak
-memory is the high-water mark of the bytes PyTorch allocates during one run
-(inputs not counted), from torch.profiler's memory accounting; resident-set
-measurements were tried first and rejected, since the C allocator keeps freed
-memory and hides the difference between backends.
+Time is the median of ``--repeats`` runs (``--reference-repeats`` for the slow
+reference loop), forward only by default, forward and backward with
+``--backward``, in one process, after one warm-up run. "speed-up" is reference
+time / time and "mem/ref" is peak memory / the reference's peak memory.
 
-    python benchmarks/ops.py [--lengths 1024 4096] [--repeats 5] [--backward] [--dtype float32]
+Peak memory is the high-water mark of the bytes PyTorch allocates during one
+run, inputs not counted: every allocation and free that torch.profiler records
+with ``profile_memory=True`` (its event tree, so allocations inside an op and
+inside a custom autograd function are seen at the time they happen), summed in
+time order. Resident-set measurements were tried first and rejected, since the C
+allocator keeps freed memory and hides the difference between backends.
+
+The machine this runs on may be shared; the load average is printed with the
+table, and timings are only comparable within one run. Tensors above glibc's
+mmap threshold (at most 32 MiB) come as fresh pages on every allocation, and the
+page faults show up in the time of backends that allocate such tensors (SSD's
+chunked form at L=4096 runs about 2.5x faster with
+``MALLOC_MMAP_THRESHOLD_=8000000000 MALLOC_TRIM_THRESHOLD_=8000000000``); the
+table is measured with the allocator's defaults.
+
+    python benchmarks/ops.py [--lengths 1024 4096] [--repeats 5] [--reference-repeats 2]
+                             [--backward] [--dtype float32]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 import torch
+from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
 from ssmlab.ops import selective_scan, ssd
@@ -60,19 +76,25 @@ def run_once(fn, backend, grad):
             fn(backend)
 
 
-def peak_mib(fn, backend, grad):
-    """High-water mark of memory allocated by PyTorch during one run, in MiB.
+def _allocations(node, out):
+    """Collect (time in ns, bytes; negative for a free) of every allocation event under ``node``."""
+    if node.tag == _EventType.Allocation:
+        out.append((node.start_time_ns, node.extra_fields.alloc_size))
+    for child in node.children:
+        _allocations(child, out)
+    return out
 
-    From torch.profiler's memory accounting: every op's own allocations minus frees
-    (``self_cpu_memory_usage``) and the free events outside ops (``[memory]``), summed
-    in the order the events start.
-    """
+
+def peak_mib(fn, backend, grad):
+    """High-water mark of the memory PyTorch allocates during one run, in MiB, from the profiler's events."""
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         run_once(fn, backend, grad)
-    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    events = []
+    for root in prof.profiler.kineto_results.experimental_event_tree():
+        _allocations(root, events)
     live = peak = 0
-    for e in events:
-        live += e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
+    for _, size in sorted(events):
+        live += size
         peak = max(peak, live)
     return peak / 2**20
 
@@ -101,8 +123,8 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, "
           f"{'forward+backward' if args.backward else 'forward'}; median of {args.repeats} runs "
-          f"({args.reference_repeats} for the reference)\n")
-    header = f"{'op':<15}{'L':>6}  {'backend':<12}{'time (s)':>10}{'x ref':>8}{'peak MiB':>10}{'x ref':>8}"
+          f"({args.reference_repeats} for the reference); load average {os.getloadavg()[0]:.2f}\n")
+    header = f"{'op':<15}{'L':>6}  {'backend':<12}{'time (s)':>10}{'speed-up':>10}{'peak MiB':>10}{'mem/ref':>9}"
     print(header)
     print("-" * len(header))
     for name, op in (("selective_scan", selective_scan_op), ("ssd", ssd_op)):
@@ -118,8 +140,9 @@ def main() -> None:
                 mib = peak_mib(fn, backend, args.backward)
                 results[backend] = (seconds, mib)
                 ref_s, ref_m = results["reference"]
-                print(f"{name:<15}{length:>6}  {backend:<12}{seconds:>10.3f}{ref_s / seconds:>7.2f}x"
-                      f"{mib:>10.1f}{mib / ref_m if ref_m else float('nan'):>7.2f}x", flush=True)
+                print(f"{name:<15}{length:>6}  {backend:<12}{seconds:>10.3f}{ref_s / seconds:>9.2f}x"
+                      f"{mib:>10.1f}{mib / ref_m if ref_m else float('nan'):>8.2f}x", flush=True)
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -54,22 +54,70 @@ def test_lazy_backend_loads_on_first_use():
     assert calls == [1]
 
 
+# One tiny valid call of each op's public function, by op name; keywords (backend=) are passed on.
+CALLS = {
+    "fft_conv": lambda **kw: ops.fft_conv(torch.randn(1, 5, 2), torch.randn(2, 5), **kw),
+    "linear_scan": lambda **kw: ops.linear_scan(torch.rand(1, 5, 2), torch.randn(1, 5, 2), **kw),
+    "selective_scan": lambda **kw: ops.selective_scan(torch.randn(1, 5, 2), torch.rand(1, 5, 2), -torch.rand(2, 3),
+                                                      torch.randn(1, 5, 3), torch.randn(1, 5, 3), **kw),
+    "ssd": lambda **kw: ops.ssd(torch.randn(1, 5, 2, 2), torch.rand(1, 5, 2), -torch.ones(2),
+                                torch.randn(1, 5, 1, 3), torch.randn(1, 5, 1, 3), **kw),
+}
+BACKENDS = [(op, name) for op in ALL_OPS for name in op.available_backends("cpu")]
+
+
+def _clear_env(monkeypatch, op):
+    monkeypatch.delenv(op.env_var, raising=False)
+    monkeypatch.delenv("SSMLAB_BACKEND", raising=False)
+
+
+def _record_calls(monkeypatch, op):
+    """Wrap every CPU backend of ``op`` so the names of the backends that ran are appended to the returned list."""
+    calls = []
+    for name in op.available_backends("cpu"):
+        fn = op.resolve(name)
+        monkeypatch.setattr(op.backends[name], "fn",
+                            lambda *a, _fn=fn, _name=name, **k: calls.append(_name) or _fn(*a, **k))
+    return calls
+
+
+def test_every_op_has_a_call():
+    assert sorted(CALLS) == sorted(op.name for op in ALL_OPS)
+
+
 @pytest.mark.parametrize("op", ALL_OPS, ids=lambda o: o.name)
-def test_every_op_has_a_reference_and_a_fast_path(op):
+def test_every_op_has_a_reference_and_a_fast_path(op, monkeypatch):
+    _clear_env(monkeypatch, op)
     available = op.available_backends("cpu")
-    assert "reference" in available and len(available) >= 2
+    assert "reference" in available and len(available) >= 2, available
     best = max((op.backends[b] for b in available), key=lambda b: b.priority)
     assert best.name != "reference"
+    calls = _record_calls(monkeypatch, op)
+    CALLS[op.name]()
+    assert calls == [best.name]
 
 
-def test_env_var_reaches_the_public_function(monkeypatch):
-    calls = []
-    original = ssd_op.backends["reference"].fn
-    monkeypatch.setattr(ssd_op.backends["reference"], "fn", lambda *a, **k: calls.append(1) or original(*a, **k))
-    monkeypatch.setenv("SSMLAB_SSD_BACKEND", "reference")
-    x = torch.randn(1, 3, 2, 2)
-    ops.ssd(x, torch.rand(1, 3, 2), -torch.ones(2), torch.randn(1, 3, 1, 2), torch.randn(1, 3, 1, 2))
-    assert calls == [1]
-    monkeypatch.setenv("SSMLAB_SSD_BACKEND", "missing")
-    with pytest.raises(BackendUnavailableError, match="ssd: no backend named 'missing'"):
-        ops.ssd(x, torch.rand(1, 3, 2), -torch.ones(2), torch.randn(1, 3, 1, 2), torch.randn(1, 3, 1, 2))
+@pytest.mark.parametrize("op, name", BACKENDS, ids=lambda v: v if isinstance(v, str) else v.name)
+def test_env_var_selects_each_backend(op, name, monkeypatch):
+    _clear_env(monkeypatch, op)
+    calls = _record_calls(monkeypatch, op)
+    monkeypatch.setenv("SSMLAB_BACKEND", name)
+    CALLS[op.name]()
+    monkeypatch.setenv(op.env_var, name)
+    monkeypatch.setenv("SSMLAB_BACKEND", "missing")  # the op's own variable wins over the global one
+    CALLS[op.name]()
+    assert calls == [name, name]
+
+
+@pytest.mark.parametrize("op", ALL_OPS, ids=lambda o: o.name)
+def test_argument_beats_env_var_and_missing_names_raise(op, monkeypatch):
+    _clear_env(monkeypatch, op)
+    calls = _record_calls(monkeypatch, op)
+    monkeypatch.setenv(op.env_var, "missing")
+    with pytest.raises(BackendUnavailableError, match=f"{op.name}: no backend named 'missing'"):
+        CALLS[op.name]()
+    assert calls == []
+    CALLS[op.name](backend="reference")
+    assert calls == ["reference"]
+    with pytest.raises(BackendUnavailableError, match=f"{op.name}: no backend named 'nope'; registered backends"):
+        CALLS[op.name](backend="nope")

@@ -28,16 +28,31 @@ def test_segment_sum():
     assert s[3, 1] == 7.0 and s[2, 2] == 0.0 and s[3, 0] == 9.0 and s[1, 2] == float("-inf")
 
 
+# Chunk sizes for the chunked backend: one position, not dividing any tested L, the default, and L itself.
 @pytest.mark.parametrize("backend, chunk_size",
-                         [(b, c) for b in FAST for c in ((1, 7, 64, 1000) if b != "quadratic" else (64,))])
+                         [(b, c) for b in FAST for c in ((1, 7, 64, "L") if b != "quadratic" else (64,))])
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("length", LENGTHS)
 def test_fast_matches_reference(backend, chunk_size, groups, length):
     args, kwargs = _inputs(length, groups, batch=1, heads=2, head_dim=2, n_state=2, d_shape="h" if groups == 1 else "hp")
+    chunk_size = length if chunk_size == "L" else chunk_size
     want = ssd(*args, **kwargs, return_final_state=True, backend="reference")
     got = ssd(*args, **kwargs, chunk_size=chunk_size, return_final_state=True, backend=backend)
     assert_close(got[0], want[0], atol=1e-10, rtol=1e-10, name=f"{backend}/{chunk_size} y")
     assert_close(got[1], want[1], atol=1e-10, rtol=1e-10, name=f"{backend}/{chunk_size} final state")
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_without_skip_or_initial_state(backend):
+    args, _ = _inputs(65, 2)
+    grads = {}
+    for name in ("reference", backend):
+        leaves = [t.clone().requires_grad_(True) for t in args]
+        y, h = ssd(*leaves, chunk_size=7, return_final_state=True, backend=name)
+        (y.sin().sum() + h.square().sum()).backward()
+        grads[name] = [y, h] + [t.grad for t in leaves]
+    for label, got, want in zip(["y", "final state", "x", "dt", "A", "B", "C"], grads[backend], grads["reference"]):
+        assert_close(got, want, atol=1e-10, rtol=1e-10, name=label)
 
 
 def test_chunked_float32_long_sequence():
@@ -45,12 +60,14 @@ def test_chunked_float32_long_sequence():
     args, kwargs = _inputs(4096, 2, batch=1, heads=2, head_dim=2, n_state=4)
     want = ssd(*args, **kwargs, backend="reference")
     got = ssd(*[a.float() for a in args], **{k: v.float() for k, v in kwargs.items()}, backend="chunked")
+    assert got.dtype == torch.float32
     assert_close(got.double(), want, atol=1e-4 * want.abs().max().item(), name="float32 L=4096")
 
 
 @pytest.mark.parametrize("backend", FAST)
-def test_gradients_match_reference(backend):
-    args, kwargs = _inputs(70, 2, d_shape="hp")
+@pytest.mark.parametrize("length", [1, 70])
+def test_gradients_match_reference(backend, length):
+    args, kwargs = _inputs(length, 2, d_shape="hp")
     grads = {}
     for name in ("reference", backend):
         leaves = [t.clone().requires_grad_(True) for t in args]
@@ -130,3 +147,18 @@ def test_bad_inputs():
         ssd(*args, chunk_size=0)
     with pytest.raises(ValueError, match=r"initial_state must have shape \(2, 4, 3, 5\)"):
         ssd(*args, initial_state=torch.zeros(2, 4, 3, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("backend", list(ssd_op.backends))
+def test_mixed_precision(backend):
+    """bfloat16 activations with float32 A and D: computed in float32, y in bfloat16, the state in float32."""
+    args, kwargs = _inputs(50, 2)
+    x, dt, A, B, C = args
+    low = [x.bfloat16(), dt.float(), A.float(), B.bfloat16(), C.bfloat16()]
+    y, h = ssd(*low, D=kwargs["D"].float(), chunk_size=16, return_final_state=True, backend=backend)
+    assert y.dtype == torch.bfloat16 and h.dtype == torch.float32
+    want = ssd(*[t.double() for t in low], D=kwargs["D"].float().double(), backend="reference")
+    assert_close(y.double(), want, atol=1e-2 * want.abs().max().item(), name="bfloat16 y")
+    y_t, _ = ssd_step(low[0][:, 0], low[1][:, 0], low[2], low[3][:, 0], low[4][:, 0],
+                      torch.zeros_like(h), D=kwargs["D"].float())
+    assert y_t.dtype == torch.bfloat16

@@ -10,10 +10,14 @@ Backends:
 * ``reference``: the sequential loop (the specification).
 * ``associative``: a parallel (Hillis-Steele) scan of the associative operator
   ``(a1, b1) . (a2, b2) = (a1 a2, a2 b1 + b2)`` in ceil(log2 L) vectorised steps.
-* ``chunked`` (default): the associative scan within chunks of ``chunk_size`` positions
-  and a sequential carry between chunks, so the work is O(L log chunk) and the
-  number of sequential steps L / chunk. It never divides by products of ``a``, so it
-  is exact for ``a = 0`` and stable for ``|a| < 1`` over any length.
+* ``chunked`` (default): a two-level scan. All chunks of ``chunk_size`` (16)
+  positions are swept side by side from a zero state, the carry between chunks is
+  scanned the same way (recursively), then every chunk is swept again from the
+  state entering it. The work is O(L) and the sequential steps about
+  2 * chunk * log_chunk(L); its backward pass is the same scan run backwards in time
+  over the adjoint, written by hand (no double backward). It multiplies, never
+  divides by products of ``a``, so it is exact for ``a = 0``, stable for ``|a| < 1``
+  over any length, and right for negative and complex ``a``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,21 @@ linear_scan_op = Op("linear_scan")
 
 
 def linear_scan(a, b, *, initial_state=None, return_final_state: bool = False, backend: str | None = None):
-    """``h_t = a_t * h_{t-1} + b_t`` over dim 1; returns ``h`` (B, L, ...) or ``(h, h_last)``."""
+    """``h_t = a_t * h_{t-1} + b_t`` along dim 1, elementwise.
+
+    Args:
+        a: (B, L, ...) decays, real or complex, of the same shape as ``b``. A decay
+            shared over batch or time is passed as an expanded view
+            (``lam.expand_as(b)``), which costs no memory.
+        b: (B, L, ...) inputs, real or complex.
+        initial_state: (B, ...) the state ``h_{-1}``; zeros when None.
+        return_final_state: also return ``h_{L-1}`` (B, ...).
+        backend: "reference", "associative" or "chunked"; see the module docstring.
+
+    Returns:
+        ``h`` (B, L, ...) in the promoted dtype of ``a``, ``b`` and ``initial_state``,
+        or ``(h, h[:, -1])`` when ``return_final_state``.
+    """
     check_sequence("b", b)
     check_tensor("a", a, tuple(b.shape))
     if b.shape[1] == 0:

@@ -12,11 +12,14 @@ channel d reads group ``g(d) = d // (D / G)``; D, delta_bias (D,); state (B, D, 
 The exponential-of-step discretisation of A with ``delta * B`` for B is the one
 Mamba uses (ZOH for A, Euler for B).
 
-Backends: ``reference`` (the loop, the specification) and ``torch`` (default): it
-runs chunk by chunk, so the largest tensor it holds is one chunk (B, T, D, N),
-never (B, L, D, N); under autograd, for sequences whose intermediates would pass
-64 MiB, each chunk is recomputed in the backward pass (activation checkpointing),
-so training memory is O(B L D) plus one chunk too.
+Computation is in float32 at least (float64 when ``u`` is float64), as in Mamba's
+kernels; ``y`` has ``u``'s dtype, the state the computation dtype.
+
+Backends: ``reference`` (the loop, the specification) and ``torch`` (default). The
+latter runs chunk by chunk, so the largest tensor it holds is one chunk (B, T, D, N),
+never (B, L, D, N); its backward pass is written by hand and recomputes each chunk
+from the state saved at the chunk's start, so training memory is O(B L D) plus a few
+chunks too (no double backward).
 """
 
 from __future__ import annotations
@@ -72,7 +75,24 @@ def check_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_sta
 
 def selective_scan(u, delta, A, B, C, *, D=None, z=None, delta_bias=None, delta_softplus: bool = False,
                    initial_state=None, return_final_state: bool = False, backend: str | None = None):
-    """Run the selective scan; returns ``y`` (B, L, D) or ``(y, final_state)`` with state (B, D, N)."""
+    """Run the selective scan (S6) over a sequence.
+
+    Args:
+        u: (B, L, D) input.
+        delta: (B, L, D) step sizes before ``delta_bias`` and softplus.
+        A: (D, N) real state matrix (diagonal per channel; negative for a stable scan).
+        B, C: (B, L, N), shared by all channels, or (B, L, G, N) with G dividing D.
+        D: (D,) skip connection ``y += D * u``; none when None.
+        z: (B, L, D) gate, ``y *= silu(z)``; none when None.
+        delta_bias: (D,) added to ``delta``; none when None.
+        delta_softplus: apply softplus to ``delta + delta_bias`` (Mamba does).
+        initial_state: (B, D, N) state before the first position; zeros when None.
+        return_final_state: also return the state after the last position.
+        backend: "reference" or "torch"; see the module docstring.
+
+    Returns:
+        ``y`` (B, L, D) in ``u``'s dtype, or ``(y, final_state)`` with state (B, D, N).
+    """
     check_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     fn = selective_scan_op.resolve(backend, u.device)
     y, state = fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
@@ -81,9 +101,13 @@ def selective_scan(u, delta, A, B, C, *, D=None, z=None, delta_bias=None, delta_
 
 
 def selective_scan_step(u, delta, A, B, C, state, *, D=None, z=None, delta_bias=None, delta_softplus: bool = False):
-    """One position of the selective scan: u, delta, z (B, D); B, C (B, N) or (B, G, N); state (B, D, N).
+    """One position of the selective scan, for generation: the arithmetic of one iteration of the reference loop.
 
-    Returns ``(y, new_state)``; the same arithmetic as one iteration of the reference loop.
+    Args: as ``selective_scan`` without the length dim: u, delta, z (B, D); A (D, N);
+    B, C (B, N) or (B, G, N); state (B, D, N), required.
+
+    Returns:
+        ``(y, new_state)``: y (B, D) in ``u``'s dtype, new_state (B, D, N).
     """
     check_inputs(u, delta, A, B, C, D, z, delta_bias, state, step=True)
     y, new_state = _reference.step(u, delta, A, B, C, state, D, z, delta_bias, delta_softplus)

@@ -1,73 +1,204 @@
-"""Chunked selective scan in pure PyTorch.
+"""Chunked selective scan in pure PyTorch, with a hand-written backward that recomputes each chunk.
 
-The sequence is cut into chunks of ``chunk_size`` positions. For one chunk the
-discretised ``exp(delta A)`` and ``delta B u`` are built at once, (B, T, D, N),
-the recurrence runs over the chunk's positions, and ``C`` contracts the states to
-the outputs; only the state (B, D, N) is carried to the next chunk. Under
-autograd, once the intermediates of the whole sequence would pass
-``CHECKPOINT_BYTES`` (64 MiB), each chunk is wrapped in activation checkpointing,
-so the backward pass recomputes it instead of keeping (B, L, D, N) worth of
-intermediates; below that, keeping them is faster.
+Forward: the sequence is cut into chunks of ``chunk_size`` positions. For one
+chunk, ``exp(delta A)`` and ``delta B u`` are built at once as (T, B, D, N)
+tensors (time-major, so every position's slice is contiguous), the recurrence
+runs in place over the chunk's positions, and ``C`` contracts the states to the
+outputs; only the state (B, D, N) is carried to the next chunk. No tensor of size
+(B, L, D, N) ever exists.
+
+Backward: a custom autograd function keeps its inputs and the state entering
+every chunk, (L / T) B D N numbers (no more than B L D when T >= N), and walks the
+chunks from last to first. For each it recomputes the chunk's states and runs the
+adjoint recurrence ``g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}`` backwards
+through it, from which every input gradient follows. Training memory is thus
+O(B L D) plus a few chunk buffers, the recomputation strategy of Mamba's fused
+kernel (arXiv 2312.00752, section 3.3). The backward is not itself differentiable
+(no double backward).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 from ssmlab.ops.selective_scan import selective_scan_op
-from ssmlab.ops.selective_scan.reference import compute_dtype, prepare_delta
+from ssmlab.ops.selective_scan.reference import compute_dtype
 
 DEFAULT_CHUNK = 16
-# Below this many bytes of (B, L, D, N) intermediates, keeping them for backward is cheaper than
-# recomputing each chunk; above it, chunks are checkpointed so training memory stays O(B L D).
-CHECKPOINT_BYTES = 64 * 2**20
 
 
-def _as_groups(m: torch.Tensor) -> torch.Tensor:
-    """(B, T, N) or (B, T, G, N) -> (B, T, G, 1, N)."""
-    return (m[:, :, None] if m.dim() == 3 else m)[:, :, :, None, :]
+def _time_major(t: torch.Tensor | None, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """Positions [start, stop) of a (B, L, ...) tensor as a contiguous (T, B, ...) tensor in ``dtype``."""
+    if t is None:
+        return None
+    return t[:, start:stop].transpose(0, 1).to(dtype).contiguous()
 
 
-def _chunk(u, delta, A, B, C, h, D, z, delta_bias, delta_softplus):
-    """One chunk: u, delta, z (B, T, D); B, C (B, T, [G,] N); h (B, D, N) -> y (B, T, D), h."""
-    batch, length, channels = u.shape
-    groups = 1 if B.dim() == 3 else B.shape[2]
-    delta = prepare_delta(delta, delta_bias, delta_softplus)
-    d_a = torch.exp(delta[..., None] * A)  # (B, T, D, N)
-    d_bu = ((delta * u).reshape(batch, length, groups, channels // groups)[..., None] * _as_groups(B))
-    d_bu = d_bu.reshape(batch, length, channels, -1)  # (B, T, D, N)
-    states = []
-    # unbind, not d_a[:, t]: the backward of t-th slices would fill a full-size zero tensor each.
-    for d_a_t, d_bu_t in zip(d_a.unbind(1), d_bu.unbind(1)):
-        h = torch.addcmul(d_bu_t, d_a_t, h)
-        states.append(h)
-    hs = torch.stack(states, dim=1).reshape(batch, length, groups, channels // groups, -1)
-    y = torch.matmul(hs, _as_groups(C).transpose(-1, -2)).reshape(batch, length, channels)
-    if D is not None:
-        y = y + D * u
-    if z is not None:
-        y = y * F.silu(z)
-    return y, h
+def _grouped(m: torch.Tensor) -> torch.Tensor:
+    """B or C as (B, L, G, N): a (B, L, N) tensor is one group."""
+    return m[:, :, None] if m.dim() == 3 else m
+
+
+def _step_sizes(raw: torch.Tensor, bias: torch.Tensor | None, softplus: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(delta + bias, the step size: softplus of it or itself), both (T, B, D)."""
+    pre = raw if bias is None else raw + bias
+    return pre, F.softplus(pre) if softplus else pre
+
+
+def _chunk_states(u, delta, A, Bm, h, groups):
+    """Discretise and run one chunk.
+
+    u, delta: (T, B, D), delta the final step size; A: (D, N); Bm: (T, B, G, N);
+    h: (B, D, N), the state entering the chunk. Returns ``exp(delta A)`` and the
+    states after every position, both (T, B, D, N).
+    """
+    steps, batch, channels = u.shape
+    decay = torch.mul(delta[..., None], A).exp_()  # (T, B, D, N)
+    states = ((delta * u).view(steps, batch, groups, -1, 1) * Bm[:, :, :, None, :])  # (T, B, G, D/G, N)
+    states = states.view(steps, batch, channels, -1)  # (T, B, D, N), delta B u on entry
+    states[0].addcmul_(decay[0], h)
+    for t in range(1, steps):
+        states[t].addcmul_(decay[t], states[t - 1])
+    return decay, states
+
+
+def _per_group(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(T, B, D, ...) -> (T, B, G, D/G, ...): channel d belongs to group d // (D / G)."""
+    return x.view(*x.shape[:2], groups, x.shape[2] // groups, *x.shape[3:])
+
+
+def _readout(states, Cm, groups):
+    """``sum_n C_t[g(d), n] h_t[d, n]``: states (T, B, D, N), Cm (T, B, G, N) -> (T, B, D)."""
+    y = torch.einsum("tbgkn,tbgn->tbgk", _per_group(states, groups), Cm)
+    return y.reshape(states.shape[:3])
+
+
+def _contract_channels(x, w, groups):
+    """``sum_{d in g} w_t[d] x_t[d, n]``: x (T, B, D, N), w (T, B, D) -> (T, B, G, N)."""
+    return torch.matmul(_per_group(w, groups)[..., None, :], _per_group(x, groups)).squeeze(-2)
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """Chunked selective scan; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chunk_size, keep):
+        dtype = compute_dtype(u.dtype)
+        batch, length, channels = u.shape
+        n_state = A.shape[1]
+        groups = 1 if B.dim() == 3 else B.shape[2]
+        A_, D_, bias = A.to(dtype), None if D is None else D.to(dtype), \
+            None if delta_bias is None else delta_bias.to(dtype)
+        Bg, Cg = _grouped(B), _grouped(C)
+        h = u.new_zeros(batch, channels, n_state, dtype=dtype) if initial_state is None else initial_state.to(dtype)
+        y = u.new_empty(batch, length, channels)  # (B, L, D), u's dtype
+        starts = range(0, length, chunk_size)
+        entering = u.new_empty(len(starts), batch, channels, n_state, dtype=dtype) if keep else None
+        for c, start in enumerate(starts):
+            stop = min(start + chunk_size, length)
+            if keep:
+                entering[c] = h
+            u_c = _time_major(u, start, stop, dtype)  # (T, B, D)
+            _, step = _step_sizes(_time_major(delta, start, stop, dtype), bias, delta_softplus)
+            _, states = _chunk_states(u_c, step, A_, _time_major(Bg, start, stop, dtype), h, groups)
+            out = _readout(states, _time_major(Cg, start, stop, dtype), groups)  # (T, B, D)
+            if D_ is not None:
+                out.addcmul_(u_c, D_)
+            if z is not None:
+                out.mul_(F.silu(_time_major(z, start, stop, dtype)))
+            y[:, start:stop] = out.transpose(0, 1)
+            h = states[-1].clone()
+        ctx.set_materialize_grads(False)
+        ctx.options = (delta_softplus, chunk_size, B.dim() == 3, C.dim() == 3)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, entering)
+        return y, h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y, grad_state):
+        u, delta, A, B, C, D, z, delta_bias, initial_state, entering = ctx.saved_tensors
+        delta_softplus, chunk_size, b_flat, c_flat = ctx.options
+        dtype = compute_dtype(u.dtype)
+        batch, length, channels = u.shape
+        n_state = A.shape[1]
+        Bg, Cg = _grouped(B), _grouped(C)
+        groups = Bg.shape[2]
+        A_, D_, bias = A.to(dtype), None if D is None else D.to(dtype), \
+            None if delta_bias is None else delta_bias.to(dtype)
+        new = lambda *shape: u.new_empty(*shape, dtype=dtype)  # noqa: E731
+        grad_u, grad_delta = new(batch, length, channels), new(batch, length, channels)
+        grad_B, grad_C = new(batch, length, groups, n_state), new(batch, length, groups, n_state)
+        grad_z = None if z is None else new(batch, length, channels)
+        grad_A = u.new_zeros(channels, n_state, dtype=dtype)
+        grad_D = u.new_zeros(channels, dtype=dtype)
+        grad_bias = u.new_zeros(channels, dtype=dtype)
+        # The gradient reaching the state after the chunk being processed.
+        carry = u.new_zeros(batch, channels, n_state, dtype=dtype) if grad_state is None else grad_state.to(dtype)
+        starts = list(range(0, length, chunk_size))
+        for c in reversed(range(len(starts))):
+            start = starts[c]
+            stop = min(start + chunk_size, length)
+            steps = stop - start
+            u_c = _time_major(u, start, stop, dtype)  # (T, B, D)
+            pre, step = _step_sizes(_time_major(delta, start, stop, dtype), bias, delta_softplus)
+            B_c, C_c = _time_major(Bg, start, stop, dtype), _time_major(Cg, start, stop, dtype)  # (T, B, G, N)
+            h_in = entering[c]  # (B, D, N)
+            decay, states = _chunk_states(u_c, step, A_, B_c, h_in, groups)  # (T, B, D, N)
+
+            grad_out = u_c.new_zeros(u_c.shape) if grad_y is None else _time_major(grad_y, start, stop, dtype)
+            if z is not None:
+                z_c = _time_major(z, start, stop, dtype)
+                ungated = _readout(states, C_c, groups)
+                if D_ is not None:
+                    ungated.addcmul_(u_c, D_)
+                grad_z[:, start:stop] = torch.ops.aten.silu_backward(grad_out * ungated, z_c).transpose(0, 1)
+                grad_out = grad_out * F.silu(z_c)
+            # grad_out is now dloss/dy before the gate, (T, B, D).
+            grad_u_c = grad_out * D_ if D_ is not None else torch.zeros_like(u_c)
+            if D_ is not None:
+                grad_D += (grad_out * u_c).sum((0, 1))
+            grad_C[:, start:stop] = _contract_channels(states, grad_out, groups).transpose(0, 1)
+
+            # Adjoint recurrence over the chunk, in place: g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}.
+            adjoint = _per_group(grad_out, groups)[..., None] * C_c[:, :, :, None, :]  # (T, B, G, D/G, N)
+            adjoint = adjoint.view(steps, batch, channels, n_state)  # (T, B, D, N)
+            adjoint[-1] += carry
+            for t in range(steps - 2, -1, -1):
+                adjoint[t].addcmul_(decay[t + 1], adjoint[t + 1])
+            carry = decay[0] * adjoint[0]
+
+            # Through delta B u.
+            grad_bu = _readout(adjoint, B_c, groups)  # sum_n g B, (T, B, D)
+            grad_B[:, start:stop] = _contract_channels(adjoint, step * u_c, groups).transpose(0, 1)
+            grad_u_c.addcmul_(grad_bu, step)
+            grad_step = grad_bu * u_c
+            # Through exp(delta A): g * exp(delta A) * h_{t-1}, in place of the adjoint.
+            adjoint.mul_(decay)
+            adjoint[1:].mul_(states[:-1])
+            adjoint[0].mul_(h_in)
+            grad_step += torch.linalg.vecdot(adjoint, A_)
+            grad_A += adjoint.mul_(step[..., None]).sum((0, 1))
+            grad_pre = torch.ops.aten.softplus_backward(grad_step, pre, 1, 20) if delta_softplus else grad_step
+            grad_bias += grad_pre.sum((0, 1))
+            grad_u[:, start:stop] = grad_u_c.transpose(0, 1)
+            grad_delta[:, start:stop] = grad_pre.transpose(0, 1)
+
+        needs = ctx.needs_input_grad
+        out = lambda i, g, like: g.to(like.dtype) if needs[i] else None  # noqa: E731
+        return (out(0, grad_u, u), out(1, grad_delta, delta), out(2, grad_A, A),
+                out(3, grad_B[:, :, 0] if b_flat else grad_B, B), out(4, grad_C[:, :, 0] if c_flat else grad_C, C),
+                None if D is None else out(5, grad_D, D), None if z is None else out(6, grad_z, z),
+                None if delta_bias is None else out(7, grad_bias, delta_bias),
+                None if initial_state is None else out(8, carry, initial_state), None, None, None)
 
 
 @selective_scan_op.register("torch", priority=10)
 def selective_scan_chunked(u, delta, A, B, C, *, D=None, z=None, delta_bias=None, delta_softplus=False,
                            initial_state=None, chunk_size: int = DEFAULT_CHUNK):
-    dtype = compute_dtype(u.dtype)
-    batch, length, channels = u.shape
-    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
-    A, B, C, D, bias = cast(A), cast(B), cast(C), cast(D), cast(delta_bias)
-    h = u.new_zeros(batch, channels, A.shape[1], dtype=dtype) if initial_state is None else initial_state.to(dtype)
-    grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, bias, h))
-    recompute = grad and batch * length * channels * A.shape[1] * h.element_size() > CHECKPOINT_BYTES
-    ys = []
-    for start in range(0, length, chunk_size):
-        part = slice(start, start + chunk_size)
-        args = (u[:, part].to(dtype), delta[:, part], A, B[:, part], C[:, part], h, D,
-                None if z is None else z[:, part].to(dtype), bias, delta_softplus)
-        y, h = checkpoint(_chunk, *args, use_reentrant=False) if recompute else _chunk(*args)
-        ys.append(y.to(u.dtype))
-    return torch.cat(ys, dim=1), h
+    """Chunked forward, chunk-recomputing backward: memory O(B L D) plus a few (B, T, D, N) buffers."""
+    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    # Without autograd (inference) the chunk states are not kept for a backward pass.
+    keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    return _SelectiveScan.apply(*tensors, delta_softplus, chunk_size, keep)

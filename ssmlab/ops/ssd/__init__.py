@@ -16,8 +16,9 @@ Backends, all computing the same function:
 * ``quadratic``: the attention-like form ``y = (L o C B^T) (dt x)`` with the
   1-semiseparable decay mask ``L[t, s] = exp(sum_{s<r<=t} dt_r A)``, O(L^2);
 * ``chunked`` (default): Mamba-2's block decomposition: the quadratic form inside
-  chunks of ``chunk_size`` positions, chunk states passed by the recurrence between
-  chunks; any chunk size and any L.
+  chunks of ``chunk_size`` positions, chunk states passed between chunks by a
+  linear scan over the chunks (``linear_scan``'s chunked path); any chunk size and
+  any L. Memory O(B L H (T + P + P N / T)) for chunk size T.
 """
 
 from __future__ import annotations
@@ -51,7 +52,24 @@ def check_inputs(x, dt, A, B, C, D=None, initial_state=None, *, step=False):
 
 def ssd(x, dt, A, B, C, *, chunk_size: int = 64, D=None, initial_state=None, return_final_state: bool = False,
         backend: str | None = None):
-    """Run SSD over the sequence; returns ``y`` (B, L, H, P) or ``(y, final_state)`` with state (B, H, P, N)."""
+    """Run SSD over a sequence.
+
+    Args:
+        x: (B, L, H, P) input, H heads of P channels.
+        dt: (B, L, H) step sizes, expected >= 0 and used as given: softplus and a bias
+            are the mixer's business (not checked, as that would need the values).
+        A: (H,) real decay rate per head, negative for a stable scan.
+        B, C: (B, L, G, N), G groups dividing H; head h reads group h // (H / G).
+        chunk_size: positions per chunk for the ``chunked`` backend (any L works).
+        D: (H,) or (H, P) skip connection ``y += D x``; none when None.
+        initial_state: (B, H, P, N) state before the first position; zeros when None.
+        return_final_state: also return the state after the last position.
+        backend: "reference", "quadratic" or "chunked"; see the module docstring.
+
+    Returns:
+        ``y`` (B, L, H, P) in ``x``'s dtype, or ``(y, final_state)`` with state
+        (B, H, P, N) in the computation dtype (float32 at least).
+    """
     check_inputs(x, dt, A, B, C, D, initial_state)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
@@ -61,9 +79,18 @@ def ssd(x, dt, A, B, C, *, chunk_size: int = 64, D=None, initial_state=None, ret
 
 
 def ssd_step(x, dt, A, B, C, state, *, D=None):
-    """One position: x (B, H, P), dt (B, H), B and C (B, G, N), state (B, H, P, N) -> (y (B, H, P), new state)."""
+    """One position of SSD, for generation: the arithmetic of one iteration of the reference loop.
+
+    Args: x (B, H, P); dt (B, H); A (H,); B, C (B, G, N); state (B, H, P, N), required;
+    D (H,) or (H, P) or None.
+
+    Returns:
+        ``(y, new_state)``: y (B, H, P) in ``x``'s dtype, new_state (B, H, P, N) in the
+        computation dtype (float32 at least), as from ``ssd``.
+    """
     check_inputs(x, dt, A, B, C, D, state, step=True)
-    return _reference.step(x, dt, A, B, C, state, D)
+    y, new_state = _reference.step(x, dt, A, B, C, state, D)
+    return y.to(x.dtype), new_state
 
 
 from ssmlab.ops.ssd import reference as _reference  # noqa: E402  (registers the backend)

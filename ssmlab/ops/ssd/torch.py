@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from ssmlab.ops.scan.torch import linear_scan_chunked
 from ssmlab.ops.ssd import ssd_op
 from ssmlab.ops.ssd.reference import compute_dtype, skip
 
@@ -55,15 +56,13 @@ def _chunked(x, dt, A, B, C, chunk_size, initial_state):
     to_end = torch.exp(a_cum[..., -1:] - a_cum) * dtg  # (B, c, G, K, T)
     chunk_states = torch.einsum("bctgn,bcgkt,bctgkp->bcgkpn", Bc, to_end, xg)
 
-    # 3. The recurrence between chunks: the state entering each chunk.
-    chunk_decay = torch.exp(a_cum[..., -1])  # (B, c, G, K)
+    # 3. The recurrence between chunks, a linear scan over them: the state after each chunk.
+    chunk_decay = torch.exp(a_cum[..., -1])[..., None, None].expand_as(chunk_states)  # (B, c, G, K, P, N)
     state = xg.new_zeros(batch, groups, heads // groups, head_dim, B.shape[-1]) if initial_state is None else \
         rearrange(initial_state, "b (g k) p n -> b g k p n", g=groups)
-    entering = []
-    for c in range(chunk_states.shape[1]):
-        entering.append(state)
-        state = chunk_decay[:, c, ..., None, None] * state + chunk_states[:, c]
-    entering = torch.stack(entering, dim=1)  # (B, c, G, K, P, N)
+    after = linear_scan_chunked(chunk_decay, chunk_states, state)  # (B, c, G, K, P, N)
+    entering = torch.cat([state[:, None], after[:, :-1]], dim=1)  # the state entering each chunk
+    state = after[:, -1]
 
     # 4. The entering state's contribution to each position of the chunk.
     y = y + torch.einsum("bctgn,bcgkpn,bcgkt->bctgkp", Cc, entering, torch.exp(a_cum))
