@@ -19,6 +19,10 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, atol: float, r
     expected = torch.as_tensor(expected).to(actual.dtype) if not actual.is_complex() else torch.as_tensor(expected)
     if actual.shape != expected.shape:
         raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected {tuple(expected.shape)}")
+    if actual.dtype == torch.bool or expected.dtype == torch.bool:
+        if not torch.equal(actual, expected):
+            raise AssertionError(f"{name}: boolean tensors differ at {torch.nonzero(actual != expected)[0].tolist()}")
+        return
     diff = (actual.detach() - expected.detach()).abs()
     bound = atol + rtol * expected.detach().abs()
     failing = ~(diff <= bound)  # NaN fails too

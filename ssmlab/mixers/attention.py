@@ -44,11 +44,13 @@ class Attention(Mixer):
     State: ``{"k": (B, H, T, D/H), "v": (B, H, T, D/H), "pos": (B,)}``: the keys (already
     rotated) and values of the ``T`` cached positions (all positions seen so far, or the last
     ``window - 1``), and ``pos``, the number of positions seen so far (int64), which is the
-    absolute position of the next token and the offset of its rotation.
+    absolute position of the next token and the offset of its rotation; ``"valid": (B, T)``
+    marks the cached positions that are real: after a padded batch (``lengths``) each row's
+    cache is right-aligned, with invalid (padding) entries in front.
     """
 
     causal = True
-    _state_growing_dims = {"k": (2,), "v": (2,)}
+    _state_growing_dims = {"k": (2,), "v": (2,), "valid": (1,)}
 
     def __init__(self, d_model: int, n_heads: int | None = None, *, rotary: bool = True,
                  rotary_base: float = 10000.0, window: int | None = None, bias: bool = False,
@@ -95,24 +97,27 @@ class Attention(Mixer):
         batch, length = x.shape[:2]
         start = state["pos"] if state is not None else torch.zeros(batch, dtype=torch.long, device=x.device)
         q, k, v = self._project(x, start)
-        past = 0
+        past, valid = 0, torch.ones(batch, length, dtype=torch.bool, device=x.device)
         if state is not None:
             past = state["k"].shape[2]
             k = torch.cat([state["k"], k], dim=2)
             v = torch.cat([state["v"], v], dim=2)
+            valid = torch.cat([state["valid"], valid], dim=1)
         dropout = self.dropout if self.training else 0.0
         if past == 0 and (self.window is None or self.window >= length):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         else:
             mask = self._mask(length, past, x.device)
+            if not bool(valid.all()):
+                mask = mask & valid[:, None, None, :]  # (B, 1, L, T + L)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         y = self.out_proj(rearrange(y, "b h l e -> b l (h e)"))
         if not return_state:
             return y, None
         if self.window is not None:
             keep = max(0, k.shape[2] - (self.window - 1))
-            k, v = k[:, :, keep:], v[:, :, keep:]
-        return y, {"k": k, "v": v, "pos": start + length}
+            k, v, valid = k[:, :, keep:], v[:, :, keep:], valid[:, keep:]
+        return y, {"k": k, "v": v, "pos": start + length, "valid": valid}
 
     def _step(self, x_t, state):
         y, new_state = self._forward(x_t[:, None], state, True)
@@ -124,7 +129,8 @@ class Attention(Mixer):
         shape = (batch_size, self.n_heads, 0, self.head_dim)
         return {"k": torch.zeros(shape, device=device, dtype=dtype),
                 "v": torch.zeros(shape, device=device, dtype=dtype),
-                "pos": torch.zeros(batch_size, device=device, dtype=torch.long)}
+                "pos": torch.zeros(batch_size, device=device, dtype=torch.long),
+                "valid": torch.zeros(batch_size, 0, device=device, dtype=torch.bool)}
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, n_heads={self.n_heads}, rotary={self.rotary}, "

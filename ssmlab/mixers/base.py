@@ -9,6 +9,11 @@ truncated backpropagation work::
     y2 = mixer(x[:, a:], s)                           # == y[:, a:]
     s = mixer.init_state(B); y_t, s = mixer.step(x[:, t], s)   # == y[:, t]
 
+A batch of right-padded sequences of different lengths is passed with
+``lengths`` (B,): the padded positions do not change the state, so row ``b`` of
+``mixer(x, return_state=True, lengths=n)`` has the output and final state of
+``mixer(x[b:b+1, :n[b]], return_state=True)``; outputs at padded positions are 0.
+
 A state is a ``dict`` of tensors whose first dimension is the batch. The
 conformance suite in ``tests/mixers/test_conformance.py`` checks every
 registered mixer against this contract.
@@ -39,6 +44,36 @@ def set_optim(param: nn.Parameter, *, weight_decay: float | None = None, lr: flo
     return param
 
 
+def padding_mask(lengths: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, L) boolean: True at the real positions ``t < lengths[b]`` of a right-padded batch."""
+    return torch.arange(length, device=lengths.device) < lengths[:, None]
+
+
+def merge_states(parts, batch_size: int, growing: dict[str, tuple[int, ...]]) -> State:
+    """Assemble a batch state from ``(rows, state of those rows)`` parts.
+
+    Growing dimensions (a cache of past positions) of different sizes are
+    right-aligned: each part is padded with zeros in front to the largest size.
+    """
+    first = parts[0][1]
+    out = {}
+    for key, ref in first.items():
+        dims = growing.get(key, ())
+        shape = list(ref.shape)
+        shape[0] = batch_size
+        for d in dims:
+            shape[d] = max(p[1][key].shape[d] for p in parts)
+        merged = ref.new_zeros(shape)
+        for rows, sub in parts:
+            value = sub[key]
+            index = [rows] + [slice(None)] * (value.dim() - 1)
+            for d in dims:
+                index[d] = slice(shape[d] - value.shape[d], shape[d])
+            merged[tuple(index)] = value
+        out[key] = merged
+    return out
+
+
 class Mixer(nn.Module):
     """Base class of all sequence mixers: ``(B, L, D) -> (B, L, D)``.
 
@@ -58,15 +93,25 @@ class Mixer(nn.Module):
 
     # The contract -------------------------------------------------------
 
-    def forward(self, x: torch.Tensor, state: State | None = None, *, return_state: bool = False):
+    def forward(self, x: torch.Tensor, state: State | None = None, *, return_state: bool = False,
+                lengths: torch.Tensor | None = None):
         """Mix ``x`` (B, L, D) along L, optionally continuing from ``state``.
+
+        ``lengths`` (B,), integers in [0, L], marks ``x`` as right-padded: row ``b``
+        holds ``lengths[b]`` positions and the rest is padding, which changes
+        neither the state nor the outputs of the real positions; padded outputs are 0.
 
         Returns ``y`` (B, L, D), or ``(y, state)`` when ``return_state``.
         """
         self._check_input(x, ndim=3)
         if state is not None:
             self._check_state(state, x.shape[0])
-        y, new_state = self._forward(x, state, return_state)
+        if lengths is None:
+            y, new_state = self._forward(x, state, return_state)
+        else:
+            lengths = self._check_lengths(lengths, x)
+            y, new_state = self._forward_varlen(x, state, return_state, lengths)
+            y = y.masked_fill(~padding_mask(lengths, x.shape[1])[..., None], 0.0)
         return (y, new_state) if return_state else y
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
@@ -84,6 +129,46 @@ class Mixer(nn.Module):
 
     def _step(self, x_t: torch.Tensor, state: State):
         raise RuntimeError(f"mixer {self.registry_name!r} has no recurrent form and cannot step")
+
+    def accepts_lengths(self) -> bool:
+        """Whether ``forward`` takes ``lengths``: every causal mixer, and bidirectional ones that mask."""
+        return self.causal or type(self)._forward_varlen is not Mixer._forward_varlen
+
+    def _forward_varlen(self, x: torch.Tensor, state: State | None, return_state: bool, lengths: torch.Tensor):
+        """Right-padded batch; ``lengths`` (B,) is validated. Subclasses override this with a masked pass.
+
+        The default serves any causal mixer: the outputs come from one pass over the
+        padded batch (right padding comes after the real positions, so causality keeps it
+        out of them), and the final state from one pass per distinct length over the
+        rows of that length, cut to it. Dimensions in ``_state_growing_dims`` (a cache
+        of past positions) are right-aligned and padded with zeros in front, which
+        mixers whose cache holds inputs to a causal convolution read as no input;
+        attention-like mixers keep a ``valid`` mask in their state instead.
+        """
+        y, _ = self._forward(x, state, False)
+        if not return_state:
+            return y, None
+        if state is None:
+            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+        parts = {}
+        for n in lengths.unique().tolist():
+            rows = (lengths == n).nonzero().squeeze(1)
+            sub = {k: v[rows] for k, v in state.items()}
+            parts[n] = (rows, sub if n == 0 else self._forward(x[rows, :n], sub, True)[1])
+        return y, merge_states([p for p in parts.values()], x.shape[0], getattr(self, "_state_growing_dims", {}))
+
+    def _check_lengths(self, lengths: Any, x: torch.Tensor) -> torch.Tensor:
+        batch, length = x.shape[:2]
+        if not self.accepts_lengths():
+            raise ValueError(f"{self.registry_name}: lengths (padded batches) are not supported by this "
+                             f"bidirectional mixer")
+        if not isinstance(lengths, torch.Tensor) or lengths.shape != (batch,) or lengths.is_floating_point() \
+                or lengths.is_complex():
+            raise ValueError(f"{self.registry_name}: lengths must be an integer tensor of shape ({batch},), got "
+                             f"{getattr(lengths, 'shape', type(lengths).__name__)}")
+        if bool((lengths < 0).any()) or bool((lengths > length).any()):
+            raise ValueError(f"{self.registry_name}: lengths must lie in [0, L={length}], got {lengths.tolist()}")
+        return lengths.to(device=x.device, dtype=torch.long)
 
     # Validation ---------------------------------------------------------
 

@@ -33,7 +33,8 @@ class Bidirectional(Mixer):
         **options: passed to both copies of the mixer.
 
     There is no state: ``step`` and ``return_state`` raise, since the output at a
-    position depends on the positions after it.
+    position depends on the positions after it. A right-padded batch (``lengths``)
+    reverses each row's real positions only, so the backward copy never reads padding.
     """
 
     causal = False
@@ -56,6 +57,20 @@ class Bidirectional(Mixer):
             raise RuntimeError(f"mixer {self.registry_name!r} is bidirectional and has no state to return")
         y_f = self.forward_mixer(x)
         y_b = self.backward_mixer(x.flip(1)).flip(1)
+        if self.combine == "concat":
+            return self.proj(torch.cat([y_f, y_b], dim=-1)), None
+        y = y_f + y_b
+        return (y / 2 if self.combine == "mean" else y), None
+
+    def _forward_varlen(self, x, state, return_state, lengths):
+        if return_state:
+            raise RuntimeError(f"mixer {self.registry_name!r} is bidirectional and has no state to return")
+        # Row b read backwards over its first n_b positions; the padding stays after them.
+        t = torch.arange(x.shape[1], device=x.device)
+        order = torch.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)  # (B, L), its own inverse
+        reverse = lambda v: v.gather(1, order[..., None].expand_as(v))  # noqa: E731
+        y_f = self.forward_mixer(x, lengths=lengths)
+        y_b = reverse(self.backward_mixer(reverse(x), lengths=lengths))
         if self.combine == "concat":
             return self.proj(torch.cat([y_f, y_b], dim=-1)), None
         y = y_f + y_b

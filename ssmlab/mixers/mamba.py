@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ssmlab.mixers.base import Mixer, State, set_optim
+from ssmlab.mixers.base import Mixer, padding_mask, State, set_optim
 from ssmlab.ops import selective_scan, selective_scan_step
 from ssmlab.registry import register
 
@@ -34,11 +34,13 @@ def init_dt_bias(size: int, dt_min: float, dt_max: float, dt_init_floor: float, 
     return inverse_softplus(dt).to(dtype or torch.get_default_dtype())
 
 
-def causal_conv_with_state(x: torch.Tensor, conv: nn.Conv1d, conv_state: torch.Tensor | None):
+def causal_conv_with_state(x: torch.Tensor, conv: nn.Conv1d, conv_state: torch.Tensor | None,
+                           lengths: torch.Tensor | None = None):
     """Depthwise causal convolution over (B, L, C) continuing from the last ``k - 1`` inputs.
 
     ``conv_state`` (B, C, k - 1) holds the inputs before this segment (zeros at the start).
-    Returns the output (B, L, C) and the new state (B, C, k - 1).
+    Returns the output (B, L, C) and the new state (B, C, k - 1): the last ``k - 1`` inputs,
+    or, for a right-padded batch with ``lengths`` (B,), those before each row's padding.
     """
     width = conv.kernel_size[0]
     xt = rearrange(x, "b l c -> b c l")
@@ -46,7 +48,11 @@ def causal_conv_with_state(x: torch.Tensor, conv: nn.Conv1d, conv_state: torch.T
         conv_state = xt.new_zeros(xt.shape[0], xt.shape[1], width - 1)
     full = torch.cat([conv_state.to(xt.dtype), xt], dim=-1)  # (B, C, k - 1 + L)
     y = F.conv1d(full, conv.weight, conv.bias, groups=conv.groups)  # (B, C, L)
-    return rearrange(y, "b c l -> b l c"), full[..., full.shape[-1] - (width - 1):]
+    if lengths is None:
+        return rearrange(y, "b c l -> b l c"), full[..., full.shape[-1] - (width - 1):]
+    # Row b's last k - 1 real inputs sit at [n_b, n_b + k - 1) of ``full``.
+    index = lengths[:, None, None] + torch.arange(width - 1, device=x.device)  # (B, 1, k - 1)
+    return rearrange(y, "b c l -> b l c"), full.gather(-1, index.expand(-1, full.shape[1], -1))
 
 
 @register("mixer", "mamba", description="Mamba selective SSM block (S6 scan, conv, gate)", paper="2312.00752",
@@ -105,17 +111,25 @@ class Mamba(Mixer):
         dt, b, c = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         return dt @ self.dt_proj.weight.T, b, c  # (..., E*D), (..., N), (..., N)
 
-    def _forward(self, x, state, return_state):
+    def _forward(self, x, state, return_state, lengths=None):
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E*D) each
-        xs, conv_state = causal_conv_with_state(xs, self.conv1d, None if state is None else state["conv"])
+        xs, conv_state = causal_conv_with_state(xs, self.conv1d, None if state is None else state["conv"], lengths)
         xs = F.silu(xs)
         dt, b, c = self._ssm_inputs(xs)
+        bias, softplus = self.dt_proj.bias, True
+        if lengths is not None:
+            # A zero step at padded positions: exp(0 * A) = 1 and 0 * B u = 0 leave the state as it was.
+            dt = F.softplus(dt + bias) * padding_mask(lengths, x.shape[1])[..., None]
+            bias, softplus = None, False
         y, ssm_state = selective_scan(xs, dt, -torch.exp(self.A_log), b, c, D=self.D, z=z,
-                                      delta_bias=self.dt_proj.bias, delta_softplus=True,
+                                      delta_bias=bias, delta_softplus=softplus,
                                       initial_state=None if state is None else state["ssm"],
                                       return_final_state=True, backend=self.backend)
         out = self.out_proj(y)
         return out, ({"conv": conv_state, "ssm": ssm_state} if return_state else None)
+
+    def _forward_varlen(self, x, state, return_state, lengths):
+        return self._forward(x, state, return_state, lengths)
 
     def _step(self, x_t, state):
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E*D)

@@ -15,7 +15,7 @@ from einops import rearrange
 from torch import nn
 
 from ssmlab.layers import GatedRMSNorm
-from ssmlab.mixers.base import Mixer, State, set_optim
+from ssmlab.mixers.base import Mixer, padding_mask, State, set_optim
 from ssmlab.mixers.mamba import causal_conv_with_state, init_dt_bias
 from ssmlab.ops import ssd, ssd_step
 from ssmlab.registry import register
@@ -86,16 +86,22 @@ class Mamba2(Mixer):
         c = rearrange(c, "... (g n) -> ... g n", g=self.ngroups)
         return x, b, c
 
-    def _forward(self, x, state, return_state):
+    def _forward(self, x, state, return_state, lengths=None):
         z, xbc, dt = self._split(self.in_proj(x))
-        xbc, conv_state = causal_conv_with_state(xbc, self.conv1d, None if state is None else state["conv"])
+        xbc, conv_state = causal_conv_with_state(xbc, self.conv1d, None if state is None else state["conv"], lengths)
         xh, b, c = self._heads(F.silu(xbc))  # (B, L, H, P), (B, L, G, N), (B, L, G, N)
         dt = F.softplus(dt + self.dt_bias)  # (B, L, H)
+        if lengths is not None:
+            # A zero step at padded positions leaves the state as it was (decay exp(0) = 1, input 0).
+            dt = dt * padding_mask(lengths, x.shape[1])[..., None]
         y, ssm_state = ssd(xh, dt, -torch.exp(self.A_log), b, c, chunk_size=self.chunk_size, D=self.D,
                            initial_state=None if state is None else state["ssm"], return_final_state=True,
                            backend=self.backend)
         y = self.norm(rearrange(y, "b l h p -> b l (h p)"), z)
         return self.out_proj(y), ({"conv": conv_state, "ssm": ssm_state} if return_state else None)
+
+    def _forward_varlen(self, x, state, return_state, lengths):
+        return self._forward(x, state, return_state, lengths)
 
     def _step(self, x_t, state):
         z, xbc, dt = self._split(self.in_proj(x_t))

@@ -49,11 +49,13 @@ class Mega(Mixer):
     Initialisation as in the paper's code: alpha, delta (pre-sigmoid) ~ N(0, 0.2); beta ~
     N(0, 0.02) plus alternating +1/-1; eta, omega ~ N(0, 1).
 
-    State: ``{"ema": (B, d, h), "k": (B, T, z), "v": (B, T, v)}``.
+    State: ``{"ema": (B, d, h), "k": (B, T, z), "v": (B, T, v), "valid": (B, T)}``; ``valid``
+    marks the real cached positions (after a padded batch each row's cache is right-aligned,
+    with padding entries in front).
     """
 
     causal = True
-    _state_growing_dims = {"k": (1,), "v": (1,)}
+    _state_growing_dims = {"k": (1,), "v": (1,), "valid": (1,)}
 
     def __init__(self, d_model: int, ndim: int = 16, *, z_dim: int | None = None, v_dim: int | None = None,
                  chunk_size: int | None = None, max_positions: int = 2048, dropout: float = 0.0,
@@ -95,20 +97,28 @@ class Mega(Mixer):
         extra, h = diagonal_state_terms(x, log_q, b_bar, c, h0, return_state, scale=1.0)
         return (y if extra is None else y + extra), h
 
-    def _attend(self, q, k, v, offset):
-        """Causal (or chunked) attention of queries at positions offset.. over keys at 0..; (B, L, *)."""
+    def _attend(self, q, k, v, valid):
+        """Causal (or chunked) attention of the last L keys' queries over all keys; (B, L, *).
+
+        ``valid`` (B, T + L) marks real keys; cached padding (in front) shifts a row's
+        absolute positions, which the chunk boundaries of Mega-chunk depend on.
+        """
         length, total = q.shape[1], k.shape[1]
-        if total > self.max_positions:
-            raise ValueError(f"mega: context of {total} positions exceeds max_positions={self.max_positions}")
-        i = torch.arange(offset, offset + length, device=q.device)[:, None]
+        real = valid.sum(1)  # (B,) positions seen, the new ones included
+        if int(real.max()) > self.max_positions:
+            raise ValueError(f"mega: context of {int(real.max())} positions exceeds max_positions="
+                             f"{self.max_positions}")
+        i = torch.arange(total - length, total, device=q.device)[:, None]
         j = torch.arange(total, device=q.device)[None]
-        allowed = j <= i
+        allowed = (j <= i) & valid[:, None, :]  # (B, L, T + L)
         if self.chunk_size is not None:
-            allowed = allowed & (j // self.chunk_size == i // self.chunk_size)
-        bias = self.rel_bias[(i - j).clamp(min=0)].masked_fill(~allowed, float("-inf"))  # (L, T)
+            shift = (total - real)[:, None, None]  # absolute position = index - shift
+            allowed = allowed & ((j - shift) // self.chunk_size == (i - shift) // self.chunk_size)
+        bias = self.rel_bias[(i - j).clamp(0, self.max_positions - 1)]  # (L, T + L)
+        bias = bias.masked_fill(~allowed, float("-inf"))[:, None]  # (B, 1, L, T + L)
         dropout = self.dropout if self.training else 0.0
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout,
-                                              scale=1 / math.sqrt(self.z_dim))
+        return F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], attn_mask=bias.to(q.dtype),
+                                              dropout_p=dropout, scale=1 / math.sqrt(self.z_dim))[:, 0]
 
     def _forward(self, x, state, return_state):
         ema, h = self._ema(x, None if state is None else state["ema"], return_state)
@@ -118,15 +128,15 @@ class Mega(Mixer):
         z = F.silu(z)
         q, k = z * self.qk_scale[0] + self.qk_bias[0], z * self.qk_scale[1] + self.qk_bias[1]
         v = F.silu(self.v_proj(x))
-        offset = 0
+        valid = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         if state is not None:
-            offset = state["k"].shape[1]
             k, v = torch.cat([state["k"], k], dim=1), torch.cat([state["v"], v], dim=1)
-        attn = self._attend(q, k, v, offset)
+            valid = torch.cat([state["valid"], valid], dim=1)
+        attn = self._attend(q, k, v, valid)
         out = F.silu(hx + self.h_proj(F.silu(gamma) * attn))
         phi = torch.sigmoid(phi)
         y = phi * out + (1 - phi) * x
-        return y, ({"ema": h, "k": k, "v": v} if return_state else None)
+        return y, ({"ema": h, "k": k, "v": v, "valid": valid} if return_state else None)
 
     def _step(self, x_t, state):
         y, new_state = self._forward(x_t[:, None], state, True)
@@ -137,4 +147,5 @@ class Mega(Mixer):
         dtype = dtype or self.omega.dtype
         return {"ema": torch.zeros(batch_size, self.d_model, self.ndim, device=device, dtype=dtype),
                 "k": torch.zeros(batch_size, 0, self.z_dim, device=device, dtype=dtype),
-                "v": torch.zeros(batch_size, 0, self.v_dim, device=device, dtype=dtype)}
+                "v": torch.zeros(batch_size, 0, self.v_dim, device=device, dtype=dtype),
+                "valid": torch.zeros(batch_size, 0, device=device, dtype=torch.bool)}

@@ -35,9 +35,10 @@ class Block(nn.Module):
         self.norm2 = RMSNorm(d_model, norm_eps, **factory) if mlp else None
         self.mlp = GatedMLP(d_model, mlp_hidden, **factory) if mlp else None
 
-    def forward(self, x, state=None, return_state=False):
-        y, state = self.mixer(self.norm1(x), state, return_state=True) if return_state else \
-            (self.mixer(self.norm1(x), state), None)
+    def forward(self, x, state=None, return_state=False, lengths=None):
+        options = {"lengths": lengths} if lengths is not None and self.mixer.accepts_lengths() else {}
+        y, state = self.mixer(self.norm1(x), state, return_state=True, **options) if return_state else \
+            (self.mixer(self.norm1(x), state, **options), None)
         x = x + y
         if self.mlp is not None:
             x = x + self.mlp(self.norm2(x))
@@ -105,10 +106,12 @@ class Backbone(nn.Module):
     def causal(self) -> bool:
         return all(layer.mixer.causal for layer in self.layers)
 
-    def forward(self, x, states=None, return_state=False):
+    def forward(self, x, states=None, return_state=False, lengths=None):
+        """``lengths`` (B,) marks ``x`` as right-padded (see :class:`~ssmlab.mixers.base.Mixer`); mixers
+        that cannot keep padding out (bidirectional ones other than the wrapper) see it as input."""
         new_states = []
         for i, layer in enumerate(self.layers):
-            x, s = layer(x, None if states is None else states[i], return_state)
+            x, s = layer(x, None if states is None else states[i], return_state, lengths)
             new_states.append(s)
         return self.norm_f(x), (new_states if return_state else None)
 

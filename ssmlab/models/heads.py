@@ -59,8 +59,10 @@ class LanguageModel(nn.Module):
         if tie_embeddings:
             self.lm_head.weight = self.encoder.embed.weight
 
-    def forward(self, input_ids, states=None, *, return_state=False):
-        h, states = self.backbone(self.encoder(input_ids), states, return_state)
+    def forward(self, input_ids, states=None, *, return_state=False, lengths=None):
+        """Logits (B, L, V). With ``lengths`` (B,) the batch is right-padded: each row's logits
+        and final states are those of its first ``lengths[b]`` tokens."""
+        h, states = self.backbone(self.encoder(input_ids), states, return_state, lengths)
         logits = self.lm_head(h)
         return (logits, states) if return_state else logits
 
@@ -136,7 +138,8 @@ class SequenceClassifier(nn.Module):
         vocab_size or input_dim: token inputs (B, L) or feature inputs (B, L, F).
         n_classes: number of classes C.
         pooling: ``"mean"`` over positions (default) or ``"last"`` position; with
-            ``lengths`` (B,) given to forward, only the first ``lengths[b]`` positions count.
+            ``lengths`` (B,) given to forward, only the first ``lengths[b]`` positions count, and
+            every mixer that can (all causal ones, the bidirectional wrapper) ignores the padding.
     """
 
     def __init__(self, mixer: str, *, d_model: int, n_layers: int, n_classes: int, vocab_size: int | None = None,
@@ -150,12 +153,15 @@ class SequenceClassifier(nn.Module):
         self.head = nn.Linear(d_model, n_classes, device=device, dtype=dtype)
 
     def forward(self, inputs, lengths: torch.Tensor | None = None):
-        h, _ = self.backbone(self.encoder(inputs))  # (B, L, D)
-        batch, length = h.shape[:2]
+        batch, length = inputs.shape[:2]
         if lengths is None:
+            h, _ = self.backbone(self.encoder(inputs))  # (B, L, D)
             lengths = torch.full((batch,), length, device=h.device)
         elif lengths.shape != (batch,) or bool((lengths < 1).any()) or bool((lengths > length).any()):
             raise ValueError(f"lengths must have shape ({batch},) with values in [1, {length}]")
+        else:
+            lengths = lengths.to(inputs.device)
+            h, _ = self.backbone(self.encoder(inputs), lengths=lengths)  # (B, L, D)
         if self.pooling == "last":
             pooled = h[torch.arange(batch, device=h.device), lengths - 1]
         else:

@@ -9,7 +9,7 @@ import torch
 from ssmlab import registry
 from ssmlab.mixers.base import Mixer
 from tests.mixers.conformance import (D_MODEL, TOL, check_causal, check_split_forward,
-                                      check_step_matches_forward, inputs, make)
+                                      check_step_matches_forward, check_variable_lengths, inputs, make)
 from tests.utils import assert_close
 
 
@@ -74,6 +74,31 @@ def test_step_matches_forward(cls, options):
 def test_forward_in_pieces_matches_forward(cls, options):
     causal_only(cls, options)
     check_split_forward(make(cls, options))
+
+
+@pytest.mark.parametrize("cls, options", CASES)
+def test_variable_length_batch(cls, options):
+    causal_only(cls, options)
+    check_variable_lengths(make(cls, options))
+
+
+@pytest.mark.parametrize("cls, options", CASES)
+def test_lengths_on_bidirectional_mixers(cls, options):
+    """A bidirectional mixer that accepts lengths gives each row its unpadded outputs; others refuse them."""
+    mixer = make(cls, options)
+    if mixer.causal:
+        pytest.skip("causal mixers: test_variable_length_batch")
+    length = length_for(cls, 9)
+    x, n = inputs(3, length), torch.tensor([length, length - 3, 1])
+    if not mixer.accepts_lengths():
+        with pytest.raises(ValueError, match="lengths"):
+            mixer(x, lengths=n)
+        return
+    with torch.no_grad():
+        y = mixer(x, lengths=n)
+        for b, k in enumerate(n.tolist()):
+            assert_close(y[b, :k], mixer(x[b:b + 1, :k])[0], atol=TOL, rtol=TOL, name=f"row {b}, length {k}")
+            assert bool((y[b, k:] == 0).all())
 
 
 @pytest.mark.parametrize("cls, options", CASES)
