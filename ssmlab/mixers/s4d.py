@@ -20,6 +20,7 @@ from ssmlab.ops import fft_conv, init_log_dt, s4d_legs, ssm_kernel_diag
 from ssmlab.registry import register
 
 INITS = ("lin", "inv", "legs")
+DISCRETISATIONS = ("zoh", "bilinear")
 
 
 def s4d_init(init: str, d_model: int, half_state: int, *, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,6 +76,7 @@ class DiagonalSSM(nn.Module):
     conjugate pairs each, ZOH, kernel ``K[l] = 2 Re(sum_n C_n B_bar_n A_bar_n^l)`` applied by FFT,
     plus the skip ``D u``. Used by S4D and, as the "diagonal SSM" of their designs, by H3 and GSS.
 
+    ``disc`` is the discretisation: ``"zoh"`` (zero-order hold, default) or ``"bilinear"``.
     With ``bidirectional`` a second C gives a kernel over the following positions (lag 1, 2, ...).
     Parameters (lr hint for dt and A, no weight decay): log_dt (H,), log_A_real and A_imag
     (H, N/2), C (n, H, N/2, 2) as the real view of complex numbers, and D (H,) unless ``skip=False``.
@@ -82,10 +84,13 @@ class DiagonalSSM(nn.Module):
 
     def __init__(self, channels: int, d_state: int = 64, *, init: str = "lin", dt_min: float = 0.001,
                  dt_max: float = 0.1, lr: float | None = 0.001, bidirectional: bool = False, skip: bool = True,
-                 device=None, dtype=None):
+                 disc: str = "zoh", device=None, dtype=None):
         super().__init__()
         if d_state < 2 or d_state % 2:
             raise ValueError(f"d_state must be an even number >= 2, got {d_state}")
+        if disc not in DISCRETISATIONS:
+            raise ValueError(f"unknown discretisation disc={disc!r}; expected one of {DISCRETISATIONS}")
+        self.disc = disc
         dtype = dtype or torch.get_default_dtype()
         self.channels, self.d_state, self.bidirectional = channels, d_state, bidirectional
         half = d_state // 2
@@ -105,14 +110,24 @@ class DiagonalSSM(nn.Module):
         a = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
         return a, torch.view_as_complex(self.C.contiguous()), torch.exp(self.log_dt)
 
+    def discrete(self):
+        """``log(A_bar)`` and ``B_bar`` (H, N/2) of the chosen discretisation (B is ones), and C (n, H, N/2)."""
+        a, c, dt = self._continuous()
+        dta = a * dt[:, None]
+        if self.disc == "zoh":
+            return dta, torch.expm1(dta) / a, c
+        # Bilinear: A_bar = (1 + dt A / 2) / (1 - dt A / 2), B_bar = dt / (1 - dt A / 2).
+        return torch.log1p(dta / 2) - torch.log1p(-dta / 2), dt[:, None] / (1 - dta / 2), c
+
     def kernel(self, length: int) -> torch.Tensor:
         """The convolution kernel (H, L); with ``bidirectional`` (H, 2L), the second half for lags
         1 .. L into the future (the layout of :func:`ssmlab.ops.fft_conv`)."""
         a, c, dt = self._continuous()
         ones = torch.ones_like(a)
-        kernel = ssm_kernel_diag(a, ones, c[0], dt, length, conj_sym=True)
+        kernel = ssm_kernel_diag(a, ones, c[0], dt, length, method=self.disc, conj_sym=True)
         if self.bidirectional:
-            kernel = torch.cat([kernel, ssm_kernel_diag(a, ones, c[1], dt, length, conj_sym=True)], dim=-1)
+            back = ssm_kernel_diag(a, ones, c[1], dt, length, method=self.disc, conj_sym=True)
+            kernel = torch.cat([kernel, back], dim=-1)
         return kernel
 
     def forward(self, x, h0=None, return_state: bool = False):
@@ -120,18 +135,16 @@ class DiagonalSSM(nn.Module):
         if self.bidirectional and (return_state or h0 is not None):
             raise RuntimeError("a bidirectional SSM has no state")
         y = fft_conv(x, self.kernel(x.shape[1]).to(x.dtype), D=self.D, bidirectional=self.bidirectional)
-        a, c, dt = self._continuous()
-        dta = a * dt[:, None]
-        extra, h = diagonal_state_terms(x, dta, torch.expm1(dta) / a, c[0], h0, return_state)
+        log_a_bar, b_bar, c = self.discrete()
+        extra, h = diagonal_state_terms(x, log_a_bar, b_bar, c[0], h0, return_state)
         return (y if extra is None else y + extra), h
 
     def step(self, x_t, h):
         """x_t (B, H), state (B, H, N/2) -> y_t (B, H), new state."""
         if self.bidirectional:
             raise RuntimeError("a bidirectional SSM cannot step")
-        a, c, dt = self._continuous()
-        dta = a * dt[:, None]
-        h = torch.exp(dta) * h + (torch.expm1(dta) / a) * x_t[..., None]  # (B, H, N/2)
+        log_a_bar, b_bar, c = self.discrete()
+        h = torch.exp(log_a_bar) * h + b_bar * x_t[..., None]  # (B, H, N/2)
         y = 2 * torch.einsum("hn,bhn->bh", c[0], h).real.to(x_t.dtype)
         return (y if self.D is None else y + self.D * x_t), h
 
@@ -144,7 +157,7 @@ class DiagonalSSM(nn.Module):
 
 @register("mixer", "s4d", description="Diagonal SSM (S4D), FFT convolution forward, recurrent step",
           paper="2206.11893", variants=[{}, {"init": "inv", "d_state": 8}, {"init": "legs", "d_state": 8},
-                                        {"d_state": 8, "bidirectional": True}])
+                                        {"d_state": 8, "bidirectional": True}, {"d_state": 8, "disc": "bilinear"}])
 class S4D(Mixer):
     """S4D layer (Gu, Gupta, Goel, Re; arXiv 2206.11893).
 
@@ -155,12 +168,15 @@ class S4D(Mixer):
         dt_min, dt_max: the step is initialised log-uniform in [0.001, 0.1].
         lr: learning rate for log_dt and A (0.001; ``None`` uses the trainer's); these get no weight decay.
         dropout: dropout after the activation (0.0).
+        disc: discretisation, ``"zoh"`` (zero-order hold, default) or ``"bilinear"``, the two the
+            S4D paper compares (section 3 / appendix of arXiv 2206.11893).
         bidirectional: a second C gives a kernel over the following positions (lag 1, 2, ...),
             from the same A and dt, as in the S4 code's bidirectional mode (default False; the
             layer is then not causal and has no step).
 
-    Discretisation is zero-order hold, ``A_bar = exp(dt A)``,
-    ``B_bar = (exp(dt A) - 1) / A`` (B is fixed to ones and absorbed into C, as in the
+    Discretisation is zero-order hold by default, ``A_bar = exp(dt A)``,
+    ``B_bar = (exp(dt A) - 1) / A``, or bilinear, ``A_bar = (1 + dt A/2) / (1 - dt A/2)``,
+    ``B_bar = dt / (1 - dt A/2)`` (B is fixed to ones and absorbed into C, as in the
     S4D code); the kernel is ``K[l] = 2 Re(sum_n C_n B_bar_n A_bar_n^l)``. The layer
     output is ``GLU(W (GELU(K * u + D u)))``.
 
@@ -171,13 +187,13 @@ class S4D(Mixer):
 
     def __init__(self, d_model: int, d_state: int = 64, *, init: str = "lin", dt_min: float = 0.001,
                  dt_max: float = 0.1, lr: float | None = 0.001, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None):
+                 disc: str = "zoh", device=None, dtype=None):
         super().__init__(d_model)
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"s4d: need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
         try:
             self.ssm = DiagonalSSM(d_model, d_state, init=init, dt_min=dt_min, dt_max=dt_max, lr=lr,
-                                   bidirectional=bidirectional, device=device, dtype=dtype)
+                                   bidirectional=bidirectional, disc=disc, device=device, dtype=dtype)
         except ValueError as exc:
             raise ValueError(f"s4d: {exc}") from exc
         self.d_state, self.init = d_state, init
