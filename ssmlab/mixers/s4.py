@@ -122,10 +122,11 @@ class S4(Mixer):
             if return_state:
                 raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True has no state to return")
             kernel = torch.cat([kernel, ssm_kernel_dplr(lam, p, b, c[1], dt, length, conj_sym=True)], dim=-1)
-        y = fft_conv(x, kernel.to(x.dtype), D=self.D, bidirectional=self.bidirectional)
+        u = self._ssm_input(x, state)
+        y = fft_conv(u, kernel.to(x.dtype), bidirectional=self.bidirectional) + self.D * x
         if state is not None or return_state:
             a_bar, b_bar = discretize_dplr(lam, p, b, dt, "bilinear")  # (H, N/2, N/2), (H, N/2)
-            extra, h = dense_state_terms(x, a_bar, b_bar, c[0], None if state is None else state["ssm"],
+            extra, h = dense_state_terms(u, a_bar, b_bar, c[0], None if state is None else state["ssm"],
                                          return_state)
             y = y if extra is None else y + extra
         new_state = {"ssm": h} if return_state else None
@@ -136,12 +137,18 @@ class S4(Mixer):
         """Terms (B, L, H) a subclass adds to the SSM output before the activation (Liquid-S4's)."""
         return None
 
+    def _ssm_input(self, x, state):
+        """The input (B, L, H) that drives the SSM (the D skip always reads ``x``); Liquid-S4's KB form
+        adds input correlations here."""
+        return x
+
     def _step(self, x_t, state):
         if self.bidirectional:
             raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True cannot step")
         lam, p, b, c, dt = self._system()
         a_bar, b_bar = discretize_dplr(lam, p, b, dt, "bilinear")
-        h = (a_bar @ state["ssm"][..., None])[..., 0] + b_bar * x_t[..., None].to(b_bar.dtype)
+        u_t = self._ssm_input(x_t[:, None], state)[:, 0]
+        h = (a_bar @ state["ssm"][..., None])[..., 0] + b_bar * u_t[..., None].to(b_bar.dtype)
         y = 2 * torch.einsum("hn,bhn->bh", c[0], h).real.to(x_t.dtype) + self.D * x_t
         extra = self._extra_terms(x_t[:, None], state)
         return self.output(y if extra is None else y + extra[:, 0]), {"ssm": h}
