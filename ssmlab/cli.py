@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from ssmlab import registry
 from ssmlab.registry import UnknownNameError
@@ -23,6 +24,16 @@ def _cmd_list(args) -> int:
         entries = registry.entries(kinds[plural], args.pattern)
         print(f"{plural} ({len(entries)}):")
         width = max((len(e.name) for e in entries), default=0)
+        if plural == "tasks":
+            # One column per piece of registration metadata, so a user can see what each task costs.
+            columns = ("source", "size", "seq_len", "metric")
+            rows = [[e.name] + [str(e.extra.get(c, "-")) for c in columns]
+                    + [e.description + (f"  [arXiv {e.paper}]" if e.paper else "")] for e in entries]
+            header = ["name", "source", "size (train/val/test)", "seq len", "metric", "description"]
+            widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(columns) + 1)]
+            for row in [header] + rows:
+                print("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+            continue
         for e in entries:
             paper = f"  [arXiv {e.paper}]" if e.paper else ""
             causal = ""
@@ -40,7 +51,7 @@ def _train_config(args):
 
 
 def _cmd_run(args) -> int:
-    from ssmlab.report import format_table, leaderboard
+    from ssmlab.report import build_report, format_table, leaderboard
     from ssmlab.store import ResultStore
     from ssmlab.train.sweep import execute, quick_suite
 
@@ -65,6 +76,8 @@ def _cmd_run(args) -> int:
                   f"test accuracy {acc:.3f} in {row['wall_time_s']:.1f}s", flush=True)
         print(f"\nfinished {len(specs)} runs in {time.perf_counter() - started:.0f}s\n")
         print(format_table(leaderboard(store, suite=args.suite)))
+        paths = build_report(store, args.report_dir or store.path.parent / "report")
+    print(f"\nreport: {paths['html']}")
     return 0
 
 
@@ -115,6 +128,55 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from ssmlab.report import build_report, format_table
+    from ssmlab.report.build import suite_tables
+    from ssmlab.store import ResultStore, default_path
+
+    path = Path(args.store) if args.store else default_path()
+    if not path.is_file():
+        raise ValueError(f"no results store at {path}; run `ssmlab run` first or pass --store")
+    with ResultStore(path) as store:
+        for board in suite_tables(store):
+            print(f"suite {board['suite']}")
+            print(format_table(board) + "\n")
+        paths = build_report(store, args.out or path.parent / "report", figures=not args.no_figures)
+    print(f"markdown: {paths['markdown']}\ncsv: {paths['csv']}\nreport: {paths['html']}")
+    return 0
+
+
+def _cmd_efficiency(args) -> int:
+    from ssmlab.bench.efficiency import measure, store_measurements, summarise
+    from ssmlab.store import ResultStore
+
+    mixers = _csv(args.mixers)
+    for name in mixers:
+        registry.get("mixer", name)
+    if any(n < 1 for n in args.lengths):
+        raise ValueError(f"lengths must be positive, got {args.lengths}")
+    results = []
+    for name in mixers:
+        ms = measure(name, args.lengths, d_model=args.d_model, batch_size=args.batch_size, repeats=args.repeats,
+                     device=args.device, backward=not args.forward_only, memory=not args.no_memory)
+        for m in ms:
+            memory = "-" if m.peak_memory_mb is None else f"{m.peak_memory_mb:.1f} MiB"
+            print(f"{name:>18} L={m.length:<6} forward {m.forward_ms:9.2f} ms  forward+backward "
+                  f"{m.forward_backward_ms:9.2f} ms  {m.tokens_per_s:12,.0f} tokens/s  peak {memory}", flush=True)
+        results += ms
+    print()
+    for row in summarise(results):
+        exps = ", ".join(f"{k.replace('_ms_exponent', '')} k={row[k]:.2f}" for k in
+                         ("forward_ms_exponent", "forward_backward_ms_exponent") if row[k] is not None)
+        cross = row["forward_ms_crossover"]
+        crossing = "" if row["mixer"] == "attention" or "attention" not in mixers else \
+            (f"; faster than attention from L ~ {cross:.0f}" if cross else "; not faster than attention here")
+        print(f"{row['mixer']:>18}: time ~ L^k with {exps}{crossing}")
+    with ResultStore(args.store) as store:
+        store_measurements(store, results)
+        print(f"\nstored {len(results)} measurements in {store.path} (suite 'efficiency'; `ssmlab report` plots them)")
+    return 0
+
+
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=200, help="optimiser steps per run (default 200)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32)")
@@ -143,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixers", help="comma-separated mixer names (default: all registered)")
     p.add_argument("--tasks", help="comma-separated task names (default: the suite's tasks)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
+    p.add_argument("--report-dir", default=None, help="where the report goes (default: 'report' beside the store)")
     _add_training_options(p)
     p.set_defaults(func=_cmd_run)
 
@@ -164,6 +227,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("report", help="tables and figures from the results store: terminal, Markdown, CSV, HTML",
+                       description="Build the leaderboards (mean and std over seeds, best marked), learning curves, "
+                                   "metric against length and efficiency plots from the results store alone.")
+    p.add_argument("--store", default=None, help="results database (default ssmlab-results/results.sqlite "
+                                                  "or $SSMLAB_STORE)")
+    p.add_argument("--out", default=None, help="output folder (default: 'report' beside the store)")
+    p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("efficiency", help="time, throughput and memory of mixers against sequence length",
+                       description="Measure forward and forward+backward time, tokens/s and peak memory of each "
+                                   "mixer at equal width, fit time ~ L^k and find where each overtakes attention.")
+    p.add_argument("mixers", help="comma-separated mixer names, e.g. attention,mamba,s4d")
+    p.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 4096], help="sequence lengths")
+    p.add_argument("--d-model", type=int, default=128, help="width of every mixer (default 128)")
+    p.add_argument("--batch-size", type=int, default=4, help="batch size (default 4)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per point; the median is kept (default 5)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--forward-only", action="store_true", help="skip the forward+backward timing")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--store", default=None, help="results database (default ssmlab-results/results.sqlite "
+                                                  "or $SSMLAB_STORE)")
+    p.set_defaults(func=_cmd_efficiency)
     return parser
 
 
