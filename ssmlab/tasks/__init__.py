@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ssmlab import registry
 from ssmlab.tasks.base import IGNORE_INDEX, Split, Task
-from ssmlab.tasks.synthetic import MQAR, SelectiveCopying
+from ssmlab.tasks.lra import ListOps, Pathfinder, PathX
+from ssmlab.tasks.synthetic import MQAR, Copying, InductionHeads, SelectiveCopying
 
 
 def create_task(name: str, **options) -> Task:
@@ -14,3 +15,7 @@ def create_task(name: str, **options) -> Task:
         return cls(**options)
     except TypeError as exc:
         raise ValueError(f"task {name!r}: bad options {sorted(options)}: {exc}") from exc
+
+
+__all__ = ["IGNORE_INDEX", "MQAR", "Copying", "InductionHeads", "ListOps", "PathX", "Pathfinder",
+           "SelectiveCopying", "Split", "Task", "create_task"]

@@ -1,4 +1,4 @@
-"""Synthetic probes of memory and recall: MQAR and selective copying."""
+"""Synthetic probes of memory and recall: MQAR, selective copying, copying and induction heads."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from ssmlab.tasks.base import IGNORE_INDEX, Split, Task
 
 
 @register("task", "mqar", description="Multi-query associative recall (Zoology)", paper="2312.04927",
-          source="generated", metric="accuracy")
+          source="generated", metric="accuracy", size="2048/256/256", seq_len="64 (option)")
 class MQAR(Task):
     """Multi-query associative recall, as specified by Zoology (arXiv 2312.04927).
 
@@ -22,6 +22,12 @@ class MQAR(Task):
     (``random_non_queries``) and take no loss. Accuracy counts query positions only.
 
     Defaults: vocab_size=128, seq_len=64, num_kv_pairs=8, power_a=0.01.
+
+    Recall capacity is swept with ``num_kv_pairs`` (how many associations must be
+    held at once, at most ``vocab_size // 2``) and ``vocab_size`` (how many distinct
+    keys and values there are), with ``seq_len >= 4 * num_kv_pairs``; Zoology's
+    figures vary exactly these, e.g. ``create_task("mqar", num_kv_pairs=64,
+    vocab_size=8192, seq_len=512)``.
     """
 
     head = "lm"
@@ -68,7 +74,7 @@ class MQAR(Task):
 
 
 @register("task", "selective-copying", description="Selective copying (Mamba)", paper="2312.00752",
-          source="generated", metric="accuracy")
+          source="generated", metric="accuracy", size="2048/256/256", seq_len="72 (option)")
 class SelectiveCopying(Task):
     """Selective copying, as in Mamba (arXiv 2312.00752, section 4.1.1).
 
@@ -104,4 +110,86 @@ class SelectiveCopying(Task):
         inputs[:, region:] = 1
         targets = torch.full((n, self.seq_len), IGNORE_INDEX, dtype=torch.long)
         targets[:, region:] = data
+        return Split(inputs, targets)
+
+
+@register("task", "copying", description="Copying after a delay (uRNN)", paper="1511.06464",
+          source="generated", metric="accuracy", size="2048/256/256", seq_len="121 (option)")
+class Copying(Task):
+    """The copying memory task of Arjovsky et al. (arXiv 1511.06464), after Hochreiter & Schmidhuber.
+
+    A string of ``num_tokens`` data tokens drawn uniformly from ``[1, vocab_size - 1)``
+    is followed by ``delay`` blank tokens (0), one delimiter (``vocab_size - 1``), and
+    ``num_tokens`` more blanks. At those last ``num_tokens`` positions the model must
+    output the string; no loss is taken elsewhere (the paper also scores the blanks,
+    which only adds a constant to the loss). The length is
+    ``seq_len = 2 * num_tokens + delay + 1``; the paper's ``T`` is ``delay + 1``.
+
+    Defaults: vocab_size=10 (8 data symbols, blank, delimiter, as in the paper),
+    num_tokens=10, delay=100.
+    """
+
+    head = "lm"
+
+    def __init__(self, *, vocab_size: int = 10, num_tokens: int = 10, delay: int = 100, **kwargs):
+        super().__init__(**kwargs)
+        if vocab_size < 3:
+            raise ValueError(f"copying: vocab_size must be at least 3 (blank, delimiter, one symbol), got {vocab_size}")
+        if num_tokens < 1:
+            raise ValueError(f"copying: num_tokens must be at least 1, got {num_tokens}")
+        if delay < 0:
+            raise ValueError(f"copying: delay must be non-negative, got {delay}")
+        self.vocab_size, self.num_tokens, self.delay = vocab_size, num_tokens, delay
+        self.seq_len = 2 * num_tokens + delay + 1
+
+    def model_options(self) -> dict:
+        return {"vocab_size": self.vocab_size}
+
+    def _generate(self, split, n, generator):
+        k = self.num_tokens
+        data = torch.randint(1, self.vocab_size - 1, (n, k), generator=generator)
+        inputs = torch.zeros(n, self.seq_len, dtype=torch.long)
+        inputs[:, :k] = data
+        inputs[:, k + self.delay] = self.vocab_size - 1
+        targets = torch.full((n, self.seq_len), IGNORE_INDEX, dtype=torch.long)
+        targets[:, -k:] = data
+        return Split(inputs, targets)
+
+
+@register("task", "induction-heads", description="Induction head: recall the token after the trigger (H3)",
+          paper="2212.14052", source="generated", metric="accuracy", size="2048/256/256", seq_len="30 (option)")
+class InductionHeads(Task):
+    """The induction head probe used by H3 (arXiv 2212.14052, section 3.1).
+
+    A sequence of ``seq_len`` tokens drawn uniformly from ``[1, vocab_size)`` holds
+    the trigger token 0 once, at a random position ``p <= seq_len - 3``; the token at
+    ``p + 1`` is the answer. The last position holds the trigger again, and there the
+    model must output the answer; it is the only position with a loss. Since 0 occurs
+    nowhere else, the answer is determined.
+
+    Defaults: vocab_size=20, seq_len=30 (H3's setting).
+    """
+
+    head = "lm"
+
+    def __init__(self, *, vocab_size: int = 20, seq_len: int = 30, **kwargs):
+        super().__init__(**kwargs)
+        if vocab_size < 2:
+            raise ValueError(f"induction-heads: vocab_size must be at least 2 (trigger and one token), "
+                             f"got {vocab_size}")
+        if seq_len < 3:
+            raise ValueError(f"induction-heads: seq_len must be at least 3 (trigger, answer, trigger), got {seq_len}")
+        self.vocab_size, self.seq_len = vocab_size, seq_len
+
+    def model_options(self) -> dict:
+        return {"vocab_size": self.vocab_size}
+
+    def _generate(self, split, n, generator):
+        inputs = torch.randint(1, self.vocab_size, (n, self.seq_len), generator=generator)
+        trigger_at = torch.randint(0, self.seq_len - 2, (n,), generator=generator)
+        rows = torch.arange(n)
+        inputs[rows, trigger_at] = 0
+        inputs[:, -1] = 0
+        targets = torch.full((n, self.seq_len), IGNORE_INDEX, dtype=torch.long)
+        targets[:, -1] = inputs[rows, trigger_at + 1]
         return Split(inputs, targets)

@@ -56,3 +56,86 @@ def test_bad_task_options():
         create_task("mqar", colour="red")
     with pytest.raises(ValueError, match="split"):
         create_task("mqar").split("validation")
+
+
+@pytest.mark.parametrize("name", ssmlab.list_tasks())
+def test_val_split_is_its_own_stream(name):
+    task = create_task(name, seed=3, n_train=8, n_val=5, n_test=8)
+    val = task.split("val")
+    assert len(val) == 5
+    assert digest(val) != digest(task.split("train")) and digest(val) != digest(task.split("test"))
+    assert digest(val) == digest(create_task(name, seed=3, n_train=8, n_val=5, n_test=8).split("val"))
+
+
+def test_train_and_test_streams_unchanged():
+    # Adding the val split must not move the train and test data of existing seeds.
+    s = create_task("mqar", vocab_size=16, seq_len=16, num_kv_pairs=2, n_train=4, n_test=4, seed=1)
+    generator = torch.Generator().manual_seed(1001)
+    assert torch.equal(s.split("train").inputs, s._generate("train", 4, generator).inputs)
+    generator = torch.Generator().manual_seed(1002)
+    assert torch.equal(s.split("test").inputs, s._generate("test", 4, generator).inputs)
+
+
+@pytest.mark.parametrize("name", ssmlab.list_tasks())
+def test_options_rebuild_the_task(name):
+    task = create_task(name, seed=5, n_train=4, n_test=4)
+    options = task.options()
+    assert options["seed"] == 5 and options["n_train"] == 4
+    assert create_task(name, **options).options() == options
+
+
+def test_copying_structure():
+    task = create_task("copying", vocab_size=6, num_tokens=5, delay=7, n_train=40)
+    s = task.split("train")
+    assert task.seq_len == 2 * 5 + 7 + 1 and s.inputs.shape == s.targets.shape == (40, 18)
+    for x, y in zip(s.inputs, s.targets):
+        data = x[:5]
+        assert ((data >= 1) & (data <= 4)).all()
+        assert (x[5:12] == 0).all() and x[12] == 5 and (x[13:] == 0).all()
+        assert torch.equal(y[13:], data) and (y[:13] == IGNORE_INDEX).all()
+
+
+@pytest.mark.parametrize("delay", [0, 1, 63])
+def test_copying_any_delay(delay):
+    s = create_task("copying", num_tokens=3, delay=delay, n_train=4).split("train")
+    assert s.inputs.shape == (4, delay + 7) and (s.targets != IGNORE_INDEX).sum(1).eq(3).all()
+
+
+def test_induction_heads_structure():
+    task = create_task("induction-heads", vocab_size=8, seq_len=12, n_train=200)
+    s = task.split("train")
+    assert s.inputs.shape == s.targets.shape == (200, 12)
+    positions = []
+    for x, y in zip(s.inputs, s.targets):
+        triggers = (x == 0).nonzero().flatten().tolist()
+        assert len(triggers) == 2 and triggers[1] == 11 and triggers[0] <= 9
+        assert (y[:-1] == IGNORE_INDEX).all() and y[-1] == x[triggers[0] + 1] and y[-1] != 0
+        positions.append(triggers[0])
+    # The trigger's first position ranges over all allowed places.
+    assert set(positions) == set(range(10))
+
+
+@pytest.mark.parametrize("seq_len", [3, 4, 65])
+def test_induction_heads_any_length(seq_len):
+    s = create_task("induction-heads", seq_len=seq_len, n_train=16).split("train")
+    assert s.inputs.shape == (16, seq_len) and (s.inputs[:, -1] == 0).all()
+
+
+def test_mqar_recall_capacity_options():
+    s = create_task("mqar", vocab_size=256, seq_len=256, num_kv_pairs=64, n_train=4).split("train")
+    assert ((s.targets != IGNORE_INDEX).sum(1) == 64).all()
+
+
+def test_bad_probe_options():
+    with pytest.raises(ValueError, match="copying: vocab_size"):
+        create_task("copying", vocab_size=2)
+    with pytest.raises(ValueError, match="copying: delay"):
+        create_task("copying", delay=-1)
+    with pytest.raises(ValueError, match="copying: num_tokens"):
+        create_task("copying", num_tokens=0)
+    with pytest.raises(ValueError, match="induction-heads: seq_len"):
+        create_task("induction-heads", seq_len=2)
+    with pytest.raises(ValueError, match="induction-heads: vocab_size"):
+        create_task("induction-heads", vocab_size=1)
+    with pytest.raises(ValueError, match="n_val"):
+        create_task("copying", n_val=0)
