@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 
 from ssmlab import registry
+from ssmlab.experiment import suite_names
 from ssmlab.registry import UnknownNameError
+from ssmlab.train.sweep import run_config
 
-SUITES = ("quick",)
 
 
 def _csv(text: str) -> list[str]:
@@ -50,32 +51,70 @@ def _train_config(args):
                        device=args.device)
 
 
+def _experiment_from_args(args):
+    """The suite or YAML experiment with ``--set`` and the shortcut options applied, type-checked."""
+    import json
+
+    from ssmlab import experiment
+
+    overrides = list(args.set or [])
+    if args.mixers:
+        names = _csv(args.mixers)
+        for name in names:
+            registry.get("mixer", name)
+        overrides.append(f"models={json.dumps(names)}")
+    if args.seeds:
+        overrides.append(f"seeds={json.dumps(args.seeds)}")
+    for flag, key in (("steps", "trainer.steps"), ("batch_size", "trainer.batch_size"), ("lr", "trainer.lr"),
+                      ("d_model", "defaults.d_model"), ("n_layers", "defaults.n_layers")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    exp = experiment.load(args.suite, overrides)
+    if args.tasks:
+        wanted = _csv(args.tasks)
+        for name in wanted:
+            registry.get("task", name)
+        # Keep the suite's options for the tasks it has; others get their defaults.
+        exp.tasks = [t for t in exp.tasks if t.name in wanted] + \
+            [experiment.TaskSpec(name) for name in wanted if name not in {t.name for t in exp.tasks}]
+    return exp
+
+
 def _cmd_run(args) -> int:
+    from ssmlab import experiment
+    from ssmlab.config import from_dict
     from ssmlab.report import build_report, format_table, leaderboard
     from ssmlab.store import ResultStore
-    from ssmlab.train.sweep import execute, quick_suite
+    from ssmlab.train.sweep import execute
+    from ssmlab.train.trainer import TrainConfig
 
-    mixers = _csv(args.mixers) if args.mixers else None
-    tasks = _csv(args.tasks) if args.tasks else None
-    for name in mixers or []:
-        registry.get("mixer", name)
-    for name in tasks or []:
-        registry.get("task", name)
-    specs = quick_suite(mixers, tasks, seeds=args.seeds)
-    for spec in specs:
-        spec.d_model, spec.n_layers = args.d_model, args.n_layers
-    config = _train_config(args)
+    exp = _experiment_from_args(args)
+    specs = experiment.expand(exp)
+    trainer = dict(exp.trainer)
+    if args.device is not None:
+        trainer["device"] = args.device
+    if args.no_progress:
+        trainer["progress"] = False
+    config = from_dict(TrainConfig, trainer)
     started = time.perf_counter()
+    done = skipped = 0
     with ResultStore(args.store) as store:
-        print(f"suite {args.suite}: {len(specs)} runs, results in {store.path}", flush=True)
+        print(f"suite {exp.name}: {len(specs)} runs, results in {store.path}", flush=True)
         for i, spec in enumerate(specs, 1):
-            run_id = execute(spec, config, store, suite=args.suite)
-            row = store.runs(status=None)[-1] if run_id else None
-            acc = row["metrics"]["test_accuracy"] if row else float("nan")
-            print(f"[{i}/{len(specs)}] {spec.mixer} on {spec.task} (seed {spec.seed}): "
-                  f"test accuracy {acc:.3f} in {row['wall_time_s']:.1f}s", flush=True)
-        print(f"\nfinished {len(specs)} runs in {time.perf_counter() - started:.0f}s\n")
-        print(format_table(leaderboard(store, suite=args.suite)))
+            label = f"[{i}/{len(specs)}] {experiment.model_label(spec.mixer)} on {spec.task} (seed {spec.seed})"
+            previous = store.find_finished(suite=exp.name, config=run_config(spec, config))
+            if previous is not None:
+                skipped += 1
+                print(f"{label}: already finished as run {previous['id']}, skipped", flush=True)
+                continue
+            run_id = execute(spec, config, store, suite=exp.name)
+            row = next(r for r in store.runs() if r["id"] == run_id)
+            metric = "test_accuracy" if "test_accuracy" in row["metrics"] else sorted(row["metrics"])[0]
+            print(f"{label}: {metric} {row['metrics'][metric]:.3f} in {row['wall_time_s']:.1f}s", flush=True)
+            done += 1
+        print(f"\nfinished {done} runs in {time.perf_counter() - started:.0f}s"
+              + (f" ({skipped} already in the store)" if skipped else "") + "\n")
+        print(format_table(leaderboard(store, suite=exp.name)))
         paths = build_report(store, args.report_dir or store.path.parent / "report")
     print(f"\nreport: {paths['html']}")
     return 0
@@ -201,12 +240,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train a suite of mixers x tasks and print the leaderboard",
                        description="Train every registered mixer on the suite's tasks, record each run in the "
                                    "results store and print a leaderboard read back from it.")
-    p.add_argument("suite", nargs="?", default="quick", choices=SUITES, help="suite to run (default quick)")
-    p.add_argument("--mixers", help="comma-separated mixer names (default: all registered)")
+    p.add_argument("suite", nargs="?", default="quick",
+                   help=f"a shipped suite ({', '.join(suite_names())}; default quick) or an experiment YAML file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override an entry of the suite by its dotted path, e.g. trainer.lr=1e-3 (repeatable)")
+    p.add_argument("--mixers", help="comma-separated mixer names (default: the suite's models)")
     p.add_argument("--tasks", help="comma-separated task names (default: the suite's tasks)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the suite's)")
     p.add_argument("--report-dir", default=None, help="where the report goes (default: 'report' beside the store)")
-    _add_training_options(p)
+    p.add_argument("--steps", type=int, default=None, help="optimiser steps per run (trainer.steps)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (trainer.batch_size)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (trainer.lr)")
+    p.add_argument("--d-model", type=int, default=None, help="width of models that do not set one (defaults.d_model)")
+    p.add_argument("--n-layers", type=int, default=None, help="depth of models that do not set one (defaults.n_layers)")
+    p.add_argument("--device", default=None, help="torch device (default cpu)")
+    p.add_argument("--store", default=None, help="results database (default ssmlab-results/results.sqlite "
+                                                  "or $SSMLAB_STORE)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("train", help="train one mixer on one task and record the run")

@@ -55,6 +55,12 @@ def _coerce(owner: str, key: str, value: Any, hint: Any) -> Any:
         return dict(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-4" (no dot) as a string; it is a number in every other notation.
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{owner}.{key}: expected float, got str {value!r}") from None
     if isinstance(hint, type):
         if hint is not bool and isinstance(value, bool):
             raise ConfigError(f"{owner}.{key}: expected {hint.__name__}, got {value!r}")

@@ -163,6 +163,14 @@ class ResultStore:
             rows.append(row)
         return rows
 
+    def find_finished(self, *, suite: str, config: dict) -> dict | None:
+        """The latest finished run of ``suite`` with exactly this configuration, or None."""
+        row = self._conn.execute("SELECT id FROM runs WHERE suite=? AND status='finished' AND config=? "
+                                 "ORDER BY id DESC LIMIT 1", (suite, json.dumps(config, sort_keys=True))).fetchone()
+        if row is None:
+            return None
+        return next(r for r in self.runs(suite=suite) if r["id"] == row[0])
+
     def curves(self, run_id: int) -> list[tuple[int, str, str, float]]:
         return self._conn.execute("SELECT step, split, name, value FROM curves WHERE run_id=? ORDER BY step",
                                   (run_id,)).fetchall()

@@ -1,4 +1,4 @@
-"""Run a grid of mixers x tasks x seeds, one run after another, recording each in the store."""
+"""Run a grid of models x tasks x seeds (see ssmlab.experiment), one run after another, recording each in the store."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ssmlab import registry
 from ssmlab.models import create_model
 from ssmlab.store import ResultStore, environment_fingerprint
 from ssmlab.tasks import create_task
@@ -15,7 +14,7 @@ from ssmlab.train.trainer import TrainConfig, train
 
 @dataclass
 class RunSpec:
-    mixer: str
+    mixer: str | list[str]  # a list is a hybrid stack, one mixer per layer
     task: str
     seed: int = 0
     task_options: dict = field(default_factory=dict)
@@ -24,27 +23,19 @@ class RunSpec:
     n_layers: int = 2
 
 
-# The default suite of `ssmlab run`: small recall and copying problems that train in seconds on a CPU.
+# Task options of the quick suite (ssmlab/suites/quick.yaml), used by `ssmlab train` for those tasks.
 QUICK_TASKS = {
     "mqar": {"vocab_size": 64, "seq_len": 64, "num_kv_pairs": 4, "n_train": 4096, "n_test": 256},
     "selective-copying": {"vocab_size": 16, "seq_len": 32, "num_tokens": 4, "n_train": 4096, "n_test": 256},
 }
 
 
-def quick_suite(mixers: list[str] | None = None, tasks: list[str] | None = None, seeds=(0,)) -> list[RunSpec]:
-    """Every registered mixer (causal ones only on token-level tasks) on the quick tasks."""
-    mixers = mixers or registry.names("mixer")
-    tasks = tasks or list(QUICK_TASKS)
-    specs = []
-    for task in tasks:
-        registry.get("task", task)
-        for mixer in mixers:
-            cls = registry.get("mixer", mixer).obj
-            if registry.get("task", task).obj.head == "lm" and not cls.causal:
-                continue
-            for seed in seeds:
-                specs.append(RunSpec(mixer, task, seed, dict(QUICK_TASKS.get(task, {}))))
-    return specs
+def run_config(spec: RunSpec, config: TrainConfig) -> dict:
+    """The configuration recorded with a run; a sweep skips a run whose configuration is already finished.
+    Display settings (the progress bar) are not part of it."""
+    train = asdict(config)
+    train.pop("progress", None)
+    return {"run": asdict(spec), "train": train}
 
 
 def execute(spec: RunSpec, config: TrainConfig, store: ResultStore, *, suite: str, environment=None) -> int:
@@ -53,8 +44,8 @@ def execute(spec: RunSpec, config: TrainConfig, store: ResultStore, *, suite: st
     torch.manual_seed(spec.seed)
     model = create_model(spec.mixer, head=task.head, d_model=spec.d_model, n_layers=spec.n_layers,
                          **task.model_options(), **spec.model_options)
-    run_config = {"run": asdict(spec), "train": asdict(config)}
-    run_id = store.start_run(suite=suite, model=spec.mixer, task=spec.task, seed=spec.seed, config=run_config,
+    label = spec.mixer if isinstance(spec.mixer, str) else "+".join(spec.mixer)
+    run_id = store.start_run(suite=suite, model=label, task=spec.task, seed=spec.seed, config=run_config(spec, config),
                              environment=environment or environment_fingerprint())
     try:
         cfg = TrainConfig(**{**asdict(config), "seed": spec.seed})

@@ -1,0 +1,209 @@
+"""Experiments: YAML files naming models, tasks, seeds and trainer settings.
+
+An experiment (or a suite, which is an experiment shipped with the package
+under ``ssmlab/suites/``) looks like::
+
+    name: my-comparison
+    description: Mamba against attention on recall
+    defaults: {d_model: 64, n_layers: 2}      # for every model that does not say
+    models:
+      - mamba                                 # a registered mixer, or "*" for every one
+      - {mixer: attention, options: {mixer_options: {n_heads: 2}}}
+      - {mixer: [mamba, mamba, attention], d_model: 96}   # a hybrid stack
+    tasks:
+      - mqar                                  # a registered task with its defaults
+      - {name: mqar, options: {seq_len: 256, num_kv_pairs: 16}}
+    seeds: [0, 1, 2]
+    trainer: {steps: 2000, lr: 1e-3, batch_size: 64}
+
+``--set key=value`` overrides any entry by its dotted path
+(``trainer.lr=3e-4``, ``seeds=[0,1]``, ``defaults.d_model=128``,
+``tasks=[mqar]``); the value is read as YAML, and every key and value is
+type-checked against the dataclasses below and the trainer's ``TrainConfig``:
+an unknown key is an error that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ssmlab import registry
+from ssmlab.config import ConfigError, from_dict
+
+
+@dataclass
+class ModelSpec:
+    """One model: a mixer name ("*" for every registered mixer) or a list of names (a hybrid stack)."""
+
+    mixer: str | list[str]
+    d_model: int | None = None
+    n_layers: int | None = None
+    options: dict = field(default_factory=dict)  # passed to create_model (mixer_options, mlp, pooling, ...)
+
+
+@dataclass
+class TaskSpec:
+    name: str
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class Defaults:
+    d_model: int = 64
+    n_layers: int = 2
+
+
+@dataclass
+class Experiment:
+    name: str
+    models: list[ModelSpec]
+    tasks: list[TaskSpec]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    trainer: dict = field(default_factory=dict)
+    defaults: Defaults = field(default_factory=Defaults)
+    description: str = ""
+
+
+def suite_names() -> list[str]:
+    """The suites that ship with ssmlab (``ssmlab/suites/*.yaml``)."""
+    return sorted(p.name[:-5] for p in resources.files("ssmlab.suites").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, origin: str) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin} must be a YAML mapping with keys name, models, tasks, ...; got "
+                          f"{type(data).__name__}")
+    return data
+
+
+def load_raw(source: str) -> tuple[dict, str]:
+    """The mapping of a shipped suite (by name) or of a YAML file (by path), and where it came from."""
+    if source in suite_names():
+        text = resources.files("ssmlab.suites").joinpath(f"{source}.yaml").read_text()
+        return _read_yaml(text, f"suite {source!r}"), f"suite {source!r}"
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"{source!r} is neither a shipped suite ({', '.join(suite_names())}) nor a YAML file")
+    return _read_yaml(path.read_text(), str(path)), str(path)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``key.path=value`` overrides (values read as YAML) to a copy of ``raw``."""
+    import yaml
+
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: {text!r} is not a valid YAML value ({exc})") from exc
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set: bad key {key!r}")
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def _normalise_list(raw: dict, key: str, name_field: str) -> list:
+    items = raw.get(key)
+    if items is None:
+        raise ConfigError(f"experiment needs a {key!r} list")
+    if isinstance(items, (str, dict)):
+        items = [items]
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"experiment: {key!r} must be a non-empty list, got {items!r}")
+    return [{name_field: item} if isinstance(item, (str, list)) else item for item in items]
+
+
+def parse(raw: dict, origin: str = "experiment") -> Experiment:
+    """Type-check a raw mapping into an :class:`Experiment`; names are checked against the registry."""
+    from ssmlab.train.trainer import TrainConfig
+
+    raw = dict(raw)
+    raw["models"] = _normalise_list(raw, "models", "mixer")
+    raw["tasks"] = _normalise_list(raw, "tasks", "name")
+    raw.setdefault("name", Path(origin).stem if origin.endswith((".yaml", ".yml")) else "experiment")
+    try:
+        models = [from_dict(ModelSpec, m) for m in raw["models"]]
+        tasks = [from_dict(TaskSpec, t) for t in raw["tasks"]]
+        defaults = from_dict(Defaults, raw.get("defaults"))
+        exp = from_dict(Experiment, {**raw, "models": models, "tasks": tasks, "defaults": defaults})
+        # Every trainer key and value checked now, not at the first run; values kept as coerced.
+        checked = from_dict(TrainConfig, exp.trainer)
+        exp.trainer = {k: getattr(checked, k) for k in exp.trainer}
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+    for m in exp.models:
+        for name in ([m.mixer] if isinstance(m.mixer, str) else m.mixer):
+            if name != "*":
+                registry.get("mixer", name)
+    for t in exp.tasks:
+        registry.get("task", t.name)
+    return exp
+
+
+def load(source: str, overrides: list[str] = ()) -> Experiment:
+    raw, origin = load_raw(source)
+    return parse(apply_overrides(raw, list(overrides)), origin)
+
+
+def model_label(mixer: str | list[str]) -> str:
+    return mixer if isinstance(mixer, str) else "+".join(mixer)
+
+
+def expand(exp: Experiment) -> list[Any]:
+    """The runs of an experiment: tasks x models x seeds, in that order.
+
+    ``"*"`` stands for every registered mixer; a bidirectional mixer is left out of
+    tasks with a language-model head (it would see the tokens it predicts), and a
+    mixer over a fixed grid (``fixed_length``) out of tasks of another length.
+    """
+    from ssmlab.tasks import create_task
+    from ssmlab.train.sweep import RunSpec
+
+    runs = []
+    for t in exp.tasks:
+        task_cls = registry.get("task", t.name).obj
+        length = None
+        for m in exp.models:
+            names = registry.names("mixer") if m.mixer == "*" else [m.mixer]
+            for mixer in names:
+                parts = [mixer] if isinstance(mixer, str) else mixer
+                entries = [registry.get("mixer", p) for p in parts]
+                if m.mixer == "*":
+                    if task_cls.head == "lm" and not all(e.obj.causal for e in entries):
+                        continue
+                    fixed = [e.extra["fixed_length"] for e in entries if "fixed_length" in e.extra]
+                    if fixed:
+                        if length is None:
+                            length = create_task(t.name, n_train=1, n_test=1, **t.options).seq_len
+                        if any(f != length for f in fixed):
+                            continue
+                for seed in exp.seeds:
+                    runs.append(RunSpec(mixer, t.name, seed, dict(t.options), dict(m.options),
+                                        d_model=m.d_model or exp.defaults.d_model,
+                                        n_layers=m.n_layers or exp.defaults.n_layers))
+    return runs
+
+
+def describe(exp: Experiment) -> dict:
+    return asdict(exp)

@@ -1,0 +1,73 @@
+import sqlite3
+
+import pytest
+
+from ssmlab import experiment, registry
+from ssmlab.cli import main
+from ssmlab.config import ConfigError
+
+
+def test_shipped_suites_load_and_expand():
+    assert {"quick", "synthetic"} <= set(experiment.suite_names())
+    for name in experiment.suite_names():
+        exp = experiment.load(name)
+        assert exp.name == name and exp.models and exp.tasks
+    quick = experiment.expand(experiment.load("quick"))
+    causal = [n for n in registry.names("mixer") if registry.get("mixer", n).obj.causal]
+    # Token-level tasks: every causal mixer, and no bidirectional one.
+    assert sorted({s.mixer for s in quick if s.task == "mqar"}) == sorted(causal)
+    assert all(s.d_model == 32 and s.n_layers == 2 for s in quick)
+
+
+def test_overrides_are_type_checked(tmp_path):
+    exp = experiment.load("quick", ["trainer.lr=1e-4", "seeds=[1, 2]", "defaults.d_model=48", "models=[mamba]"])
+    assert exp.trainer["lr"] == 1e-4 and exp.seeds == [1, 2] and exp.defaults.d_model == 48
+    specs = experiment.expand(exp)
+    assert {s.mixer for s in specs} == {"mamba"} and {s.seed for s in specs} == {1, 2}
+    with pytest.raises(ConfigError, match="unknown key.*stepz.*valid keys:.*steps"):
+        experiment.load("quick", ["trainer.stepz=3"])
+    with pytest.raises(ConfigError, match="TrainConfig.steps: expected int"):
+        experiment.load("quick", ["trainer.steps=many"])
+    with pytest.raises(ConfigError, match="unknown key.*colour"):
+        experiment.load("quick", ["colour=red"])
+    with pytest.raises(ConfigError, match="key=value"):
+        experiment.load("quick", ["trainer.steps"])
+
+
+def test_yaml_file_with_hybrid_and_bad_files(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: mine\nmodels:\n  - {mixer: [mamba, attention], d_model: 16, n_layers: 2}\n"
+                    "tasks: [mqar]\nseeds: [3]\ntrainer: {steps: 5}\n")
+    (spec,) = experiment.expand(experiment.load(str(path)))
+    assert spec.mixer == ["mamba", "attention"] and spec.d_model == 16 and spec.seed == 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [mamba\ntasks: [mqar]\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        experiment.load(str(bad))
+    with pytest.raises(ConfigError, match="neither a shipped suite"):
+        experiment.load(str(tmp_path / "missing.yaml"))
+    path.write_text("models: [mamba]\ntasks: [mqra]\n")
+    with pytest.raises(registry.UnknownNameError, match="unknown task 'mqra'"):
+        experiment.load(str(path))
+
+
+def test_interrupted_sweep_skips_finished_runs(tmp_path, capsys):
+    path = tmp_path / "tiny.yaml"
+    path.write_text("name: tiny\ndefaults: {d_model: 8, n_layers: 1}\nmodels: [attention, s4d]\n"
+                    "tasks: [{name: mqar, options: {vocab_size: 16, seq_len: 16, num_kv_pairs: 2, n_train: 32, "
+                    "n_test: 8}}]\ntrainer: {steps: 2, batch_size: 4}\n")
+    db = tmp_path / "r.sqlite"
+    args = ["run", str(path), "--store", str(db), "--no-progress", "--report-dir", str(tmp_path / "rep")]
+    assert main(args) == 0
+    # A run killed half way leaves a 'running' row; the next sweep redoes it and skips the finished one.
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE runs SET status='running' WHERE model='s4d'")
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "attention on mqar (seed 0): already finished" in out and "finished 1 runs" in out
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT model, status FROM runs ORDER BY id").fetchall()
+    assert rows == [("attention", "finished"), ("s4d", "running"), ("s4d", "finished")]
+    assert main(args + ["--set", "trainer.steps=two"]) == 1
+    assert "expected int" in capsys.readouterr().err
