@@ -97,27 +97,47 @@ def _cmd_run(args) -> int:
         trainer["progress"] = False
     config = from_dict(TrainConfig, trainer)
     started = time.perf_counter()
-    done = skipped = 0
+    done = failed = 0
     with ResultStore(args.store) as store:
         print(f"suite {exp.name}: {len(specs)} runs, results in {store.path}", flush=True)
-        for i, spec in enumerate(specs, 1):
-            label = f"[{i}/{len(specs)}] {experiment.model_label(spec.mixer)} on {spec.task} (seed {spec.seed})"
+        todo = []
+        for spec in specs:
             previous = store.find_finished(suite=exp.name, config=run_config(spec, config))
-            if previous is not None:
-                skipped += 1
-                print(f"{label}: already finished as run {previous['id']}, skipped", flush=True)
+            if previous is None:
+                todo.append(spec)
+            else:
+                print(f"{_label(spec)}: already finished as run {previous['id']}, skipped", flush=True)
+        if args.executor == "ray":
+            from ssmlab.train.sweep import execute_ray
+
+            print(f"sending {len(todo)} runs to Ray ({args.address or 'a local instance'})", flush=True)
+            results = execute_ray(todo, config, store, suite=exp.name, address=args.address)
+        else:
+            results = ((spec, execute(spec, config, store, suite=exp.name), None) for spec in todo)
+        for i, (spec, run_id, error) in enumerate(results, 1):
+            prefix = f"[{i}/{len(todo)}] {_label(spec)}"
+            if error is not None:
+                failed += 1
+                print(f"{prefix}: failed: {error}", flush=True)
                 continue
-            run_id = execute(spec, config, store, suite=exp.name)
             row = next(r for r in store.runs() if r["id"] == run_id)
             metric = "test_accuracy" if "test_accuracy" in row["metrics"] else sorted(row["metrics"])[0]
-            print(f"{label}: {metric} {row['metrics'][metric]:.3f} in {row['wall_time_s']:.1f}s", flush=True)
+            print(f"{prefix}: {metric} {row['metrics'][metric]:.3f} in {row['wall_time_s']:.1f}s", flush=True)
             done += 1
+        skipped = len(specs) - len(todo)
         print(f"\nfinished {done} runs in {time.perf_counter() - started:.0f}s"
-              + (f" ({skipped} already in the store)" if skipped else "") + "\n")
+              + (f" ({skipped} already in the store)" if skipped else "")
+              + (f"; {failed} failed" if failed else "") + "\n")
         print(format_table(leaderboard(store, suite=exp.name)))
         paths = build_report(store, args.report_dir or store.path.parent / "report")
     print(f"\nreport: {paths['html']}")
-    return 0
+    return 1 if failed else 0
+
+
+def _label(spec) -> str:
+    from ssmlab.train.sweep import model_label
+
+    return f"{model_label(spec)} on {spec.task} (seed {spec.seed})"
 
 
 def _cmd_train(args) -> int:
@@ -248,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", help="comma-separated task names (default: the suite's tasks)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the suite's)")
     p.add_argument("--report-dir", default=None, help="where the report goes (default: 'report' beside the store)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="run here one after another (default) or on a Ray cluster (needs ssmlab[ray])")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps per run (trainer.steps)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (trainer.batch_size)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (trainer.lr)")

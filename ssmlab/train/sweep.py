@@ -38,21 +38,78 @@ def run_config(spec: RunSpec, config: TrainConfig) -> dict:
     return {"run": asdict(spec), "train": train}
 
 
-def execute(spec: RunSpec, config: TrainConfig, store: ResultStore, *, suite: str, environment=None) -> int:
-    """Train one run and record it; returns the run id. A failure is recorded and re-raised."""
+def train_spec(spec: RunSpec, config: TrainConfig):
+    """Build the task and model of ``spec`` and train it; returns the trainer's ``TrainResult``. No store."""
     task = create_task(spec.task, seed=spec.seed, **spec.task_options)
     torch.manual_seed(spec.seed)
     model = create_model(spec.mixer, head=task.head, d_model=spec.d_model, n_layers=spec.n_layers,
                          **task.model_options(), **spec.model_options)
-    label = spec.mixer if isinstance(spec.mixer, str) else "+".join(spec.mixer)
-    run_id = store.start_run(suite=suite, model=label, task=spec.task, seed=spec.seed, config=run_config(spec, config),
-                             environment=environment or environment_fingerprint())
+    cfg = TrainConfig(**{**asdict(config), "seed": spec.seed})
+    return train(model, task, cfg, description=f"{model_label(spec)} on {spec.task}")
+
+
+def model_label(spec: RunSpec) -> str:
+    return spec.mixer if isinstance(spec.mixer, str) else "+".join(spec.mixer)
+
+
+def _start(store: ResultStore, spec: RunSpec, config: TrainConfig, suite: str, environment) -> int:
+    return store.start_run(suite=suite, model=model_label(spec), task=spec.task, seed=spec.seed,
+                           config=run_config(spec, config), environment=environment or environment_fingerprint())
+
+
+def _finish(store: ResultStore, run_id: int, result) -> None:
+    store.finish_run(run_id, metrics=result.metrics, n_params=result.n_params, wall_time_s=result.wall_time_s,
+                     peak_memory_mb=result.peak_memory_mb, curves=result.curves)
+
+
+def execute(spec: RunSpec, config: TrainConfig, store: ResultStore, *, suite: str, environment=None) -> int:
+    """Train one run in this process and record it; returns the run id. A failure is recorded and re-raised."""
+    run_id = _start(store, spec, config, suite, environment)
     try:
-        cfg = TrainConfig(**{**asdict(config), "seed": spec.seed})
-        result = train(model, task, cfg, description=f"{spec.mixer} on {spec.task}")
+        result = train_spec(spec, config)
     except BaseException as exc:
         store.fail_run(run_id, f"{type(exc).__name__}: {exc}")
         raise
-    store.finish_run(run_id, metrics=result.metrics, n_params=result.n_params, wall_time_s=result.wall_time_s,
-                     peak_memory_mb=result.peak_memory_mb, curves=result.curves)
+    _finish(store, run_id, result)
     return run_id
+
+
+def _train_remote(spec: dict, config: dict):
+    """What a Ray worker runs: rebuild the spec and config from plain dicts and train."""
+    return train_spec(RunSpec(**spec), TrainConfig(**config))
+
+
+def execute_ray(specs: list[RunSpec], config: TrainConfig, store: ResultStore, *, suite: str,
+                address: str | None = None, num_cpus_per_run: float = 1, environment=None):
+    """Send every run to a Ray cluster and record the results as they arrive; the driver alone writes the store.
+
+    ``address`` is the cluster's (``ray://host:10001`` or ``host:6379``); None starts a local
+    Ray instance. The workers must have ssmlab and its dependencies installed. Yields
+    ``(spec, run_id, error)`` per finished run, ``error`` None or the failure's text.
+    """
+    try:
+        import ray
+    except ImportError as exc:
+        raise RuntimeError("the Ray executor needs Ray: pip install 'ssmlab[ray]'") from exc
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    remote = ray.remote(num_cpus=num_cpus_per_run)(_train_remote)
+    cfg = {k: v for k, v in asdict(config).items()}
+    cfg["progress"] = False  # no progress bars from workers
+    pending = {}
+    for spec in specs:
+        run_id = _start(store, spec, config, suite, environment)
+        pending[remote.remote(asdict(spec), cfg)] = (spec, run_id)
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            spec, run_id = pending.pop(ref)
+            try:
+                result = ray.get(ref)
+            except Exception as exc:  # a RayTaskError wrapping the worker's exception
+                error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1]}"
+                store.fail_run(run_id, error)
+                yield spec, run_id, error
+                continue
+            _finish(store, run_id, result)
+            yield spec, run_id, None
