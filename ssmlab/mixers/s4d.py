@@ -77,24 +77,30 @@ class DiagonalSSM(nn.Module):
     plus the skip ``D u``. Used by S4D and, as the "diagonal SSM" of their designs, by H3 and GSS.
 
     ``disc`` is the discretisation: ``"zoh"`` (zero-order hold, default) or ``"bilinear"``.
+    ``n_ssm`` copies of A (default: one per channel) are shared by consecutive groups of channels,
+    as the S4 code's ``n_ssm``; dt and C stay per channel.
     With ``bidirectional`` a second C gives a kernel over the following positions (lag 1, 2, ...).
     Parameters (lr hint for dt and A, no weight decay): log_dt (H,), log_A_real and A_imag
-    (H, N/2), C (n, H, N/2, 2) as the real view of complex numbers, and D (H,) unless ``skip=False``.
+    (n_ssm, N/2), C (n, H, N/2, 2) as the real view of complex numbers, and D (H,) unless ``skip=False``.
     """
 
     def __init__(self, channels: int, d_state: int = 64, *, init: str = "lin", dt_min: float = 0.001,
                  dt_max: float = 0.1, lr: float | None = 0.001, bidirectional: bool = False, skip: bool = True,
-                 disc: str = "zoh", device=None, dtype=None):
+                 disc: str = "zoh", n_ssm: int | None = None, device=None, dtype=None):
         super().__init__()
         if d_state < 2 or d_state % 2:
             raise ValueError(f"d_state must be an even number >= 2, got {d_state}")
+        n_ssm = n_ssm or channels
+        if n_ssm < 1 or channels % n_ssm:
+            raise ValueError(f"n_ssm={n_ssm} must divide the number of channels {channels}")
+        self.n_ssm = n_ssm
         if disc not in DISCRETISATIONS:
             raise ValueError(f"unknown discretisation disc={disc!r}; expected one of {DISCRETISATIONS}")
         self.disc = disc
         dtype = dtype or torch.get_default_dtype()
         self.channels, self.d_state, self.bidirectional = channels, d_state, bidirectional
         half = d_state // 2
-        real, imag = s4d_init(init, channels, half, device=device)
+        real, imag = s4d_init(init, n_ssm, half, device=device)  # A per copy, shared by its channels
         self.log_dt = set_optim(nn.Parameter(init_log_dt(channels, dt_min, dt_max, device=device, dtype=dtype)),
                                 weight_decay=0.0, lr=lr)
         self.log_A_real = set_optim(nn.Parameter(torch.log(-real).to(dtype)), weight_decay=0.0, lr=lr)
@@ -107,7 +113,8 @@ class DiagonalSSM(nn.Module):
 
     def _continuous(self):
         """A (H, N/2), C (n, H, N/2) complex and dt (H,)."""
-        a = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
+        a = torch.complex(-torch.exp(self.log_A_real), self.A_imag).repeat_interleave(
+            self.channels // self.n_ssm, dim=0)
         return a, torch.view_as_complex(self.C.contiguous()), torch.exp(self.log_dt)
 
     def discrete(self):
@@ -157,7 +164,7 @@ class DiagonalSSM(nn.Module):
 
 @register("mixer", "s4d", description="Diagonal SSM (S4D), FFT convolution forward, recurrent step",
           paper="2206.11893", variants=[{}, {"init": "inv", "d_state": 8}, {"init": "legs", "d_state": 8},
-                                        {"d_state": 8, "bidirectional": True}, {"d_state": 8, "disc": "bilinear"}])
+                                        {"d_state": 8, "bidirectional": True}, {"d_state": 8, "disc": "bilinear", "n_ssm": 2}])
 class S4D(Mixer):
     """S4D layer (Gu, Gupta, Goel, Re; arXiv 2206.11893).
 
@@ -170,6 +177,7 @@ class S4D(Mixer):
         dropout: dropout after the activation (0.0).
         disc: discretisation, ``"zoh"`` (zero-order hold, default) or ``"bilinear"``, the two the
             S4D paper compares (section 3 / appendix of arXiv 2206.11893).
+        n_ssm: number of distinct A (default D, one per channel); D / n_ssm channels share each.
         bidirectional: a second C gives a kernel over the following positions (lag 1, 2, ...),
             from the same A and dt, as in the S4 code's bidirectional mode (default False; the
             layer is then not causal and has no step).
@@ -187,13 +195,14 @@ class S4D(Mixer):
 
     def __init__(self, d_model: int, d_state: int = 64, *, init: str = "lin", dt_min: float = 0.001,
                  dt_max: float = 0.1, lr: float | None = 0.001, dropout: float = 0.0, bidirectional: bool = False,
-                 disc: str = "zoh", device=None, dtype=None):
+                 disc: str = "zoh", n_ssm: int | None = None, device=None, dtype=None):
         super().__init__(d_model)
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"s4d: need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
         try:
             self.ssm = DiagonalSSM(d_model, d_state, init=init, dt_min=dt_min, dt_max=dt_max, lr=lr,
-                                   bidirectional=bidirectional, disc=disc, device=device, dtype=dtype)
+                                   bidirectional=bidirectional, disc=disc, n_ssm=n_ssm, device=device,
+                                   dtype=dtype)
         except ValueError as exc:
             raise ValueError(f"s4d: {exc}") from exc
         self.d_state, self.init = d_state, init

@@ -21,7 +21,8 @@ from ssmlab.registry import register
 
 
 @register("mixer", "s4nd", description="S4ND: 2-D separable SSM kernels over images, FFT conv over H and W",
-          paper="2210.06583", variants=[{"image_shape": (4, 4), "d_state": 8}], fixed_length=16)
+          paper="2210.06583", variants=[{"image_shape": (4, 4), "d_state": 8}, {"image_shape": (4, 4), "d_state": 8, "n_ssm": 1}],
+          fixed_length=16)
 class S4ND(Mixer):
     """The 2-D S4ND layer (arXiv 2210.06583) with the S4-style output stage.
 
@@ -33,13 +34,15 @@ class S4ND(Mixer):
         dt_min, dt_max: per-axis, per-channel step initialised log-uniform in [0.001, 0.1].
         lr: learning rate for the SSM parameters (0.001), which get no weight decay.
         dropout: dropout after the activation (0.0).
+        n_ssm: number of distinct A per axis, shared by groups of channels (default D: one per
+            channel; the S4ND image configurations of the official code use 1).
     """
 
     causal = False
 
     def __init__(self, d_model: int, image_shape: tuple[int, int] | None = None, d_state: int = 64, *,
                  init: str = "lin", dt_min: float = 0.001, dt_max: float = 0.1, lr: float | None = 0.001,
-                 dropout: float = 0.0, device=None, dtype=None):
+                 dropout: float = 0.0, n_ssm: int | None = None, device=None, dtype=None):
         super().__init__(d_model)
         if image_shape is None or len(image_shape) != 2 or min(image_shape) < 1:
             raise ValueError(f"s4nd: image_shape=(H, W) is required, got {image_shape!r}")
@@ -48,7 +51,7 @@ class S4ND(Mixer):
         dtype = dtype or torch.get_default_dtype()
         self.image_shape = tuple(image_shape)
         axis = {"init": init, "dt_min": dt_min, "dt_max": dt_max, "lr": lr, "bidirectional": True, "skip": False,
-                "device": device, "dtype": dtype}
+                "n_ssm": n_ssm, "device": device, "dtype": dtype}
         # Each axis: a bidirectional S4D kernel, without a skip term of its own (the layer has one).
         self.axis_h = DiagonalSSM(d_model, d_state, **axis)
         self.axis_w = DiagonalSSM(d_model, d_state, **axis)

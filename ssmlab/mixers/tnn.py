@@ -30,7 +30,7 @@ class RelativePositionEncoder(nn.Module):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         blocks = [nn.Linear(1, hidden, **factory)]
-        for _ in range(layers - 1):
+        for _ in range(layers):  # `layers` hidden (hidden x hidden) layers, as the official Rpe
             blocks += [nn.ReLU(), nn.Linear(hidden, hidden, **factory)]
         blocks += [nn.ReLU(), nn.Linear(hidden, channels, **factory)]
         self.mlp = nn.Sequential(*blocks)
