@@ -8,12 +8,17 @@ tokens like attention does::
     y  = q * diag_ssm(k~ * v)                (head_dim 1; outer products per head otherwise)
     out = W_o y
 
-The shift SSM has the shift matrix as A and B = e_1, so its kernel is just C:
-a causal depthwise convolution with N taps (learnt per channel). The diagonal SSM
-is S4D's (arXiv 2206.11893), over every entry of the per-head k~ v^T products.
+The shift SSM has the shift matrix as A, so ``A^l B`` is B moved down by l and its
+kernel ``K[l] = sum_n C[n] B[n - l]`` has N taps: a causal depthwise convolution,
+plus a skip ``D k``. B and C are learnt per channel, B from ``e_1`` (where K = C),
+as in the official code's shift kernel. The diagonal SSM is S4D's (arXiv 2206.11893)
+with a learnt B, as the official code's diagonal mode, over every entry of the
+per-head k~ v^T products.
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import torch
 from einops import rearrange
@@ -35,7 +40,7 @@ class H3(Mixer):
         d_state: N, the taps of the shift SSM and the state size of the diagonal SSM (64).
         head_dim: head size; 1 (default, as in the paper's models) multiplies elementwise,
             larger heads use the outer products ``k~ v^T`` of each head (``D * head_dim`` SSM channels).
-        lr: learning rate for the diagonal SSM's A and dt (0.001), which get no weight decay.
+        lr: learning rate for the diagonal SSM's A, B and dt (0.001), which get no weight decay.
 
     State: ``{"shift": (B, D, N - 1), "ssm": (B, D * head_dim, N/2)}``: the last keys and the
     diagonal SSM's state.
@@ -53,8 +58,12 @@ class H3(Mixer):
         factory = {"device": device, "dtype": dtype}
         self.d_state, self.head_dim = d_state, head_dim
         self.qkv = nn.Linear(d_model, 3 * d_model, **factory)
-        self.shift = nn.Conv1d(d_model, d_model, d_state, groups=d_model, bias=False, **factory)
-        self.ssm = DiagonalSSM(d_model * head_dim, d_state, lr=lr, **factory)
+        b = torch.zeros(d_model, d_state, **factory)
+        b[:, 0] = 1.0
+        self.shift_B = nn.Parameter(b)
+        self.shift_C = nn.Parameter(torch.randn(d_model, d_state, **factory))
+        self.shift_D = nn.Parameter(torch.randn(d_model, **factory))
+        self.ssm = DiagonalSSM(d_model * head_dim, d_state, lr=lr, learn_B=True, **factory)
         self.out_proj = nn.Linear(d_model, d_model, **factory)
 
     def _mix(self, q, k, v):
@@ -69,15 +78,29 @@ class H3(Mixer):
         kv = rearrange(kv, "... (h i j) -> ... h i j", i=self.head_dim, j=self.head_dim)
         return self.out_proj(rearrange((q * kv).sum(-2), "... h j -> ... (h j)"))
 
+    def shift_kernel(self) -> torch.Tensor:
+        """(D, N) taps of the shift SSM: ``K[l] = sum_{n >= l} C[n] B[n - l]``."""
+        n = self.d_state
+        # Row l of the shifted B holds B[n - l] at column n (zero where n < l).
+        shifted = torch.stack([nn.functional.pad(self.shift_B[:, :n - l], (l, 0)) for l in range(n)], dim=1)
+        return torch.einsum("dn,dln->dl", self.shift_C, shifted)
+
+    def _shift(self, k, shift_state):
+        # As a depthwise conv1d (cross-correlation), tap j multiplies the input j - (N - 1) steps back.
+        conv = SimpleNamespace(weight=self.shift_kernel().flip(-1)[:, None], bias=None, groups=self.d_model,
+                               kernel_size=(self.d_state,))
+        y, shift_state = causal_conv_with_state(k, conv, shift_state)
+        return y + self.shift_D * k, shift_state
+
     def _forward(self, x, state, return_state):
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        k, shift_state = causal_conv_with_state(k, self.shift, None if state is None else state["shift"])
+        k, shift_state = self._shift(k, None if state is None else state["shift"])
         kv, h = self.ssm(self._mix(q, k, v), None if state is None else state["ssm"], return_state)
         return self._read(q, kv), ({"shift": shift_state, "ssm": h} if return_state else None)
 
     def _step(self, x_t, state):
         q, k, v = self.qkv(x_t).chunk(3, dim=-1)
-        k, shift_state = causal_conv_with_state(k[:, None], self.shift, state["shift"])
+        k, shift_state = self._shift(k[:, None], state["shift"])
         kv, h = self.ssm.step(self._mix(q, k[:, 0], v), state["ssm"])
         return self._read(q, kv), {"shift": shift_state, "ssm": h}
 

@@ -78,7 +78,8 @@ class DiagonalSSM(nn.Module):
 
     ``disc`` is the discretisation: ``"zoh"`` (zero-order hold, default) or ``"bilinear"``.
     ``n_ssm`` copies of A (default: one per channel) are shared by consecutive groups of channels,
-    as the S4 code's ``n_ssm``; dt and C stay per channel.
+    as the S4 code's ``n_ssm``; dt and C stay per channel. ``learn_B`` learns B (H, N/2) from
+    ones, as the S4 code's diagonal mode does, instead of fixing it to ones.
     With ``bidirectional`` a second C gives a kernel over the following positions (lag 1, 2, ...).
     Parameters (lr hint for dt and A, no weight decay): log_dt (H,), log_A_real and A_imag
     (n_ssm, N/2), C (n, H, N/2, 2) as the real view of complex numbers, and D (H,) unless ``skip=False``.
@@ -86,7 +87,7 @@ class DiagonalSSM(nn.Module):
 
     def __init__(self, channels: int, d_state: int = 64, *, init: str = "lin", dt_min: float = 0.001,
                  dt_max: float = 0.1, lr: float | None = 0.001, bidirectional: bool = False, skip: bool = True,
-                 disc: str = "zoh", n_ssm: int | None = None, device=None, dtype=None):
+                 disc: str = "zoh", n_ssm: int | None = None, learn_B: bool = False, device=None, dtype=None):
         super().__init__()
         if d_state < 2 or d_state % 2:
             raise ValueError(f"d_state must be an even number >= 2, got {d_state}")
@@ -110,6 +111,14 @@ class DiagonalSSM(nn.Module):
         self.C = nn.Parameter(c.to(dtype))
         d = torch.randn(channels, device=device, dtype=torch.float64).to(dtype)
         self.D = nn.Parameter(d) if skip else None
+        # B: ones, absorbed into C (the S4D paper and its minimal code), or learnt per channel from ones
+        # (the S4 code's diagonal mode, which H3 uses).
+        b = torch.view_as_real(torch.ones(channels, half, device=device, dtype=torch.complex128)).to(dtype)
+        self.B = set_optim(nn.Parameter(b), weight_decay=0.0, lr=lr) if learn_B else None
+
+    def _input(self, like: torch.Tensor) -> torch.Tensor:
+        """B (H, N/2): learnt, or ones."""
+        return torch.ones_like(like) if self.B is None else torch.view_as_complex(self.B.contiguous()).to(like.dtype)
 
     def _continuous(self):
         """A (H, N/2), C (n, H, N/2) complex and dt (H,)."""
@@ -121,19 +130,20 @@ class DiagonalSSM(nn.Module):
         """``log(A_bar)`` and ``B_bar`` (H, N/2) of the chosen discretisation (B is ones), and C (n, H, N/2)."""
         a, c, dt = self._continuous()
         dta = a * dt[:, None]
+        b = self._input(a)
         if self.disc == "zoh":
-            return dta, torch.expm1(dta) / a, c
-        # Bilinear: A_bar = (1 + dt A / 2) / (1 - dt A / 2), B_bar = dt / (1 - dt A / 2).
-        return torch.log1p(dta / 2) - torch.log1p(-dta / 2), dt[:, None] / (1 - dta / 2), c
+            return dta, torch.expm1(dta) / a * b, c
+        # Bilinear: A_bar = (1 + dt A / 2) / (1 - dt A / 2), B_bar = dt B / (1 - dt A / 2).
+        return torch.log1p(dta / 2) - torch.log1p(-dta / 2), dt[:, None] * b / (1 - dta / 2), c
 
     def kernel(self, length: int) -> torch.Tensor:
         """The convolution kernel (H, L); with ``bidirectional`` (H, 2L), the second half for lags
         1 .. L into the future (the layout of :func:`ssmlab.ops.fft_conv`)."""
         a, c, dt = self._continuous()
-        ones = torch.ones_like(a)
-        kernel = ssm_kernel_diag(a, ones, c[0], dt, length, method=self.disc, conj_sym=True)
+        b = self._input(a)
+        kernel = ssm_kernel_diag(a, b, c[0], dt, length, method=self.disc, conj_sym=True)
         if self.bidirectional:
-            back = ssm_kernel_diag(a, ones, c[1], dt, length, method=self.disc, conj_sym=True)
+            back = ssm_kernel_diag(a, b, c[1], dt, length, method=self.disc, conj_sym=True)
             kernel = torch.cat([kernel, back], dim=-1)
         return kernel
 

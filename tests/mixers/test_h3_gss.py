@@ -7,13 +7,21 @@ from tests.utils import assert_close
 
 
 def test_h3_is_q_times_ssm_of_shifted_k_times_v():
+    """The shift SSM run as its recurrence (A = shift matrix, learnt B, C, D), then the diagonal SSM."""
     torch.manual_seed(0)
     h3 = ssmlab.create_mixer("h3", 6, d_state=4, dtype=torch.float64)
+    with torch.no_grad():  # move B away from its initial e_1 (and the diagonal SSM's B from ones)
+        h3.shift_B.add_(0.3 * torch.randn_like(h3.shift_B))
+        h3.ssm.B.add_(0.3 * torch.randn_like(h3.ssm.B))
     x = torch.randn(2, 11, 6, dtype=torch.float64)
     q, k, v = h3.qkv(x).chunk(3, dim=-1)
-    taps = h3.shift.weight[:, 0]  # (D, N): output t reads k[t - N + 1 + j] with weight taps[:, j]
-    shifted = torch.stack([sum(taps[:, j] * k[:, t - 3 + j] for j in range(4) if t - 3 + j >= 0)
-                           for t in range(11)], dim=1)
+    shift = torch.diag(torch.ones(3, dtype=torch.float64), -1)  # (N, N): state n moves to n + 1
+    h = torch.zeros(2, 6, 4, dtype=torch.float64)
+    outs = []
+    for t in range(11):
+        h = h @ shift.T + h3.shift_B * k[:, t, :, None]
+        outs.append((h3.shift_C * h).sum(-1) + h3.shift_D * k[:, t])
+    shifted = torch.stack(outs, dim=1)
     ssm_out, _ = h3.ssm(shifted * v)
     assert_close(h3(x), h3.out_proj(q * ssm_out), atol=1e-12, name="H3 output")
 
