@@ -21,3 +21,4 @@ from ssmlab.mixers.liquid_s4 import LiquidS4
 from ssmlab.mixers.linear_attention import LinearAttention
 from ssmlab.mixers.retnet import RetNet
 from ssmlab.mixers.rwkv import RWKV
+from ssmlab.mixers.cross_scan import CrossScan

@@ -6,11 +6,16 @@ from torch import nn
 
 from ssmlab import registry
 from ssmlab.models.backbone import Backbone, Block, create_mixer, hybrid_pattern
-from ssmlab.models.heads import LanguageModel, SequenceClassifier
+from ssmlab.models.heads import Forecaster, LanguageModel, RetrievalClassifier, SequenceClassifier, head_loss
+from ssmlab.models.vision import VisionClassifier
 
 
 def create_model(mixer: str | list[str], *, head: str = "lm", d_model: int, n_layers: int, **options) -> nn.Module:
-    """Build model ``head`` ("lm" | "classify") with ``n_layers`` blocks of ``mixer`` at width ``d_model``.
+    """Build model ``head`` with ``n_layers`` blocks of ``mixer`` at width ``d_model``.
+
+    Heads: ``"lm"`` (next-token logits), ``"classify"`` (pooled logits), ``"forecast"`` (the next
+    ``horizon`` values), ``"retrieval"`` (two-tower document pairs), ``"vision"`` (2-D images with
+    patch embedding and a scan order); see :mod:`ssmlab.models.heads` and :mod:`ssmlab.models.vision`.
 
     ``mixer`` is a registered name, or one name per layer for a hybrid stack
     (e.g. ``hybrid_pattern(8, 4)``). ``options`` go to the head (``vocab_size``,

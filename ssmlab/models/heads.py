@@ -2,11 +2,19 @@
 
 * ``lm``: token embedding -> backbone -> tied or separate vocabulary projection; logits (B, L, V).
 * ``classify``: token embedding or linear input projection -> backbone -> pooling -> logits (B, C).
+* ``forecast``: past values (B, L, F) -> RevIN -> linear projection -> backbone -> last position ->
+  linear map to the next ``horizon`` values (B, H, F).
+* ``retrieval``: two documents (B, 2, L) through one shared encoder, ``[u, v, u*v, u-v]`` -> MLP -> (B, C).
+* ``vision``: images (B, H, W, C) -> patch embedding -> scan order -> backbone -> pooling -> (B, C);
+  see :mod:`ssmlab.models.vision`.
+
+:func:`head_loss` is the loss and the metrics of each head, for the trainer.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ssmlab.models.backbone import Backbone
@@ -168,3 +176,217 @@ class SequenceClassifier(nn.Module):
             mask = (torch.arange(length, device=h.device)[None] < lengths[:, None]).to(h.dtype)  # (B, L)
             pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
         return self.head(pooled)
+
+
+def _check_lengths(lengths: torch.Tensor, shape: tuple[int, ...], length: int, device) -> torch.Tensor:
+    """``lengths`` of a right-padded batch, of ``shape``, with values in [1, ``length``], as a long tensor."""
+    if not isinstance(lengths, torch.Tensor) or tuple(lengths.shape) != shape or lengths.is_floating_point() \
+            or bool((lengths < 1).any()) or bool((lengths > length).any()):
+        raise ValueError(f"lengths must be an integer tensor of shape {shape} with values in [1, {length}], got "
+                         f"{lengths.tolist() if isinstance(lengths, torch.Tensor) else type(lengths).__name__}")
+    return lengths.to(device=device, dtype=torch.long)
+
+
+def _pool(h: torch.Tensor, lengths: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """(B, L, D) -> (B, D): the ``"mean"`` over the first ``lengths[b]`` positions, or the ``"last"`` of them."""
+    batch, length = h.shape[:2]
+    if lengths is None:
+        return h[:, -1] if pooling == "last" else h.mean(1)
+    if pooling == "last":
+        return h[torch.arange(batch, device=h.device), lengths - 1]
+    mask = (torch.arange(length, device=h.device)[None] < lengths[:, None]).to(h.dtype)  # (B, L)
+    return (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+
+
+class RevIN(nn.Module):
+    """Reversible instance normalisation (Kim et al., arXiv 2109.12398).
+
+    Each series of a batch (each row and feature) is normalised by its own mean and
+    standard deviation over time, and optionally given a learned per-feature affine map,
+    before the model; the model's prediction is mapped back with the same statistics.
+    This removes the shift in level and scale between the windows of a non-stationary
+    series, which is why it is standard in time-series forecasting.
+
+    ``normalize(x)`` returns the normalised input and the statistics; ``denormalize(y, stats)``
+    inverts it exactly: ``denormalize(normalize(x)[0], normalize(x)[1]) == x``.
+
+    Args:
+        n_features: number of features F.
+        eps: added to the variance (default 1e-5).
+        affine: learn a per-feature scale (initialised to 1) and shift (to 0) (default True).
+    """
+
+    def __init__(self, n_features: int, *, eps: float = 1e-5, affine: bool = True, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.ones(n_features, **factory)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(n_features, **factory)) if affine else None
+
+    def normalize(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
+        """``x`` (B, L, F) -> normalised ``x`` (B, L, F) and ``(mean, std)``, each (B, 1, F).
+
+        With ``lengths`` (B,) only the first ``lengths[b]`` positions count, and the
+        padding is set to 0.
+        """
+        if lengths is None:
+            mean = x.mean(1, keepdim=True)
+            var = (x - mean).square().mean(1, keepdim=True)
+            mask = None
+        else:
+            mask = (torch.arange(x.shape[1], device=x.device)[None] < lengths[:, None]).to(x.dtype)[..., None]
+            count = mask.sum(1, keepdim=True)  # (B, 1, 1)
+            mean = (x * mask).sum(1, keepdim=True) / count
+            var = ((x - mean).square() * mask).sum(1, keepdim=True) / count
+        std = (var + self.eps).sqrt()
+        y = (x - mean) / std
+        if self.weight is not None:
+            y = y * self.weight + self.bias
+        if mask is not None:
+            y = y * mask
+        return y, (mean, std)
+
+    def denormalize(self, y: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """``y`` (B, H, F) in normalised units -> the original units of the series ``stats`` came from."""
+        mean, std = stats
+        if self.weight is not None:
+            y = (y - self.bias) / self.weight
+        return y * std + mean
+
+
+@register("model", "forecast", description="Time-series forecaster: RevIN, backbone, last position -> horizon",
+          paper="2109.12398")
+class Forecaster(nn.Module):
+    """Multi-step forecasting: the past ``L`` values (B, L, F) -> the next ``horizon`` values (B, H, F).
+
+    The series is normalised by RevIN (arXiv 2109.12398), projected to ``d_model``, run
+    through the backbone, and the features at the last (real) position go through one
+    linear layer to all ``horizon * F`` future values at once (direct multi-step
+    forecasting, the usual head of SSM forecasters), which RevIN maps back to the
+    series' own level and scale. The output is always (B, H, F), also for F = 1.
+
+    Args:
+        mixer, d_model, n_layers, mlp, mlp_hidden, mixer_options, norm_eps: see :class:`Backbone`.
+        input_dim: number of features F of the series.
+        horizon: number of future steps H.
+        revin: use reversible instance normalisation (default True).
+        revin_affine: RevIN's learned per-feature affine map (default True).
+        revin_eps: RevIN's epsilon (default 1e-5).
+    """
+
+    def __init__(self, mixer: str, *, d_model: int, n_layers: int, input_dim: int, horizon: int, revin: bool = True,
+                 revin_affine: bool = True, revin_eps: float = 1e-5, device=None, dtype=None, **backbone_options):
+        super().__init__()
+        if not isinstance(input_dim, int) or input_dim < 1:
+            raise ValueError(f"input_dim must be a positive int, got {input_dim!r}")
+        if not isinstance(horizon, int) or horizon < 1:
+            raise ValueError(f"horizon must be a positive int, got {horizon!r}")
+        self.input_dim, self.horizon = input_dim, horizon
+        factory = {"device": device, "dtype": dtype}
+        self.revin = RevIN(input_dim, eps=revin_eps, affine=revin_affine, **factory) if revin else None
+        self.encoder = _Encoder(d_model, None, input_dim, device, dtype)
+        self.backbone = Backbone(mixer, d_model, n_layers, device=device, dtype=dtype, **backbone_options)
+        self.head = nn.Linear(d_model, horizon * input_dim, **factory)
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``inputs`` (B, L, F) float, ``lengths`` (B,) for right-padded series -> predictions (B, H, F)."""
+        if inputs.dim() != 3 or inputs.shape[-1] != self.input_dim or not inputs.is_floating_point():
+            raise ValueError(f"forecast inputs must be floating point of shape (B, L, F={self.input_dim}), got "
+                             f"{inputs.dtype} {tuple(inputs.shape)}")
+        batch, length = inputs.shape[:2]
+        if lengths is not None:
+            lengths = _check_lengths(lengths, (batch,), length, inputs.device)
+        x, stats = self.revin.normalize(inputs, lengths) if self.revin is not None else (inputs, None)
+        h, _ = self.backbone(self.encoder(x), lengths=lengths)  # (B, L, D)
+        y = self.head(_pool(h, lengths, "last")).view(batch, self.horizon, self.input_dim)
+        return self.revin.denormalize(y, stats) if self.revin is not None else y
+
+
+@register("model", "retrieval", description="Two-tower document matching (LRA retrieval): shared encoder, "
+          "[u, v, u*v, u-v], MLP", paper="2011.04006")
+class RetrievalClassifier(nn.Module):
+    """Whether two documents match, as in LRA's retrieval task (Tay et al., arXiv 2011.04006).
+
+    One encoder (token embedding, backbone, pooling) is shared by the two towers: it
+    turns each document into a vector, ``u`` and ``v`` (D,), and an MLP classifies
+    ``[u, v, u * v, u - v]`` (4D,). Keeping the documents apart until the pooled
+    vectors is what makes the task a test of compression into one vector.
+
+    Args:
+        mixer, d_model, n_layers, mlp, mlp_hidden, mixer_options, norm_eps: see :class:`Backbone`.
+        vocab_size: number of tokens (LRA's byte-level documents: 257 with padding).
+        n_classes: number of classes (default 2: match or not).
+        pooling: ``"mean"`` over each document's real positions (default) or its ``"last"`` one.
+        head_hidden: hidden width of the classifier MLP (default ``d_model``); LRA's MLP has
+            one ReLU hidden layer.
+    """
+
+    def __init__(self, mixer: str, *, d_model: int, n_layers: int, vocab_size: int, n_classes: int = 2,
+                 pooling: str = "mean", head_hidden: int | None = None, device=None, dtype=None, **backbone_options):
+        super().__init__()
+        if pooling not in ("mean", "last"):
+            raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
+        if head_hidden is not None and (not isinstance(head_hidden, int) or head_hidden < 1):
+            raise ValueError(f"head_hidden must be a positive int, got {head_hidden!r}")
+        factory = {"device": device, "dtype": dtype}
+        self.pooling = pooling
+        self.encoder = _Encoder(d_model, vocab_size, None, device, dtype)
+        self.backbone = Backbone(mixer, d_model, n_layers, device=device, dtype=dtype, **backbone_options)
+        hidden = head_hidden or d_model
+        self.head = nn.Sequential(nn.Linear(4 * d_model, hidden, **factory), nn.ReLU(),
+                                  nn.Linear(hidden, n_classes, **factory))
+
+    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """One tower: documents (N, L) token ids, ``lengths`` (N,) -> pooled vectors (N, D)."""
+        h, _ = self.backbone(self.encoder(inputs), lengths=lengths)  # (N, L, D)
+        return _pool(h, lengths, self.pooling)
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """``inputs`` (B, 2, L) token ids of the two documents, ``lengths`` (B, 2) -> logits (B, C).
+
+        With ``lengths`` each document is right-padded to L; only its first
+        ``lengths[b, i]`` tokens count (exactly so for mixers that accept lengths).
+        """
+        if inputs.dim() != 3 or inputs.shape[1] != 2:
+            raise ValueError(f"retrieval inputs must be token ids of shape (B, 2, L), got {tuple(inputs.shape)}")
+        batch, _, length = inputs.shape
+        if lengths is not None:
+            lengths = _check_lengths(lengths, (batch, 2), length, inputs.device).reshape(2 * batch)
+        pooled = self.encode(inputs.reshape(2 * batch, length), lengths).view(batch, 2, -1)
+        u, v = pooled[:, 0], pooled[:, 1]
+        return self.head(torch.cat([u, v, u * v, u - v], dim=-1))
+
+
+CLASSIFICATION_HEADS = ("classify", "retrieval", "vision")
+
+
+def head_loss(head: str, outputs: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = -100):
+    """The training loss and the evaluation sums of model head ``head``.
+
+    Returns ``(loss, sums, count)``: ``loss`` is the mean over the ``count`` counted
+    targets (what to backpropagate), and each metric of the head is ``sums[name] / count``
+    summed over batches. In float32 whatever the model's dtype.
+
+    * ``"lm"``: cross-entropy over the positions whose target is not ``ignore_index``;
+      ``sums = {"accuracy": correct tokens}``; outputs (B, L, V), targets (B, L).
+    * ``"classify"``, ``"retrieval"``, ``"vision"``: cross-entropy; ``sums = {"accuracy":
+      correct}``; outputs (B, C), targets (B,) class indices; count = B.
+    * ``"forecast"``: mean squared error; ``sums = {"mse": sum of squared errors, "mae":
+      sum of absolute errors}``; outputs and targets (B, H, F); count = B * H * F.
+    """
+    if head == "lm":
+        loss = F.cross_entropy(outputs.flatten(0, 1).float(), targets.flatten(), ignore_index=ignore_index)
+        mask = targets != ignore_index
+        return loss, {"accuracy": ((outputs.argmax(-1) == targets) & mask).sum()}, mask.sum()
+    if head in CLASSIFICATION_HEADS:
+        loss = F.cross_entropy(outputs.float(), targets)
+        return loss, {"accuracy": (outputs.argmax(-1) == targets).sum()}, torch.tensor(targets.numel())
+    if head == "forecast":
+        if outputs.shape != targets.shape:
+            raise ValueError(f"forecast outputs {tuple(outputs.shape)} and targets {tuple(targets.shape)} must have "
+                             f"the same shape (B, H, F)")
+        error = outputs.float() - targets.float()
+        loss = error.square().mean()
+        sums = {"mse": error.detach().square().sum(), "mae": error.detach().abs().sum()}
+        return loss, sums, torch.tensor(targets.numel())
+    raise ValueError(f"head_loss: unknown head {head!r}; expected 'lm', 'forecast' or one of {CLASSIFICATION_HEADS}")
