@@ -9,8 +9,8 @@ long causal convolutions::
     y = W_o (x_1 . z)
 
 Each long filter ``h`` is implicit: a small FFN with sine activations reads a
-positional encoding of the time ``t / l_max`` (t and ``emb_dim // 2`` sine/cosine
-bands), and an exponential window ``exp(-alpha t)`` with per-channel rates
+learnt positional encoding, initialised to the time ``t / l_max`` and ``emb_dim // 2``
+sine/cosine bands, and an exponential window ``exp(-alpha t)`` with per-channel rates
 spreads the filters from fast to slow decay. The filter of a length-L input is the
 first L values of the filter over ``l_max`` positions, so the layer is causal and
 streams: its state is the input history of each long convolution (it grows with
@@ -25,7 +25,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ssmlab.mixers.base import Mixer, State
+from ssmlab.mixers.base import Mixer, State, set_optim
 from ssmlab.mixers.mamba import causal_conv_with_state
 from ssmlab.ops import fft_conv
 from ssmlab.registry import register
@@ -43,21 +43,37 @@ class Sin(nn.Module):
 
 
 class ImplicitFilter(nn.Module):
-    """Filters (channels, L) from an FFN of a positional encoding, times an exponential window."""
+    """Filters (channels, L) from an FFN of a learnt positional encoding, times an exponential window.
+
+    As in the official code: the encoding ``z`` (l_max, emb_dim) is initialised to ``t`` and
+    sine/cosine bands and then learnt (with its own small learning rate); the FFN is
+    ``Linear(emb_dim, F)``, then ``inner_layers`` times ``Linear(F, F)``, each followed by one
+    shared ``Sin`` activation, then ``Linear(F, channels)`` without bias.
+    """
 
     def __init__(self, channels: int, l_max: int, emb_dim: int, filter_order: int, fast_decay: float,
-                 slow_decay: float, target: float, device=None, dtype=None):
+                 slow_decay: float, target: float, inner_layers: int = 2, pos_emb_lr: float | None = 1e-5,
+                 filter_lr: float | None = None, filter_wd: float = 0.0, device=None, dtype=None):
         super().__init__()
         if emb_dim < 3 or emb_dim % 2 == 0:
             raise ValueError(f"hyena: emb_dim must be odd and >= 3 (t plus sine/cosine pairs), got {emb_dim}")
+        if inner_layers < 0:
+            raise ValueError(f"hyena: inner_layers must be >= 0, got {inner_layers}")
         factory = {"device": device, "dtype": dtype}
         self.l_max, self.channels = l_max, channels
-        self.ffn = nn.Sequential(nn.Linear(emb_dim, filter_order, **factory), Sin(filter_order, **factory),
-                                 nn.Linear(filter_order, filter_order, **factory), Sin(filter_order, **factory),
-                                 nn.Linear(filter_order, channels, bias=False, **factory))
+        act = Sin(filter_order, **factory)  # one module, so one learnt frequency vector, as the official filter
+        layers = [nn.Linear(emb_dim, filter_order, **factory), act]
+        for _ in range(inner_layers):
+            layers += [nn.Linear(filter_order, filter_order, **factory), act]
+        layers.append(nn.Linear(filter_order, channels, bias=False, **factory))
+        self.ffn = nn.Sequential(*layers)
+        for param in self.ffn.parameters():
+            set_optim(param, weight_decay=filter_wd, lr=filter_lr)
+        t = torch.arange(l_max, device=device, dtype=torch.float64)[:, None] / l_max
         bands = (emb_dim - 1) // 2
-        self.register_buffer("band_freqs", torch.linspace(1e-4, bands - 1, bands, device=device, dtype=dtype),
-                             persistent=False)
+        angle = 2 * math.pi * t * torch.linspace(1e-4, bands - 1, bands, device=device, dtype=torch.float64)
+        z = torch.cat([t, torch.cos(angle), torch.sin(angle)], dim=-1)  # (l_max, emb_dim)
+        self.z = set_optim(nn.Parameter(z.to(dtype or torch.get_default_dtype())), weight_decay=0.0, lr=pos_emb_lr)
         # Decay rates from fast (reaching `target` after fast_decay * l_max) to slow.
         rates = torch.linspace(math.log(1 / target) / fast_decay, math.log(1 / target) / slow_decay, channels,
                                device=device, dtype=dtype)
@@ -67,9 +83,7 @@ class ImplicitFilter(nn.Module):
         if length > self.l_max:
             raise ValueError(f"hyena: sequence length {length} exceeds l_max={self.l_max}")
         t = torch.arange(length, device=self.decay_rates.device, dtype=self.decay_rates.dtype)[:, None] / self.l_max
-        angle = 2 * math.pi * t * self.band_freqs  # (L, bands)
-        z = torch.cat([t, torch.cos(angle), torch.sin(angle)], dim=-1)  # (L, emb_dim)
-        h = self.ffn(z) * torch.exp(-t * self.decay_rates)  # (L, channels)
+        h = self.ffn(self.z[:length]) * torch.exp(-t * self.decay_rates)  # (L, channels)
         return h.T
 
 
@@ -89,6 +103,10 @@ class Hyena(Mixer):
         fast_decay, slow_decay, target: the windows decay to ``target`` (0.01) after
             ``fast_decay`` (0.3) to ``slow_decay`` (1.5) times l_max.
         dropout: dropout on the gated streams (0.0).
+        inner_layers: hidden ``Linear(F, F)`` layers of the filter FFN (2, the official default).
+        pos_emb_lr: learning rate of the positional encoding (1e-5, as the official code; no weight decay).
+        filter_lr, filter_wd: learning rate (``None``: the trainer's) and weight decay (0.0) of the
+            filter FFN, as the official code's filter optimiser settings.
 
     State: ``{"short": (B, (N+1) D, short_filter - 1), "history": (B, N - 1, T, D)}``: the short
     convolutions' last inputs and the inputs of every long convolution so far.
@@ -99,7 +117,8 @@ class Hyena(Mixer):
 
     def __init__(self, d_model: int, l_max: int = 2048, *, order: int = 2, filter_order: int = 64, emb_dim: int = 33,
                  short_filter: int = 3, fast_decay: float = 0.3, slow_decay: float = 1.5, target: float = 1e-2,
-                 dropout: float = 0.0, device=None, dtype=None):
+                 dropout: float = 0.0, inner_layers: int = 2, pos_emb_lr: float | None = 1e-5,
+                 filter_lr: float | None = None, filter_wd: float = 0.0, device=None, dtype=None):
         super().__init__(d_model)
         if order < 2 or l_max < 1 or short_filter < 1:
             raise ValueError(f"hyena: need order >= 2, l_max >= 1, short_filter >= 1; got {order}, {l_max}, "
@@ -110,7 +129,7 @@ class Hyena(Mixer):
         self.in_proj = nn.Linear(d_model, width, **factory)
         self.short = nn.Conv1d(width, width, short_filter, groups=width, **factory)
         self.filter = ImplicitFilter((order - 1) * d_model, l_max, emb_dim, filter_order, fast_decay, slow_decay,
-                                     target, **factory)
+                                     target, inner_layers, pos_emb_lr, filter_lr, filter_wd, **factory)
         self.bias = nn.Parameter(torch.randn(order - 1, d_model, **factory))
         self.dropout = nn.Dropout(dropout)
         self.out_proj = nn.Linear(d_model, d_model, **factory)

@@ -62,9 +62,7 @@ CASES = [
     pytest.param("lru", 256, dict(d_state=64), 65_984, id="lru"),
     # HazyResearch/safari @ 02220c6, src/models/sequence/hyena.py HyenaOperator(864, l_max=2048, emb_dim=33,
     # filter_order=64, modulate=True): configs/experiment/pile/hyena.yaml. Run: 3,134,112.
-    pytest.param("hyena", 864, dict(l_max=2048, emb_dim=33, filter_order=64), 3_134_112, id="hyena",
-                 marks=_xfail("positional embedding z (l_max, emb_dim) is a buffer, not learnt; the filter "
-                              "FFN has one inner Linear instead of two (num_inner_mlps=2)")),
+    pytest.param("hyena", 864, dict(l_max=2048, emb_dim=33, filter_order=64), 3_134_112, id="hyena"),
     # HazyResearch/safari @ 02220c6, src/models/sequence/h3.py H3(768, d_state=64, head_dim=1, mode="diag",
     # measure="diag-lin"): configs/experiment/pile/h3.yaml (125M). Run: 2,610,432.
     pytest.param("h3", 768, dict(d_state=64), 2_610_432, id="h3"),
