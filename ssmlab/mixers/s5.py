@@ -10,6 +10,8 @@ recurrence runs as a parallel (chunked associative) scan::
 
 With ``bidirectional=True`` a second scan runs over the reversed sequence with
 its own C, as in the paper's bidirectional variant; the layer is then not causal.
+The official layer follows the SSM with an output stage, by default its
+``half_glu1``: ``g = GELU(y); out = g * sigmoid(W g + b)``, then dropout.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from ssmlab.ops import discretize_diag, dplr, init_log_dt, linear_scan
 from ssmlab.registry import register
 
 
+ACTIVATIONS = (None, "gelu", "half_glu1", "half_glu2", "full_glu")
+
+
 def hippo_n_blocks(d_state: int, blocks: int, device=None):
     """Eigenvalues (P/2,) and eigenvectors (P, P/2) of J = ``blocks`` HiPPO-N blocks of size P/J,
     kept one of each conjugate pair (block-diagonal V)."""
@@ -35,8 +40,8 @@ def hippo_n_blocks(d_state: int, blocks: int, device=None):
 
 
 @register("mixer", "s5", description="S5: MIMO diagonal SSM, HiPPO-N init, parallel scan", paper="2208.04933",
-          variants=[{}, {"d_state": 8, "blocks": 2, "discretization": "bilinear"}, {"d_state": 8,
-                                                                                   "bidirectional": True}])
+          variants=[{}, {"d_state": 8, "blocks": 2, "discretization": "bilinear", "activation": "full_glu"},
+                    {"d_state": 8, "bidirectional": True}, {"d_state": 8, "activation": None}])
 class S5(Mixer):
     """The S5 layer (arXiv 2208.04933).
 
@@ -49,6 +54,11 @@ class S5(Mixer):
         bidirectional: add a backward scan with its own C (default False; not causal then).
         lr: learning rate for Lambda and the step, which get no weight decay (default None).
         backend: ``linear_scan`` backend.
+        activation: the output stage after the SSM, as the official S5 layer's options:
+            ``"half_glu1"`` (default: ``g = GELU(y); g * sigmoid(W g + b)``), ``"half_glu2"``
+            (``y * sigmoid(W GELU(y) + b)``), ``"full_glu"`` (``GELU(y)`` through two projections,
+            one gating the other), ``"gelu"``, or ``None`` (the SSM output itself).
+        dropout: dropout after the output stage (0.0).
 
     B is LeCun-normal (std 1/sqrt(H)) in the original basis, then ``B~ = V^{-1} B``; C is
     drawn directly in the eigenbasis with real and imaginary parts of std 1/sqrt(P); D is
@@ -61,8 +71,11 @@ class S5(Mixer):
 
     def __init__(self, d_model: int, d_state: int = 64, *, blocks: int = 1, discretization: str = "zoh",
                  dt_min: float = 0.001, dt_max: float = 0.1, bidirectional: bool = False, lr: float | None = None,
-                 backend: str | None = None, device=None, dtype=None):
+                 backend: str | None = None, activation: str | None = "half_glu1", dropout: float = 0.0,
+                 device=None, dtype=None):
         super().__init__(d_model)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"s5: activation must be one of {ACTIVATIONS}, got {activation!r}")
         if blocks < 1 or d_state % (2 * blocks):
             raise ValueError(f"s5: d_state={d_state} must be a multiple of 2 * blocks={2 * blocks}")
         if discretization not in ("zoh", "bilinear"):
@@ -84,6 +97,24 @@ class S5(Mixer):
         self.D = nn.Parameter(torch.randn(d_model, device=device, dtype=torch.float64).to(dtype))
         self.log_step = set_optim(nn.Parameter(init_log_dt(half, dt_min, dt_max, device=device, dtype=dtype)),
                                   weight_decay=0.0, lr=lr)
+        self.activation = activation
+        factory = {"device": device, "dtype": dtype}
+        self.gate = nn.Linear(d_model, d_model, **factory) if activation and "glu" in activation else None
+        self.value = nn.Linear(d_model, d_model, **factory) if activation == "full_glu" else None
+        self.drop = nn.Dropout(dropout)
+
+    def _output(self, y):
+        """The output stage after the SSM (positionwise)."""
+        if self.activation is None:
+            return self.drop(y)
+        g = torch.nn.functional.gelu(y)
+        if self.activation == "half_glu1":
+            g = g * torch.sigmoid(self.gate(g))
+        elif self.activation == "half_glu2":
+            g = y * torch.sigmoid(self.gate(g))
+        elif self.activation == "full_glu":
+            g = self.value(g) * torch.sigmoid(self.gate(g))
+        return self.drop(g)
 
     def _discrete(self):
         """A_bar (P/2,), B_bar (P/2, H) and C (n, H, P/2), complex."""
@@ -106,14 +137,14 @@ class S5(Mixer):
         y = y.to(x.dtype) + self.D * x
         if return_state and self.bidirectional:
             raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True has no state to return")
-        return y, ({"h": h[:, -1]} if return_state else None)
+        return self._output(y), ({"h": h[:, -1]} if return_state else None)
 
     def _step(self, x_t, state):
         if self.bidirectional:
             raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True cannot step")
         a_bar, b_bar, c = self._discrete()
         h = a_bar * state["h"] + x_t.to(b_bar.dtype) @ b_bar.T
-        return 2 * (h @ c[0].T).real.to(x_t.dtype) + self.D * x_t, {"h": h}
+        return self._output(2 * (h @ c[0].T).real.to(x_t.dtype) + self.D * x_t), {"h": h}
 
     def init_state(self, batch_size, *, device=None, dtype=None) -> State:
         device = device if device is not None else self.D.device

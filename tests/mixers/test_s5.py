@@ -24,12 +24,14 @@ def test_forward_is_the_recurrence(discretization):
     y = s5(x)
     for t in range(25):
         h = a_bar * h + x[:, t].to(h.dtype) @ b_bar.T
-        assert_close(y[:, t], 2 * (h @ c[0].T).real + s5.D * x[:, t], atol=1e-12, name=f"y[{t}]")
+        g = torch.nn.functional.gelu(2 * (h @ c[0].T).real + s5.D * x[:, t])
+        # The default output stage, the official half_glu1: g * sigmoid(W g + b).
+        assert_close(y[:, t], g * torch.sigmoid(s5.gate(g)), atol=1e-12, name=f"y[{t}]")
 
 
 def test_bidirectional_adds_a_backward_scan():
     torch.manual_seed(0)
-    s5 = ssmlab.create_mixer("s5", 6, d_state=8, bidirectional=True, dtype=torch.float64)
+    s5 = ssmlab.create_mixer("s5", 6, d_state=8, bidirectional=True, activation=None, dtype=torch.float64)
     assert not s5.causal
     x = torch.randn(1, 12, 6, dtype=torch.float64)
     a_bar, b_bar, c = s5._discrete()
@@ -45,3 +47,5 @@ def test_bad_options():
         ssmlab.create_mixer("s5", 8, d_state=12, blocks=4)
     with pytest.raises(ValueError, match="discretization"):
         ssmlab.create_mixer("s5", 8, discretization="euler")
+    with pytest.raises(ValueError, match="activation"):
+        ssmlab.create_mixer("s5", 8, activation="relu")
