@@ -28,12 +28,15 @@ class GatedMLP(nn.Module):
 
 class GELUGLUOutput(nn.Module):
     """The output stage of S4-style layers (arXiv 2111.00396, 2206.11893):
-    ``GLU(W dropout(GELU(y)))`` with W: D -> 2D."""
+    ``GLU(W dropout(GELU(y)))`` with W: D -> 2D; with ``glu=False``, ``W dropout(GELU(y))``
+    with W: D -> D (the "postact=None" output of the S4 family's code, which DSS and LSSL use)."""
 
-    def __init__(self, d_model: int, dropout: float = 0.0, *, device=None, dtype=None):
+    def __init__(self, d_model: int, dropout: float = 0.0, *, glu: bool = True, device=None, dtype=None):
         super().__init__()
+        self.glu = glu
         self.dropout = nn.Dropout(dropout)
-        self.output_linear = nn.Linear(d_model, 2 * d_model, device=device, dtype=dtype)
+        self.output_linear = nn.Linear(d_model, (2 if glu else 1) * d_model, device=device, dtype=dtype)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return F.glu(self.output_linear(self.dropout(F.gelu(y))), dim=-1)
+        out = self.output_linear(self.dropout(F.gelu(y)))
+        return F.glu(out, dim=-1) if self.glu else out

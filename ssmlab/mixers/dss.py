@@ -12,7 +12,12 @@ forms (K over positions k):
   prefix of the kernel of a longer one and the layer has an exact recurrent form.
 
 Lambda is initialised to the eigenvalues of the normal part of HiPPO-LegS (skew-HiPPO),
-as in the paper, and its real part is kept negative.
+as in the paper, and its real part is kept negative. As in the official code, each channel
+has separate steps for the real and imaginary parts of Lambda (``dt Lambda = dt_re Re(Lambda)
++ i dt_im Im(Lambda)``), W, Lambda and the steps get learning rate 0.001 and no weight decay,
+and the output stage is ``W GELU(y)`` with W: H -> H (``postact="glu"`` gives S4's GLU stage).
+The official code normalises DSS-softmax over the input's length, which makes the kernel
+depend on it; here it is over ``l_max`` (see above).
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ VERSIONS = ("exp", "softmax")
 
 
 @register("mixer", "dss", description="Diagonal state spaces (DSS-exp, DSS-softmax)", paper="2203.14343",
-          variants=[{"d_state": 8}, {"d_state": 8, "version": "softmax", "l_max": 32}])
+          variants=[{"d_state": 8}, {"d_state": 8, "version": "softmax", "l_max": 32},
+                    {"d_state": 8, "sep_dt": False, "postact": "glu"}])
 class DSS(Mixer):
     """The DSS layer (arXiv 2203.14343) with the S4-style output stage.
 
@@ -44,6 +50,8 @@ class DSS(Mixer):
         dt_min, dt_max: per-channel step initialised log-uniform in [0.001, 0.1].
         lr: learning rate for Lambda and dt (0.001), which get no weight decay.
         dropout: dropout after the activation (0.0).
+        sep_dt: separate steps for the real and imaginary parts of Lambda (True, as the official code).
+        postact: ``None`` (default: a linear H -> H output) or ``"glu"`` (H -> 2H and a GLU).
 
     State: ``{"ssm": (B, H, N)}`` complex.
     """
@@ -52,10 +60,12 @@ class DSS(Mixer):
 
     def __init__(self, d_model: int, d_state: int = 64, *, version: str = "exp", l_max: int = 1024,
                  dt_min: float = 0.001, dt_max: float = 0.1, lr: float | None = 0.001, dropout: float = 0.0,
-                 device=None, dtype=None):
+                 sep_dt: bool = True, postact: str | None = None, device=None, dtype=None):
         super().__init__(d_model)
         if version not in VERSIONS:
             raise ValueError(f"dss: version must be one of {VERSIONS}, got {version!r}")
+        if postact not in (None, "glu"):
+            raise ValueError(f"dss: postact must be None or 'glu', got {postact!r}")
         if d_state < 1 or l_max < 1:
             raise ValueError(f"dss: d_state and l_max must be positive, got {d_state}, {l_max}")
         dtype = dtype or torch.get_default_dtype()
@@ -64,16 +74,22 @@ class DSS(Mixer):
         self.log_Lambda_real = set_optim(nn.Parameter(torch.log(-eig.real).to(dtype)), weight_decay=0.0, lr=lr)
         self.Lambda_imag = set_optim(nn.Parameter(eig.imag.to(dtype)), weight_decay=0.0, lr=lr)
         w = torch.randn(d_model, d_state, 2, device=device, dtype=torch.float64) * math.sqrt(0.5)
-        self.W = nn.Parameter(w.to(dtype))
-        self.log_dt = set_optim(nn.Parameter(init_log_dt(d_model, dt_min, dt_max, device=device, dtype=dtype)),
-                                weight_decay=0.0, lr=lr)
+        self.W = set_optim(nn.Parameter(w.to(dtype)), weight_decay=0.0, lr=lr)
+        log_dt = init_log_dt(d_model, dt_min, dt_max, device=device, dtype=dtype)
+        if sep_dt:
+            log_dt = log_dt[:, None].repeat(1, 2)  # (H, 2): real and imaginary parts start from one step
+        self.log_dt = set_optim(nn.Parameter(log_dt), weight_decay=0.0, lr=lr)
         self.D = nn.Parameter(torch.randn(d_model, device=device, dtype=dtype))
-        self.output = GELUGLUOutput(d_model, dropout, device=device, dtype=dtype)
+        self.output = GELUGLUOutput(d_model, dropout, glu=postact == "glu", device=device, dtype=dtype)
 
     def _system(self):
         """dt * Lambda (H, N), the input weights B_bar (H, N) and W (H, N), complex."""
         lam = torch.complex(-torch.exp(self.log_Lambda_real), self.Lambda_imag)  # (N,)
-        dtl = lam * torch.exp(self.log_dt)[:, None]  # (H, N)
+        dt = torch.exp(self.log_dt)
+        if dt.dim() == 1:
+            dtl = lam * dt[:, None]  # (H, N)
+        else:
+            dtl = torch.complex(lam.real * dt[:, :1], lam.imag * dt[:, 1:])  # (H, N)
         if self.version == "exp":
             b_bar = torch.expm1(dtl) / lam
         else:

@@ -16,7 +16,7 @@ def _kernel(layer, length):
 
 def test_dss_exp_is_the_zoh_diagonal_kernel():
     torch.manual_seed(0)
-    dss = ssmlab.create_mixer("dss", 4, d_state=6, dtype=torch.float64)
+    dss = ssmlab.create_mixer("dss", 4, d_state=6, sep_dt=False, dtype=torch.float64)
     lam = torch.complex(-torch.exp(dss.log_Lambda_real), dss.Lambda_imag).expand(4, 6)
     w = torch.view_as_complex(dss.W.contiguous())
     want = ssm_kernel_diag(lam, torch.ones_like(w), w, torch.exp(dss.log_dt), 20)
@@ -25,14 +25,34 @@ def test_dss_exp_is_the_zoh_diagonal_kernel():
                  name="skew-HiPPO initialisation")
 
 
+def _separate_steps(dss):
+    """dt Lambda with the real and imaginary parts of Lambda scaled by their own (perturbed) steps."""
+    with torch.no_grad():
+        dss.log_dt[:, 1] += 0.5 * torch.randn(dss.log_dt.shape[0], dtype=dss.log_dt.dtype)
+    lam = torch.complex(-torch.exp(dss.log_Lambda_real), dss.Lambda_imag)
+    dt = torch.exp(dss.log_dt)
+    return lam, torch.complex(lam.real * dt[:, :1], lam.imag * dt[:, 1:])  # (N,), (H, N)
+
+
+def test_dss_exp_with_separate_steps_for_real_and_imaginary_parts():
+    """The official code's default: K_k = Re(sum_n W_n (exp(dtl_n) - 1) / lambda_n exp(k dtl_n))."""
+    torch.manual_seed(0)
+    dss = ssmlab.create_mixer("dss", 4, d_state=6, dtype=torch.float64)
+    assert dss.log_dt.shape == (4, 2)
+    lam, dtl = _separate_steps(dss)
+    w = torch.view_as_complex(dss.W.contiguous())
+    k = torch.arange(20)
+    want = torch.einsum("hn,hnl->hl", w * torch.expm1(dtl) / lam, torch.exp(dtl[..., None] * k)).real
+    assert_close(_kernel(dss, 20), want, atol=1e-12, name="DSS-exp kernel, separate steps")
+
+
 def test_dss_softmax_kernel_at_l_max():
     torch.manual_seed(0)
     L = 16
     dss = ssmlab.create_mixer("dss", 3, d_state=5, version="softmax", l_max=L, dtype=torch.float64)
-    lam = torch.complex(-torch.exp(dss.log_Lambda_real), dss.Lambda_imag)
-    dt = torch.exp(dss.log_dt)
+    lam, dtl = _separate_steps(dss)
     w = torch.view_as_complex(dss.W.contiguous())
-    P = lam[None, :, None] * dt[:, None, None] * torch.arange(L)  # (H, N, L)
+    P = dtl[..., None] * torch.arange(L)  # (H, N, L)
     softmax = torch.exp(P) / torch.exp(P).sum(-1, keepdim=True)
     want = torch.einsum("hn,hnl->hl", w / lam, softmax).real
     assert_close(_kernel(dss, L), want, atol=1e-12, name="DSS-softmax")

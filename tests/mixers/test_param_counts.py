@@ -30,9 +30,7 @@ CASES = [
     pytest.param("s4d", 256, dict(d_state=64), 164_864, id="s4d"),
     # ag1988/dss @ 777084e, src/models/sequence/ss/standalone/dss.py DSS(512, 64) with
     # configs/model/layer/dss.yaml defaults (the LRA-CIFAR run: d_model=512). Run: 329,856.
-    pytest.param("dss", 512, dict(d_state=64), 329_856, id="dss",
-                 marks=_xfail("output stage is Linear(H, 2H)+GLU instead of Linear(H, H); log_dt is (H,) "
-                              "instead of (H, 2)")),
+    pytest.param("dss", 512, dict(d_state=64), 329_856, id="dss"),
     # state-spaces/s4 @ e757cef, src/models/sequence/modules/lssl.py Platypus(256, d_model=N=256, learn=1,
     # dt.learn=1) as in configs/model/layer/lssl.yaml. Run: 133,634.
     pytest.param("lssl", 256, dict(d_state=256, learn_A=True), 133_634, id="lssl",
