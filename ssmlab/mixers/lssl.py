@@ -25,16 +25,20 @@ from ssmlab.registry import register
 @register("mixer", "lssl", description="Linear state space layer: dense HiPPO A, unrolled kernel",
           paper="2110.13985", variants=[{"d_state": 8}, {"d_state": 6, "learn_A": True, "measure": "legt"}])
 class LSSL(Mixer):
-    """The LSSL layer (arXiv 2110.13985) with the S4-style output stage.
+    """The LSSL layer (arXiv 2110.13985) with the official code's output stage, ``W GELU(y)``.
 
     Args:
         d_model: channels H.
         d_state: N (64).
         measure: HiPPO measure of the initial A: "legs" (default), "legt", "lagt", "fout".
-        learn_A: train A and B too (default False: LSSL-fixed; True: LSSL with learnt A).
+        learn_A: train A and B too (default False: LSSL-fixed; True: LSSL with learnt A, as a dense
+            N x N matrix; the official code's learnt A is a structured (tridiagonal-inverse) form
+            with 7N + 2 parameters shared by the channels, which is not implemented here).
         dt_min, dt_max: per-channel step initialised log-uniform in [0.001, 0.1].
         lr: learning rate for A, B and dt (0.001), which get no weight decay.
         dropout: dropout after the activation (0.0).
+        postact: ``None`` (default: a linear H -> H output, as the official Platypus layer) or
+            ``"glu"`` (H -> 2H and a GLU, S4's output stage).
 
     State: ``{"ssm": (B, H, N)}``.
     """
@@ -43,8 +47,10 @@ class LSSL(Mixer):
 
     def __init__(self, d_model: int, d_state: int = 64, *, measure: str = "legs", learn_A: bool = False,
                  dt_min: float = 0.001, dt_max: float = 0.1, lr: float | None = 0.001, dropout: float = 0.0,
-                 device=None, dtype=None):
+                 postact: str | None = None, device=None, dtype=None):
         super().__init__(d_model)
+        if postact not in (None, "glu"):
+            raise ValueError(f"lssl: postact must be None or 'glu', got {postact!r}")
         dtype = dtype or torch.get_default_dtype()
         self.d_state = d_state
         A, B = hippo(measure, d_state, dtype=dtype)
@@ -59,7 +65,7 @@ class LSSL(Mixer):
         self.log_dt = set_optim(nn.Parameter(init_log_dt(d_model, dt_min, dt_max, device=device, dtype=dtype)),
                                 weight_decay=0.0, lr=lr)
         self.D = nn.Parameter(torch.randn(d_model, device=device, dtype=dtype))
-        self.output = GELUGLUOutput(d_model, dropout, device=device, dtype=dtype)
+        self.output = GELUGLUOutput(d_model, dropout, glu=postact == "glu", device=device, dtype=dtype)
 
     def _discrete(self):
         return discretize_dense(self.A, self.B, torch.exp(self.log_dt), "bilinear")  # (H, N, N), (H, N)
