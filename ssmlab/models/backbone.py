@@ -27,9 +27,10 @@ class Block(nn.Module):
     """Pre-norm residual block: ``x + mixer(norm1(x))`` and optionally ``+ mlp(norm2(x))``."""
 
     def __init__(self, mixer: Mixer, d_model: int, *, mlp: bool, mlp_hidden: int | None, norm_eps: float,
-                 device=None, dtype=None):
+                 dropout: float = 0.0, device=None, dtype=None):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
+        self.dropout = nn.Dropout(dropout)
         self.norm1 = RMSNorm(d_model, norm_eps, **factory)
         self.mixer = mixer
         self.norm2 = RMSNorm(d_model, norm_eps, **factory) if mlp else None
@@ -39,16 +40,16 @@ class Block(nn.Module):
         options = {"lengths": lengths} if lengths is not None and self.mixer.accepts_lengths() else {}
         y, state = self.mixer(self.norm1(x), state, return_state=True, **options) if return_state else \
             (self.mixer(self.norm1(x), state, **options), None)
-        x = x + y
+        x = x + self.dropout(y)
         if self.mlp is not None:
-            x = x + self.mlp(self.norm2(x))
+            x = x + self.dropout(self.mlp(self.norm2(x)))
         return x, state
 
     def step(self, x_t, state):
         y, state = self.mixer.step(self.norm1(x_t), state)
-        x_t = x_t + y
+        x_t = x_t + self.dropout(y)
         if self.mlp is not None:
-            x_t = x_t + self.mlp(self.norm2(x_t))
+            x_t = x_t + self.dropout(self.mlp(self.norm2(x_t)))
         return x_t, state
 
 
@@ -73,11 +74,14 @@ class Backbone(nn.Module):
         mixer_options: keyword options for every mixer; for a hybrid stack, a dict from
             mixer name to that mixer's options (names not given get none).
         norm_eps: RMSNorm epsilon (default 1e-5).
+        dropout: dropout on the mixer's and the MLP's outputs before each residual addition
+            (default 0.0), the residual dropout of the S4 and transformer blocks; mixers have
+            their own ``dropout`` options where their official layers do.
     """
 
     def __init__(self, mixer: str | list[str], d_model: int, n_layers: int, *, mlp: bool = True,
                  mlp_hidden: int | None = None, mixer_options: dict | None = None, norm_eps: float = 1e-5,
-                 device=None, dtype=None):
+                 dropout: float = 0.0, device=None, dtype=None):
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"n_layers must be at least 1, got {n_layers}")
@@ -97,7 +101,7 @@ class Backbone(nn.Module):
         self.mixer_name = mixer if isinstance(mixer, str) else "+".join(dict.fromkeys(names))
         self.layers = nn.ModuleList(
             Block(create_mixer(name, d_model, **per_name.get(name, {}), **factory), d_model, mlp=mlp,
-                  mlp_hidden=mlp_hidden, norm_eps=norm_eps, **factory)
+                  mlp_hidden=mlp_hidden, norm_eps=norm_eps, dropout=dropout, **factory)
             for name in names
         )
         self.norm_f = RMSNorm(d_model, norm_eps, **factory)

@@ -41,3 +41,13 @@ def test_classifier_with_bidirectional_mixer_ignores_padding():
         assert_close(logits[1], alone[0], atol=1e-9, rtol=1e-9, name="row 1 vs its unpadded sequence")
         assert_close(model(padded_other, lengths=lengths)[1], logits[1], atol=1e-9, rtol=1e-9,
                      name="other padding")
+
+
+def test_backbone_dropout_acts_in_training_only():
+    torch.manual_seed(0)
+    model = create_model("s4d", head="lm", d_model=16, n_layers=2, vocab_size=32, dropout=0.5)
+    ids = torch.randint(0, 32, (2, 10))
+    model.train()
+    assert not torch.equal(model(ids), model(ids))  # a fresh mask each call
+    model.eval()
+    assert torch.equal(model(ids), model(ids))
