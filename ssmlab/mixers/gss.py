@@ -32,6 +32,7 @@ class GSS(Mixer):
         expand: width of the gating branch F = expand * D (4, as in the paper: F = 4096 for E = 1024).
         d_ssm: channels of the SSM; default ``max(1, D // 4)`` (the paper: H = 256 for E = 1024).
         lr: learning rate for the SSM's A and dt (0.001), which get no weight decay.
+        dt_min, dt_max: the SSM's per-channel step is initialised log-uniform in [0.001, 0.1].
 
     State: ``{"ssm": (B, d_ssm, N/2)}`` complex.
     """
@@ -39,7 +40,7 @@ class GSS(Mixer):
     causal = True
 
     def __init__(self, d_model: int, d_state: int = 64, *, expand: int = 4, d_ssm: int | None = None,
-                 lr: float | None = 0.001, device=None, dtype=None):
+                 lr: float | None = 0.001, dt_min: float = 0.001, dt_max: float = 0.1, device=None, dtype=None):
         super().__init__(d_model)
         factory = {"device": device, "dtype": dtype}
         self.d_ssm = d_ssm or max(1, d_model // 4)
@@ -48,7 +49,7 @@ class GSS(Mixer):
         width = expand * d_model
         self.gate_proj = nn.Linear(d_model, width, **factory)
         self.ssm_in = nn.Linear(d_model, self.d_ssm, **factory)
-        self.ssm = DiagonalSSM(self.d_ssm, d_state, init="legs", lr=lr, **factory)
+        self.ssm = DiagonalSSM(self.d_ssm, d_state, init="legs", lr=lr, dt_min=dt_min, dt_max=dt_max, **factory)
         self.ssm_out = nn.Linear(self.d_ssm, width, **factory)
         self.out_proj = nn.Linear(width, d_model, **factory)
 

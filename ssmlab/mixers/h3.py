@@ -41,6 +41,7 @@ class H3(Mixer):
         head_dim: head size; 1 (default, as in the paper's models) multiplies elementwise,
             larger heads use the outer products ``k~ v^T`` of each head (``D * head_dim`` SSM channels).
         lr: learning rate for the diagonal SSM's A, B and dt (0.001), which get no weight decay.
+        dt_min, dt_max: the diagonal SSM's step is initialised log-uniform in [0.001, 0.1].
 
     State: ``{"shift": (B, D, N - 1), "ssm": (B, D * head_dim, N/2)}``: the last keys and the
     diagonal SSM's state.
@@ -49,7 +50,7 @@ class H3(Mixer):
     causal = True
 
     def __init__(self, d_model: int, d_state: int = 64, *, head_dim: int = 1, lr: float | None = 0.001,
-                 device=None, dtype=None):
+                 dt_min: float = 0.001, dt_max: float = 0.1, device=None, dtype=None):
         super().__init__(d_model)
         if d_model % head_dim:
             raise ValueError(f"h3: head_dim={head_dim} must divide d_model={d_model}")
@@ -63,7 +64,8 @@ class H3(Mixer):
         self.shift_B = nn.Parameter(b)
         self.shift_C = nn.Parameter(torch.randn(d_model, d_state, **factory))
         self.shift_D = nn.Parameter(torch.randn(d_model, **factory))
-        self.ssm = DiagonalSSM(d_model * head_dim, d_state, lr=lr, learn_B=True, **factory)
+        self.ssm = DiagonalSSM(d_model * head_dim, d_state, lr=lr, dt_min=dt_min, dt_max=dt_max, learn_B=True,
+                               **factory)
         self.out_proj = nn.Linear(d_model, d_model, **factory)
 
     def _mix(self, q, k, v):
