@@ -48,7 +48,21 @@ def _train_config(args):
     from ssmlab.train import TrainConfig
 
     return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, progress=not args.no_progress,
-                       device=args.device)
+                       device=args.device, grad_accum_steps=args.grad_accum, precision=args.precision,
+                       schedule=args.schedule, eval_every=args.eval_every, early_stopping_patience=args.patience,
+                       checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every)
+
+
+def _key_values(items, flag: str) -> dict:
+    import yaml
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"{flag} expects KEY=VALUE, got {item!r}")
+        key, text = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(text)
+    return out
 
 
 def _experiment_from_args(args):
@@ -142,14 +156,20 @@ def _label(spec) -> str:
 
 def _cmd_train(args) -> int:
     from ssmlab.store import ResultStore
-    from ssmlab.train.sweep import QUICK_TASKS, RunSpec, execute
+    from ssmlab.train import distributed
+    from ssmlab.train.sweep import QUICK_TASKS, RunSpec, execute, train_spec
 
     registry.get("mixer", args.mixer)
     registry.get("task", args.task)
-    spec = RunSpec(args.mixer, args.task, args.seed, dict(QUICK_TASKS.get(args.task, {})), d_model=args.d_model,
-                   n_layers=args.n_layers)
+    task_options = {**QUICK_TASKS.get(args.task, {}), **_key_values(args.task_option, "--task-option")}
+    spec = RunSpec(args.mixer, args.task, args.seed, task_options,
+                   _key_values(args.model_option, "--model-option"), d_model=args.d_model, n_layers=args.n_layers)
+    config = _train_config(args)
+    if distributed.rank() != 0:  # under torchrun only rank 0 records the run
+        train_spec(spec, config)
+        return 0
     with ResultStore(args.store) as store:
-        run_id = execute(spec, _train_config(args), store, suite="train")
+        run_id = execute(spec, config, store, suite="train")
         run = next(r for r in store.runs() if r["id"] == run_id)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(run["metrics"].items()))
     print(f"run {run_id}: {args.mixer} on {args.task}: {metrics} ({run['wall_time_s']:.1f}s, "
@@ -287,6 +307,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task")
     p.add_argument("--seed", type=int, default=0)
     _add_training_options(p)
+    p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
+                   help="a task option, e.g. n_train=512 or seq_len=128 (repeatable)")
+    p.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                   help="a model option, e.g. pooling=last or mixer_options={d_state: 8} (repeatable)")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step (default 1)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast (default fp32)")
+    p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
+                   help="learning rate after warmup (default cosine)")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: at the end)")
+    p.add_argument("--patience", type=int, default=0,
+                   help="stop after N evaluations without improvement (needs --eval-every; default: never)")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="write checkpoints here and resume from the latest one when started again")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (and at the end)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("generate", help="continue a prompt with a Mamba / Mamba-2 checkpoint",
