@@ -121,13 +121,18 @@ def _cmd_run(args) -> int:
                 todo.append(spec)
             else:
                 print(f"{_label(spec)}: already finished as run {previous['id']}, skipped", flush=True)
+        # Each run checkpoints under the store's folder (every trainer.checkpoint_every steps and at
+        # the end), so a sweep started again resumes its unfinished runs.
+        checkpoints = store.path.parent / "checkpoints" / exp.name
         if args.executor == "ray":
             from ssmlab.train.sweep import execute_ray
 
             print(f"sending {len(todo)} runs to Ray ({args.address or 'a local instance'})", flush=True)
-            results = execute_ray(todo, config, store, suite=exp.name, address=args.address)
+            results = execute_ray(todo, config, store, suite=exp.name, address=args.address,
+                                  checkpoint_root=checkpoints)
         else:
-            results = ((spec, execute(spec, config, store, suite=exp.name), None) for spec in todo)
+            results = ((spec, execute(spec, config, store, suite=exp.name, checkpoint_root=checkpoints), None)
+                       for spec in todo)
         for i, (spec, run_id, error) in enumerate(results, 1):
             prefix = f"[{i}/{len(todo)}] {_label(spec)}"
             if error is not None:

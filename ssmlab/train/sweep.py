@@ -34,12 +34,30 @@ def run_config(spec: RunSpec, config: TrainConfig) -> dict:
     """The configuration recorded with a run; a sweep skips a run whose configuration is already finished.
     Display settings (the progress bar) are not part of it."""
     train = asdict(config)
-    train.pop("progress", None)
+    for key in ("progress", "checkpoint_dir"):  # display and where checkpoints go: not the run's identity
+        train.pop(key, None)
     return {"run": asdict(spec), "train": train}
 
 
-def train_spec(spec: RunSpec, config: TrainConfig):
-    """Build the task and model of ``spec`` and train it; returns the trainer's ``TrainResult``. No store."""
+def checkpoint_dir_for(spec: RunSpec, config: TrainConfig, root) -> str:
+    """A checkpoint directory of its own for each run configuration under ``root``, so that a sweep
+    started again resumes each unfinished run from its last checkpoint."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    key = hashlib.sha256(json.dumps(run_config(spec, config), sort_keys=True).encode()).hexdigest()[:16]
+    return str(Path(root) / f"{model_label(spec)}-{spec.task}-{spec.seed}-{key}")
+
+
+def train_spec(spec: RunSpec, config: TrainConfig, checkpoint_root=None):
+    """Build the task and model of ``spec`` and train it; returns the trainer's ``TrainResult``. No store.
+
+    With ``checkpoint_root`` (and no ``config.checkpoint_dir``), the run checkpoints to its own
+    directory under it and resumes from there if it was interrupted.
+    """
+    if checkpoint_root is not None and config.checkpoint_dir is None:
+        config = TrainConfig(**{**asdict(config), "checkpoint_dir": checkpoint_dir_for(spec, config, checkpoint_root)})
     task = create_task(spec.task, seed=spec.seed, **spec.task_options)
     torch.manual_seed(spec.seed)
     model = create_model(spec.mixer, head=task.head, d_model=spec.d_model, n_layers=spec.n_layers,
@@ -62,11 +80,12 @@ def _finish(store: ResultStore, run_id: int, result) -> None:
                      peak_memory_mb=result.peak_memory_mb, curves=result.curves)
 
 
-def execute(spec: RunSpec, config: TrainConfig, store: ResultStore, *, suite: str, environment=None) -> int:
+def execute(spec: RunSpec, config: TrainConfig, store: ResultStore, *, suite: str, environment=None,
+            checkpoint_root=None) -> int:
     """Train one run in this process and record it; returns the run id. A failure is recorded and re-raised."""
     run_id = _start(store, spec, config, suite, environment)
     try:
-        result = train_spec(spec, config)
+        result = train_spec(spec, config, checkpoint_root)
     except BaseException as exc:
         store.fail_run(run_id, f"{type(exc).__name__}: {exc}")
         raise
@@ -74,13 +93,13 @@ def execute(spec: RunSpec, config: TrainConfig, store: ResultStore, *, suite: st
     return run_id
 
 
-def _train_remote(spec: dict, config: dict):
+def _train_remote(spec: dict, config: dict, checkpoint_root):
     """What a Ray worker runs: rebuild the spec and config from plain dicts and train."""
-    return train_spec(RunSpec(**spec), TrainConfig(**config))
+    return train_spec(RunSpec(**spec), TrainConfig(**config), checkpoint_root)
 
 
 def execute_ray(specs: list[RunSpec], config: TrainConfig, store: ResultStore, *, suite: str,
-                address: str | None = None, num_cpus_per_run: float = 1, environment=None):
+                address: str | None = None, num_cpus_per_run: float = 1, environment=None, checkpoint_root=None):
     """Send every run to a Ray cluster and record the results as they arrive; the driver alone writes the store.
 
     ``address`` is the cluster's (``ray://host:10001`` or ``host:6379``); None starts a local
@@ -99,7 +118,7 @@ def execute_ray(specs: list[RunSpec], config: TrainConfig, store: ResultStore, *
     pending = {}
     for spec in specs:
         run_id = _start(store, spec, config, suite, environment)
-        pending[remote.remote(asdict(spec), cfg)] = (spec, run_id)
+        pending[remote.remote(asdict(spec), cfg, checkpoint_root and str(checkpoint_root))] = (spec, run_id)
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
