@@ -161,6 +161,16 @@ def _mean_curve(store: ResultStore, run_ids: list[int], split: str, name: str):
     return steps, [statistics.fmean(by_step[s]) for s in steps]
 
 
+def _save(plt, fig, ax, path: Path) -> Path:
+    """Grid, legend, layout; write the PNG and close the figure."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def learning_curve_figures(store: ResultStore, plt, out_dir: Path) -> list[tuple[str, Path]]:
     figures = []
     runs = [r for r in store.runs() if r["suite"] != EFFICIENCY_SUITE]
@@ -177,13 +187,7 @@ def learning_curve_figures(store: ResultStore, plt, out_dir: Path) -> list[tuple
             plt.close(fig)
             continue
         ax.set(title=f"{suite}: {task}", xlabel="step", ylabel="training loss (mean over seeds)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, ncol=2)
-        path = out_dir / f"curves-{suite}-{task}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        figures.append((f"Learning curves: {suite} / {task}", path))
+        figures.append((f"Learning curves: {suite} / {task}", _save(plt, fig, ax, out_dir / f"curves-{suite}-{task}.png")))
     return figures
 
 
@@ -208,12 +212,7 @@ def length_figures(store: ResultStore, plt, out_dir: Path) -> list[tuple[str, Pa
             lengths = sorted(per_len)
             ax.plot(lengths, [statistics.fmean(per_len[n]) for n in lengths], marker="o", label=model)
         ax.set(title=f"{suite}: {task}", xlabel="sequence length", ylabel=metric, xscale="log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, ncol=2)
-        path = out_dir / f"length-{suite}-{task}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        path = _save(plt, fig, ax, out_dir / f"length-{suite}-{task}.png")
         figures.append((f"{metric} against sequence length: {suite} / {task}", path))
     return figures
 
