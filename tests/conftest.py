@@ -15,3 +15,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_in_a_temporary_folder(tmp_path_factory):
+    """Generated data sets go to a temporary cache, never the user's ~/.cache/ssmlab."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SSMLAB_CACHE", str(tmp_path_factory.mktemp("ssmlab-cache")))
+    yield
+    mp.undo()
