@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     except UnknownNameError as exc:
         print(f"ssmlab: error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, RuntimeError) as exc:
+    except (ValueError, RuntimeError, ImportError) as exc:  # ImportError: a data source to install
         print(f"ssmlab: error: {exc}", file=sys.stderr)
         return 1
 

@@ -24,4 +24,5 @@ def test_list_tasks_prints_columns(capsys):
     assert rows["mqar"].split()[1] == "generated" and "2312.04927" in rows["mqar"]
     # Columns line up: each column starts at the same offset on every line.
     offset = lines[1].index("source")
-    assert all(line[offset:].startswith("generated") for line in lines[2:])
+    assert all(line[offset - 2:offset] == "  " and line[offset] != " " for line in lines[2:])
+    assert rows["lra-image"].split()[1] == "debian:dataset-fashion-mnist" and "2011.04006" in rows["lra-image"]

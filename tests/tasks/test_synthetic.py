@@ -4,18 +4,29 @@ import pytest
 import torch
 
 import ssmlab
-from ssmlab.tasks import IGNORE_INDEX, create_task
+from ssmlab.tasks import IGNORE_INDEX, create_task, missing_source
 
 
 def digest(split):
     return hashlib.sha256(split.inputs.numpy().tobytes() + split.targets.numpy().tobytes()).hexdigest()
 
 
+def create_or_skip(name, **options):
+    # Real data sets are read from packages; without the package the test says what to install.
+    task = create_task(name, **options)
+    reason = missing_source(task)
+    if reason:
+        pytest.skip(reason)
+    return task
+
+
 @pytest.mark.parametrize("name", ssmlab.list_tasks())
 def test_deterministic_in_seed(name):
-    a = create_task(name, seed=3, n_train=64, n_test=16)
-    b = create_task(name, seed=3, n_train=64, n_test=16)
-    c = create_task(name, seed=4, n_train=64, n_test=16)
+    # 32 training examples: the smallest real data sets (ArrowHead, BasicMotions) have 36 after validation.
+    # For a fixed data set the seed chooses the subsample, so the splits still differ between seeds.
+    a = create_or_skip(name, seed=3, n_train=32, n_test=16)
+    b = create_task(name, seed=3, n_train=32, n_test=16)
+    c = create_task(name, seed=4, n_train=32, n_test=16)
     for split in ("train", "test"):
         assert digest(a.split(split)) == digest(b.split(split))
         assert digest(a.split(split)) != digest(c.split(split))
@@ -60,7 +71,7 @@ def test_bad_task_options():
 
 @pytest.mark.parametrize("name", ssmlab.list_tasks())
 def test_val_split_is_its_own_stream(name):
-    task = create_task(name, seed=3, n_train=8, n_val=5, n_test=8)
+    task = create_or_skip(name, seed=3, n_train=8, n_val=5, n_test=8)
     val = task.split("val")
     assert len(val) == 5
     assert digest(val) != digest(task.split("train")) and digest(val) != digest(task.split("test"))
