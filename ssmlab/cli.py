@@ -96,6 +96,7 @@ def _experiment_from_args(args):
 
 def _cmd_run(args) -> int:
     from ssmlab import experiment
+    from ssmlab.tasks import create_task, missing_source
     from ssmlab.config import from_dict
     from ssmlab.report import build_report, format_table, leaderboard
     from ssmlab.store import ResultStore
@@ -103,6 +104,17 @@ def _cmd_run(args) -> int:
     from ssmlab.train.trainer import TrainConfig
 
     exp = _experiment_from_args(args)
+    # A task whose data source is not installed is left out with the command that installs it.
+    available = []
+    for t in exp.tasks:
+        missing = missing_source(create_task(t.name, **t.options))
+        if missing:
+            print(f"leaving out task {t.name}: {missing}", file=sys.stderr, flush=True)
+        else:
+            available.append(t)
+    if not available:
+        raise ValueError(f"none of the tasks of {exp.name} can be read here; install their sources (above)")
+    exp.tasks = available
     specs = experiment.expand(exp)
     trainer = dict(exp.trainer)
     if args.device is not None:

@@ -10,6 +10,7 @@ under ``ssmlab/suites/``) looks like::
       - mamba                                 # a registered mixer, or "*" for every one
       - {mixer: attention, options: {mixer_options: {n_heads: 2}}}
       - {mixer: [mamba, mamba, attention], d_model: 96}   # a hybrid stack
+      - {mixer: mamba, name: mamba-wide, d_model: 128}     # a second mamba, named apart in the results
     tasks:
       - mqar                                  # a registered task with its defaults
       - {name: mqar, options: {seq_len: 256, num_kv_pairs: 16}}
@@ -43,6 +44,7 @@ class ModelSpec:
     d_model: int | None = None
     n_layers: int | None = None
     options: dict = field(default_factory=dict)  # passed to create_model (mixer_options, mlp, pooling, ...)
+    name: str | None = None  # how results name this model (default: the mixer); tells apart two of one mixer
 
 
 @dataclass
@@ -195,13 +197,13 @@ def expand(exp: Experiment) -> list[Any]:
                     fixed = [e.extra["fixed_length"] for e in entries if "fixed_length" in e.extra]
                     if fixed:
                         if length is None:
-                            length = create_task(t.name, n_train=1, n_test=1, **t.options).seq_len
+                            length = create_task(t.name, **t.options).seq_len
                         if any(f != length for f in fixed):
                             continue
                 for seed in exp.seeds:
                     runs.append(RunSpec(mixer, t.name, seed, dict(t.options), dict(m.options),
                                         d_model=m.d_model or exp.defaults.d_model,
-                                        n_layers=m.n_layers or exp.defaults.n_layers))
+                                        n_layers=m.n_layers or exp.defaults.n_layers, label=m.name))
     return runs
 
 

@@ -71,3 +71,26 @@ def test_interrupted_sweep_skips_finished_runs(tmp_path, capsys):
     assert rows == [("attention", "finished"), ("s4d", "running"), ("s4d", "finished")]
     assert main(args + ["--set", "trainer.steps=two"]) == 1
     assert "expected int" in capsys.readouterr().err
+
+
+def test_run_leaves_out_tasks_whose_source_is_missing(tmp_path, capsys, monkeypatch):
+    from ssmlab.tasks import sources
+
+    def absent(task, package, *parts):
+        raise sources.MissingSourceError(f"{task}: the Python package {package!r} is not installed; install it with: "
+                                         f"{sources.PIP_DATA}")
+
+    monkeypatch.setattr(sources, "python_package_file", absent)
+    monkeypatch.setattr("ssmlab.tasks.timeseries.python_package_file", absent)
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: mixed\ndefaults: {d_model: 8, n_layers: 1}\nmodels: [s4d]\n"
+                    "tasks: [{name: mqar, options: {vocab_size: 16, seq_len: 16, num_kv_pairs: 2, n_train: 16, "
+                    "n_test: 8}}, ucr-gunpoint]\ntrainer: {steps: 1, batch_size: 4}\n")
+    args = ["run", str(path), "--store", str(tmp_path / "r.sqlite"), "--no-progress",
+            "--report-dir", str(tmp_path / "rep")]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "leaving out task ucr-gunpoint" in captured.err and "pip install 'ssmlab[data]'" in captured.err
+    assert "finished 1 runs" in captured.out
+    assert main([*args, "--tasks", "ucr-gunpoint"]) == 1
+    assert "none of the tasks" in capsys.readouterr().err

@@ -21,6 +21,7 @@ class RunSpec:
     model_options: dict = field(default_factory=dict)
     d_model: int = 64
     n_layers: int = 2
+    label: str | None = None  # the model's name in the results (default: the mixer, or mixers joined by +)
 
 
 # Task options of the quick suite (ssmlab/suites/quick.yaml), used by `ssmlab train` for those tasks.
@@ -67,6 +68,8 @@ def train_spec(spec: RunSpec, config: TrainConfig, checkpoint_root=None):
 
 
 def model_label(spec: RunSpec) -> str:
+    if spec.label:
+        return spec.label
     return spec.mixer if isinstance(spec.mixer, str) else "+".join(spec.mixer)
 
 
