@@ -84,6 +84,10 @@ def _experiment_from_args(args):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
     exp = experiment.load(args.suite, overrides)
+    for flag in ("steps", "batch_size", "lr"):  # a trainer option on the command line wins over per-task ones
+        if getattr(args, flag) is not None:
+            for t in exp.tasks:
+                t.trainer.pop(flag, None)
     if args.tasks:
         wanted = _csv(args.tasks)
         for name in wanted:

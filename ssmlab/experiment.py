@@ -14,6 +14,7 @@ under ``ssmlab/suites/``) looks like::
     tasks:
       - mqar                                  # a registered task with its defaults
       - {name: mqar, options: {seq_len: 256, num_kv_pairs: 16}}
+      - {name: ucr-gunpoint, trainer: {steps: 100}}        # its own trainer settings, over those below
     seeds: [0, 1, 2]
     trainer: {steps: 2000, lr: 1e-3, batch_size: 64}
 
@@ -51,6 +52,7 @@ class ModelSpec:
 class TaskSpec:
     name: str
     options: dict = field(default_factory=dict)
+    trainer: dict = field(default_factory=dict)  # trainer settings for this task's runs, over the experiment's
 
 
 @dataclass
@@ -152,6 +154,9 @@ def parse(raw: dict, origin: str = "experiment") -> Experiment:
         # Every trainer key and value checked now, not at the first run; values kept as coerced.
         checked = from_dict(TrainConfig, exp.trainer)
         exp.trainer = {k: getattr(checked, k) for k in exp.trainer}
+        for t in exp.tasks:
+            checked = from_dict(TrainConfig, {**exp.trainer, **t.trainer})
+            t.trainer = {k: getattr(checked, k) for k in t.trainer}
     except ConfigError as exc:
         raise ConfigError(f"{origin}: {exc}") from None
     for m in exp.models:
@@ -203,7 +208,8 @@ def expand(exp: Experiment) -> list[Any]:
                 for seed in exp.seeds:
                     runs.append(RunSpec(mixer, t.name, seed, dict(t.options), dict(m.options),
                                         d_model=m.d_model or exp.defaults.d_model,
-                                        n_layers=m.n_layers or exp.defaults.n_layers, label=m.name))
+                                        n_layers=m.n_layers or exp.defaults.n_layers, label=m.name,
+                                        train_options=dict(t.trainer)))
     return runs
 
 

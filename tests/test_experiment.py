@@ -94,3 +94,12 @@ def test_run_leaves_out_tasks_whose_source_is_missing(tmp_path, capsys, monkeypa
     assert "finished 1 runs" in captured.out
     assert main([*args, "--tasks", "ucr-gunpoint"]) == 1
     assert "none of the tasks" in capsys.readouterr().err
+
+
+def test_per_task_trainer_settings_and_command_line_precedence():
+    exp = experiment.load("quick")
+    gunpoint = [s for s in experiment.expand(exp) if s.task == "ucr-gunpoint"]
+    assert gunpoint and all(s.train_options == {"steps": 100, "batch_size": 16} for s in gunpoint)
+    assert all(s.train_options == {} for s in experiment.expand(exp) if s.task == "mqar")
+    with pytest.raises(ConfigError, match="stepz"):
+        experiment.parse({"models": ["s4d"], "tasks": [{"name": "mqar", "trainer": {"stepz": 1}}]})

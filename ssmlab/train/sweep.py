@@ -22,6 +22,7 @@ class RunSpec:
     d_model: int = 64
     n_layers: int = 2
     label: str | None = None  # the model's name in the results (default: the mixer, or mixers joined by +)
+    train_options: dict = field(default_factory=dict)  # trainer settings of this run over the sweep's
 
 
 # Task options of the quick suite (ssmlab/suites/quick.yaml), used by `ssmlab train` for those tasks.
@@ -63,7 +64,7 @@ def train_spec(spec: RunSpec, config: TrainConfig, checkpoint_root=None):
     torch.manual_seed(spec.seed)
     model = create_model(spec.mixer, head=task.head, d_model=spec.d_model, n_layers=spec.n_layers,
                          **task.model_options(), **spec.model_options)
-    cfg = TrainConfig(**{**asdict(config), "seed": spec.seed})
+    cfg = TrainConfig(**{**asdict(config), **spec.train_options, "seed": spec.seed})
     return train(model, task, cfg, description=f"{model_label(spec)} on {spec.task}")
 
 
