@@ -22,8 +22,32 @@ from ssmlab.ops import discretize_dense, fft_conv, hippo, init_log_dt, ssm_kerne
 from ssmlab.registry import register
 
 
+def tridiagonal_init(measure: str, n: int) -> dict[str, torch.Tensor]:
+    """The official code's tridiagonal-inverse parameters (float64) that represent ``measure``'s A and B."""
+    k = torch.arange(n, dtype=torch.float64)
+    band = lambda value: torch.nn.functional.pad(torch.ones(n - 1, dtype=torch.float64), (1, 1)) * value  # noqa: E731
+    ones = torch.ones(n, dtype=torch.float64)
+    if measure == "legs":
+        p = torch.sqrt(2 * k + 1)
+        return {"dl": band(-1.0), "d": ones, "du": band(0.0), "pl": p, "pr": p.clone(), "c": -k / (2 * k + 1),
+                "b": ones.clone()}
+    if measure == "lagt":
+        return {"dl": band(-1.0), "d": ones, "du": band(0.0), "pl": ones.clone(), "pr": ones.clone(),
+                "c": -0.5 * ones, "b": ones.clone()}
+    if measure == "legt":
+        d = torch.zeros(n, dtype=torch.float64)
+        d[0] += 0.5
+        d[-1] += 0.5
+        p = torch.sqrt(2 * k + 1)
+        return {"dl": band(-0.5), "d": d, "du": band(0.5), "pl": p, "pr": p.clone(), "c": torch.zeros(n, dtype=torch.float64),
+                "b": ones.clone()}
+    raise ValueError(f"lssl: the structured learnt A exists for measures legs, legt, lagt; got {measure!r} "
+                     f"(use learn_A='dense')")
+
+
 @register("mixer", "lssl", description="Linear state space layer: dense HiPPO A, unrolled kernel",
-          paper="2110.13985", variants=[{"d_state": 8}, {"d_state": 6, "learn_A": True, "measure": "legt"}])
+          paper="2110.13985", variants=[{"d_state": 8}, {"d_state": 6, "learn_A": True, "measure": "legt"},
+                    {"d_state": 6, "learn_A": "dense", "measure": "lagt"}])
 class LSSL(Mixer):
     """The LSSL layer (arXiv 2110.13985) with the official code's output stage, ``W GELU(y)``.
 
@@ -31,14 +55,23 @@ class LSSL(Mixer):
         d_model: channels H.
         d_state: N (64).
         measure: HiPPO measure of the initial A: "legs" (default), "legt", "lagt", "fout".
-        learn_A: train A and B too (default False: LSSL-fixed; True: LSSL with learnt A, as a dense
-            N x N matrix; the official code's learnt A is a structured (tridiagonal-inverse) form
-            with 7N + 2 parameters shared by the channels, which is not implemented here).
+        learn_A: ``False`` (default, LSSL-fixed: the HiPPO A and B as buffers); ``True`` or
+            ``"tridiagonal"``: learnt in the official code's structured form (below); ``"dense"``:
+            A (N, N) and B (N,) learnt as they are.
         dt_min, dt_max: per-channel step initialised log-uniform in [0.001, 0.1].
         lr: learning rate for A, B and dt (0.001), which get no weight decay.
         dropout: dropout after the activation (0.0).
         postact: ``None`` (default: a linear H -> H output, as the official Platypus layer) or
             ``"glu"`` (H -> 2H and a GLU, S4's output stage).
+
+    The structured learnt A of the official code, shared by the channels, is
+    ``A = -diag(p_l) (T^-1 + diag(c)) diag(p_r)`` and ``B = p_l * b``, with ``T`` tridiagonal
+    (sub-diagonal ``dl``, diagonal ``d``, super-diagonal ``du``; ``dl``, ``du`` of length N + 1
+    with unused ends, as there): 7N + 2 parameters. It is initialised to represent the
+    measure exactly: HiPPO-LegS (``T`` = I minus the shift, ``p = sqrt(2n + 1)``,
+    ``c_n = -n / (2n + 1)``), HiPPO-LagT (``p = 1``, ``c = -1/2``) and LegT (``d`` = 1/2 at both
+    corners, ``dl = -1/2``, ``du = 1/2``, ``p = sqrt(2n + 1)``, ``c = 0``: twice our
+    ``hippo("legt")`` and its B, which only rescales time).
 
     State: ``{"ssm": (B, H, N)}``.
     """
@@ -53,13 +86,21 @@ class LSSL(Mixer):
             raise ValueError(f"lssl: postact must be None or 'glu', got {postact!r}")
         dtype = dtype or torch.get_default_dtype()
         self.d_state = d_state
-        A, B = hippo(measure, d_state, dtype=dtype)
-        if learn_A:
-            self.A = set_optim(nn.Parameter(A.to(device)), weight_decay=0.0, lr=lr)
-            self.B = set_optim(nn.Parameter(B.to(device)), weight_decay=0.0, lr=lr)
+        if learn_A not in (False, True, "tridiagonal", "dense"):
+            raise ValueError(f"lssl: learn_A must be False, True, 'tridiagonal' or 'dense', got {learn_A!r}")
+        self.learn_A = "tridiagonal" if learn_A is True else learn_A
+        if self.learn_A == "tridiagonal":
+            for name, value in tridiagonal_init(measure, d_state).items():
+                setattr(self, f"A_{name}", set_optim(nn.Parameter(value.to(device=device, dtype=dtype)),
+                                                     weight_decay=0.0, lr=lr))
         else:
-            self.register_buffer("A", A.to(device))
-            self.register_buffer("B", B.to(device))
+            A, B = hippo(measure, d_state, dtype=dtype)
+            if self.learn_A == "dense":
+                self.A = set_optim(nn.Parameter(A.to(device)), weight_decay=0.0, lr=lr)
+                self.B = set_optim(nn.Parameter(B.to(device)), weight_decay=0.0, lr=lr)
+            else:
+                self.register_buffer("A", A.to(device))
+                self.register_buffer("B", B.to(device))
         c = torch.randn(d_model, d_state, device=device, dtype=torch.float64) / math.sqrt(d_state)
         self.C = nn.Parameter(c.to(dtype))
         self.log_dt = set_optim(nn.Parameter(init_log_dt(d_model, dt_min, dt_max, device=device, dtype=dtype)),
@@ -67,8 +108,19 @@ class LSSL(Mixer):
         self.D = nn.Parameter(torch.randn(d_model, device=device, dtype=dtype))
         self.output = GELUGLUOutput(d_model, dropout, glu=postact == "glu", device=device, dtype=dtype)
 
+    def system(self):
+        """The continuous A (N, N) and B (N,)."""
+        if self.learn_A != "tridiagonal":
+            return self.A, self.B
+        n = self.d_state
+        T = torch.diag(self.A_d) + torch.diag(self.A_dl[1:n], -1) + torch.diag(self.A_du[1:n], 1)
+        inv = torch.linalg.solve(T, torch.eye(n, dtype=T.dtype, device=T.device))
+        A = -(self.A_pl[:, None] * (inv + torch.diag(self.A_c)) * self.A_pr[None, :])
+        return A, self.A_pl * self.A_b
+
     def _discrete(self):
-        return discretize_dense(self.A, self.B, torch.exp(self.log_dt), "bilinear")  # (H, N, N), (H, N)
+        A, B = self.system()
+        return discretize_dense(A, B, torch.exp(self.log_dt), "bilinear")  # (H, N, N), (H, N)
 
     def _forward(self, x, state, return_state):
         a_bar, b_bar = self._discrete()

@@ -77,3 +77,22 @@ def test_bad_options():
         ssmlab.create_mixer("dss", 4, version="sigmoid")
     with pytest.raises(ValueError, match="unknown HiPPO measure"):
         ssmlab.create_mixer("lssl", 4, measure="cheb")
+
+
+@pytest.mark.parametrize("measure", ["legs", "lagt", "legt"])
+def test_lssl_structured_learnt_A_starts_at_the_hippo_matrix(measure):
+    """The official tridiagonal-inverse form represents HiPPO-LegS and LagT exactly, and LegT at twice
+    our scale (a rescaling of time); it learns 7N + 2 parameters and trains A through them."""
+    lssl = ssmlab.create_mixer("lssl", 3, d_state=6, learn_A=True, measure=measure, dtype=torch.float64)
+    A, B = lssl.system()
+    want_A, want_B = hippo(measure, 6)
+    scale = 2.0 if measure == "legt" else 1.0
+    assert_close(A, scale * want_A, atol=1e-12, name=f"{measure} A")
+    assert_close(B, scale * want_B, atol=1e-12, name=f"{measure} B")
+    structured = [p for n, p in lssl.named_parameters() if n.startswith("A_")]
+    assert sum(p.numel() for p in structured) == 7 * 6 + 2
+    lssl(torch.randn(2, 9, 3, dtype=torch.float64)).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in lssl.named_parameters()
+               if n in ("A_d", "A_pl", "A_c", "A_b"))
+    with pytest.raises(ValueError, match="structured learnt A"):
+        ssmlab.create_mixer("lssl", 3, d_state=6, learn_A=True, measure="fout")

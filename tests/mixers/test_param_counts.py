@@ -36,9 +36,7 @@ CASES = [
     # + output_linear Linear(H, H) 65,792 = 131,840 (131,584 with the step fixed, the code's default).
     pytest.param("lssl", 256, dict(d_state=256), 131_840, id="lssl-fixed"),
     # Same file with learn=1 and dt.learn=1 as in configs/model/layer/lssl.yaml. Run: 133,634.
-    pytest.param("lssl", 256, dict(d_state=256, learn_A=True), 133_634, id="lssl-learnt-A",
-                 marks=_xfail("learnt A is a dense N x N matrix plus B (65,792) instead of the official "
-                              "tridiagonal-inverse form with 7N+2 = 1,794 parameters shared by the channels")),
+    pytest.param("lssl", 256, dict(d_state=256, learn_A=True), 133_634, id="lssl-learnt-A"),
     # state-spaces/s4 @ e757cef, src/models/sequence/modules/s4nd.py S4ND(512) with
     # configs/experiment/s4nd/cifar/s4-cifar-2d.yaml (d_state=64, n_ssm=1, l_max=[32, 32],
     # final_act=glu, linear=False). Run: 658,304.
