@@ -254,27 +254,39 @@ def _cmd_efficiency(args) -> int:
         registry.get("mixer", name)
     if any(n < 1 for n in args.lengths):
         raise ValueError(f"lengths must be positive, got {args.lengths}")
-    results = []
-    for name in mixers:
-        ms = measure(name, args.lengths, d_model=args.d_model, batch_size=args.batch_size, repeats=args.repeats,
-                     device=args.device, backward=not args.forward_only, memory=not args.no_memory)
-        for m in ms:
-            memory = "-" if m.peak_memory_mb is None else f"{m.peak_memory_mb:.1f} MiB"
-            print(f"{name:>18} L={m.length:<6} forward {m.forward_ms:9.2f} ms  forward+backward "
-                  f"{m.forward_backward_ms:9.2f} ms  {m.tokens_per_s:12,.0f} tokens/s  peak {memory}", flush=True)
-        results += ms
-    print()
-    for row in summarise(results):
-        exps = ", ".join(f"{k.replace('_ms_exponent', '')} k={row[k]:.2f}" for k in
-                         ("forward_ms_exponent", "forward_backward_ms_exponent") if row[k] is not None)
-        cross = row["forward_ms_crossover"]
-        crossing = "" if row["mixer"] == "attention" or "attention" not in mixers else \
-            (f"; faster than attention from L ~ {cross:.0f}" if cross else "; not faster than attention here")
-        print(f"{row['mixer']:>18}: time ~ L^k with {exps}{crossing}")
+    options: dict[str, dict] = {}
+    for key, value in _key_values(args.mixer_option, "--mixer-option").items():
+        mixer, _, option = key.partition(".")
+        if mixer not in mixers or not option:
+            raise ValueError(f"--mixer-option expects MIXER.OPTION=VALUE for one of {mixers}, got {key!r}")
+        options.setdefault(mixer, {})[option] = value
+    results, failed = [], []
     with ResultStore(args.store) as store:
-        store_measurements(store, results)
+        for name in mixers:
+            try:
+                ms = measure(name, args.lengths, d_model=args.d_model, batch_size=args.batch_size,
+                             repeats=args.repeats, device=args.device, backward=not args.forward_only,
+                             memory=not args.no_memory, mixer_options=options.get(name))
+            except (ValueError, RuntimeError) as exc:  # e.g. a length beyond the mixer's l_max
+                print(f"{name:>18} not measured: {exc}", flush=True)
+                failed.append(name)
+                continue
+            for m in ms:
+                memory = "-" if m.peak_memory_mb is None else f"{m.peak_memory_mb:.1f} MiB"
+                print(f"{name:>18} L={m.length:<6} forward {m.forward_ms:9.2f} ms  forward+backward "
+                      f"{m.forward_backward_ms:9.2f} ms  {m.tokens_per_s:12,.0f} tokens/s  peak {memory}", flush=True)
+            store_measurements(store, ms)  # as each mixer finishes, so nothing measured is lost
+            results += ms
+        print()
+        for row in summarise(results):
+            exps = ", ".join(f"{k.replace('_ms_exponent', '')} k={row[k]:.2f}" for k in
+                             ("forward_ms_exponent", "forward_backward_ms_exponent") if row[k] is not None)
+            cross = row["forward_ms_crossover"]
+            crossing = "" if row["mixer"] == "attention" or "attention" not in mixers else \
+                (f"; faster than attention from L ~ {cross:.0f}" if cross else "; not faster than attention here")
+            print(f"{row['mixer']:>18}: time ~ L^k with {exps}{crossing}")
         print(f"\nstored {len(results)} measurements in {store.path} (suite 'efficiency'; `ssmlab report` plots them)")
-    return 0
+    return 1 if failed else 0
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
@@ -376,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--forward-only", action="store_true", help="skip the forward+backward timing")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--mixer-option", action="append", metavar="MIXER.OPTION=VALUE",
+                   help="an option of one mixer, e.g. hyena.l_max=8192 (repeatable)")
     p.add_argument("--store", default=None, help="results database (default ssmlab-results/results.sqlite "
                                                   "or $SSMLAB_STORE)")
     p.set_defaults(func=_cmd_efficiency)

@@ -70,3 +70,17 @@ def test_cli_efficiency_stores_measurements(tmp_path, capsys):
     assert sorted(rows) == [("attention", "length-16"), ("attention", "length-8"), ("s4d", "length-16"),
                             ("s4d", "length-8")]
     assert main(["efficiency", "atention", "--store", str(store_path)]) == 2
+
+
+def test_cli_efficiency_mixer_options_and_a_failing_mixer(tmp_path, capsys):
+    db = tmp_path / "e.sqlite"
+    argv = ["efficiency", "attention,hyena", "--lengths", "8", "16", "--d-model", "8", "--batch-size", "1",
+            "--repeats", "1", "--no-memory", "--store", str(db)]
+    assert main([*argv, "--mixer-option", "hyena.l_max=8"]) == 1  # 16 > l_max: hyena fails, attention is kept
+    out = capsys.readouterr().out
+    assert "hyena not measured: hyena: sequence length 16 exceeds l_max=8" in " ".join(out.split())
+    assert "stored 2 measurements" in out
+    assert main([*argv, "--mixer-option", "hyena.l_max=16"]) == 0
+    assert "stored 4 measurements" in capsys.readouterr().out
+    assert main([*argv, "--mixer-option", "mamba.d_state=4"]) == 1
+    assert "MIXER.OPTION=VALUE" in capsys.readouterr().err
