@@ -82,7 +82,7 @@ def markdown_tables(boards: list[dict]) -> str:
         parts.append("| " + " | ".join("---" for _ in header) + " |")
         for r in board["rows"]:
             cells = [_cell_text(r["cells"].get(t), best[t]) for t in board["tasks"]]
-            parts.append("| " + " | ".join([f"`{r['model']}`", *cells, f"{r['n_params']:,}",
+            parts.append("| " + " | ".join([f"`{r['model']}`", *cells, r["params_text"],
                                              f"{r['wall_time_s']:.1f}"]) + " |")
         parts.append("")
     return "\n".join(parts)
@@ -96,7 +96,7 @@ def write_csv(boards: list[dict], path: Path) -> None:
             for r in board["rows"]:
                 for task, (mean, std, n) in sorted(r["cells"].items()):
                     writer.writerow([board["suite"], board["metric"], r["model"], task, mean, std, n,
-                                     r["n_params"], r["wall_time_s"]])
+                                     r["task_params"].get(task, r["n_params"]), r["wall_time_s"]])
 
 
 def efficiency_rows(store: ResultStore) -> list[dict]:
@@ -277,7 +277,7 @@ def html_page(boards, summary, figures, environment: dict | None, note: str | No
             for t in board["tasks"]:
                 cell = r["cells"].get(t)
                 cells.append((_cell_text(cell, best[t], ("", "")), cell is not None and cell[0] == best[t]))
-            cells += [(f"{r['n_params']:,}", False), (f"{r['wall_time_s']:.1f}", False)]
+            cells += [(r["params_text"], False), (f"{r['wall_time_s']:.1f}", False)]
             rows.append(cells)
         parts.append(_html_table(["model", *board["tasks"], "parameters", "time (s)"], rows))
     if summary:

@@ -11,19 +11,22 @@ from ssmlab.store import ResultStore
 def leaderboard(store: ResultStore, *, suite: str | None = None, metric: str = "test_accuracy") -> dict:
     """Aggregate finished runs: ``{"tasks": [...], "rows": [{"model", "cells": {task: (mean, std, n)}, ...}]}``."""
     cells: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    params: dict[str, int] = {}
+    params: dict[str, dict[str, int]] = defaultdict(dict)  # model -> task -> parameters (heads differ by task)
     seconds: dict[str, list[float]] = defaultdict(list)
     for run in store.runs(suite=suite):
         value = (run["metrics"] or {}).get(metric)
         if value is None:
             continue
         cells[run["model"]][run["task"]].append(value)
-        params[run["model"]] = run["n_params"]
+        params[run["model"]][run["task"]] = run["n_params"]
         seconds[run["model"]].append(run["wall_time_s"])
     tasks = sorted({t for per_task in cells.values() for t in per_task})
     rows = []
     for model in sorted(cells):
-        row = {"model": model, "n_params": params[model], "wall_time_s": sum(seconds[model]), "cells": {}}
+        counts = sorted(set(params[model].values()))
+        row = {"model": model, "n_params": counts[-1], "task_params": dict(params[model]),
+               "params_text": f"{counts[0]:,}" if len(counts) == 1 else f"{counts[0]:,}-{counts[-1]:,}",
+               "wall_time_s": sum(seconds[model]), "cells": {}}
         for task in tasks:
             values = cells[model].get(task)
             if values:
@@ -48,7 +51,7 @@ def format_table(board: dict) -> str:
             mean, std, n = r["cells"][t]
             text = f"{mean:.3f}" + (f" ± {std:.3f}" if n > 1 else "")
             line.append(text + (" *" if mean == best[t] else ""))
-        line += [f"{r['n_params']:,}", f"{r['wall_time_s']:.1f}"]
+        line += [r["params_text"], f"{r['wall_time_s']:.1f}"]
         lines.append(line)
     widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(len(header))]
     fmt = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths))  # noqa: E731
