@@ -128,7 +128,7 @@ class FixedSplitTask(Task):
 
     def check_source(self) -> None:
         """Raise :class:`MissingSourceError` when the package that ships the data is missing."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement check_source")
 
     def _generate(self, split, n, generator):
         if split == "test":
@@ -136,4 +136,4 @@ class FixedSplitTask(Task):
         return self._examples("train", carve(self.seed, self.train_pool, split, n, self.n_val))
 
     def _examples(self, part: str, index: torch.Tensor) -> Split:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _examples")

@@ -337,7 +337,7 @@ class _ByteLM(Task):
 
     def stream(self) -> bytes:
         """The whole byte stream."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement stream")
 
     def check_source(self):
         self.stream()
