@@ -13,18 +13,22 @@ from ssmlab.tasks.base import IGNORE_INDEX, Split, Task
 class MQAR(Task):
     """Multi-query associative recall, as specified by Zoology (arXiv 2312.04927).
 
-    A sequence starts with ``num_kv_pairs`` key-value pairs ``k1 v1 k2 v2 ...``;
-    keys come from the first half of the vocabulary and values from the second,
-    and keys within a sequence are distinct. In the rest of the sequence each key
-    appears once more as a query at a position whose distance from the context
-    follows a power law with exponent ``power_a``; the target at a query position
-    is the value paired with that key. Other positions hold random tokens
-    (``random_non_queries``) and take no loss. Accuracy counts query positions only.
+    A sequence starts with ``num_kv_pairs`` key-value pairs ``k1 v1 k2 v2 ...``.
+    As in Zoology's ``multiquery_ar`` (HazyResearch/zoology @ d88d6f5,
+    ``zoology/data/multiquery_ar.py``), keys come from ``[1, vocab_size // 2)`` (token 0
+    is never a key) and values from ``[vocab_size // 2, vocab_size)``, both drawn
+    without replacement, so that within a sequence no key and no value repeats. In
+    the rest of the sequence each key appears once more as a query, at an even offset
+    ``2 g`` after the context, the gaps ``g`` drawn without replacement with weights
+    ``power_a * (g + 1) ** (power_a - 1)`` (a power law); the target at a query position
+    is the value paired with that key. Other positions hold tokens drawn uniformly
+    from the whole vocabulary (``random_non_queries``; else 0) and take no loss.
+    Accuracy counts query positions only.
 
     Defaults: vocab_size=128, seq_len=64, num_kv_pairs=8, power_a=0.01.
 
     Recall capacity is swept with ``num_kv_pairs`` (how many associations must be
-    held at once, at most ``vocab_size // 2``) and ``vocab_size`` (how many distinct
+    held at once, at most ``vocab_size // 2 - 1``) and ``vocab_size`` (how many distinct
     keys and values there are), with ``seq_len >= 4 * num_kv_pairs``; Zoology's
     figures vary exactly these, e.g. ``create_task("mqar", num_kv_pairs=64,
     vocab_size=8192, seq_len=512)``.
@@ -37,8 +41,9 @@ class MQAR(Task):
         super().__init__(**kwargs)
         if vocab_size < 4 or vocab_size % 2:
             raise ValueError(f"mqar: vocab_size must be an even number >= 4, got {vocab_size}")
-        if num_kv_pairs < 1 or num_kv_pairs > vocab_size // 2:
-            raise ValueError(f"mqar: num_kv_pairs must be in [1, {vocab_size // 2}], got {num_kv_pairs}")
+        if num_kv_pairs < 1 or num_kv_pairs > vocab_size // 2 - 1:
+            raise ValueError(f"mqar: num_kv_pairs must be in [1, {vocab_size // 2 - 1}] (keys are drawn from "
+                             f"[1, vocab_size // 2)), got {num_kv_pairs}")
         if seq_len < 4 * num_kv_pairs:
             raise ValueError(f"mqar: seq_len must be at least 4 * num_kv_pairs = {4 * num_kv_pairs}, got {seq_len}")
         self.vocab_size, self.seq_len, self.num_kv_pairs = vocab_size, seq_len, num_kv_pairs
@@ -50,8 +55,9 @@ class MQAR(Task):
     def _generate(self, split, n, generator):
         half = self.vocab_size // 2
         pairs, context = self.num_kv_pairs, 2 * self.num_kv_pairs
-        keys = torch.rand(n, half, generator=generator).argsort(dim=1)[:, :pairs]  # distinct keys in [0, half)
-        values = torch.randint(half, self.vocab_size, (n, pairs), generator=generator)
+        # Distinct keys in [1, half) and distinct values in [half, vocab_size), per sequence.
+        keys = 1 + torch.rand(n, half - 1, generator=generator).argsort(dim=1)[:, :pairs]  # (n, pairs)
+        values = half + torch.rand(n, self.vocab_size - half, generator=generator).argsort(dim=1)[:, :pairs]
 
         # Query slots: even offsets after the context, chosen with power-law weights by gap.
         slots = (self.seq_len - context) // 2

@@ -47,6 +47,20 @@ def test_mqar_structure():
             assert y[q].item() == pairs[x[q].item()]
 
 
+def test_mqar_values_never_repeat_and_zero_is_never_a_key():
+    # Zoology's multiquery_ar draws keys from [1, V/2) and values from [V/2, V), both without replacement.
+    task = create_task("mqar", vocab_size=16, seq_len=32, num_kv_pairs=7, n_train=200, seed=3)
+    s = task.split("train")
+    keys, values = s.inputs[:, 0:14:2], s.inputs[:, 1:14:2]  # (200, 7)
+    assert ((keys >= 1) & (keys < 8)).all() and ((values >= 8) & (values < 16)).all()
+    for row_keys, row_values in zip(keys, values):
+        assert len(set(row_keys.tolist())) == 7 and len(set(row_values.tolist())) == 7
+    queries = s.targets != IGNORE_INDEX
+    assert (queries.sum(1) == 7).all() and (s.inputs[queries] != 0).all()
+    with pytest.raises(ValueError, match=r"num_kv_pairs must be in \[1, 7\]"):
+        create_task("mqar", vocab_size=16, seq_len=32, num_kv_pairs=8)
+
+
 def test_selective_copying_structure():
     task = create_task("selective-copying", vocab_size=10, seq_len=20, num_tokens=4, n_train=30)
     s = task.split("train")
