@@ -6,8 +6,10 @@ the next time. The cache lives in one directory: ``$SSMLAB_CACHE`` if set, else
 ``~/.cache/ssmlab``; task data go under its ``tasks/`` folder.
 
 A file is keyed by a hash of (task name, the options that shape the data, seed,
-split, number of examples, format version), so changing any of them makes a new
-file and never returns stale data. Files are written to a temporary name and
+split, number of examples, format version, the task's ``data_version``), so
+changing any of them makes a new file and never returns stale data. A task bumps
+its ``data_version`` (1 when it declares none) whenever its generator changes, so
+that files its older generator wrote are not read back. Files are written to a temporary name and
 moved into place with ``os.replace``, so a run killed half way leaves no partial
 file under the real name; a file that cannot be read back, or whose stored key
 differs, is regenerated and overwritten.
@@ -45,7 +47,7 @@ def cache_key(task, split: str, n: int) -> dict:
     """Everything that determines the data of one split, as a JSON-able dict."""
     options = {k: v for k, v in sorted(task.options().items()) if k not in _SIZE_OPTIONS}
     return {"task": task.registry_name, "options": options, "seed": task.seed, "split": split, "n": n,
-            "version": FORMAT_VERSION}
+            "version": FORMAT_VERSION, "data_version": getattr(task, "data_version", 1)}
 
 
 def cache_path(task, split: str, n: int) -> Path:

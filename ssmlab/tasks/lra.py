@@ -95,12 +95,18 @@ class _TooLong(Exception):
     pass
 
 
+def _listops_kept(length: int, min_length: int, max_length: int) -> bool:
+    """Whether LRA keeps a tree of ``length`` tokens: ``min_length < length < max_length``, both
+    bounds excluded, as ``lra_benchmarks/data/listops.py`` filters them."""
+    return min_length < length < max_length
+
+
 def _random_listops(rng: random.Random, max_depth: int, max_args: int, max_length: int) -> list[int]:
     """Token ids of one random tree, drawn as LRA's generator draws them (root at depth 1).
 
-    Raises ``_TooLong`` as soon as the tree passes ``max_length`` tokens: the tree
-    would be rejected anyway, and stopping early does not change the distribution
-    of the accepted ones.
+    Raises ``_TooLong`` as soon as the tree reaches ``max_length`` tokens: the tree
+    would be rejected anyway (the bound is excluded), and stopping early does not
+    change the distribution of the accepted ones.
     """
     tokens: list[int] = []
 
@@ -112,7 +118,7 @@ def _random_listops(rng: random.Random, max_depth: int, max_args: int, max_lengt
             tokens.append(_CLOSE)
         else:
             tokens.append(_DIGIT_0 + rng.randrange(10))
-        if len(tokens) > max_length:
+        if len(tokens) >= max_length:
             raise _TooLong
 
     grow(1)
@@ -136,8 +142,9 @@ class ListOps(Task):
     over the operators MAX, MIN, MED (median) and SM (sum modulo 10) and the digits
     0-9; the label is its value (10 classes). Trees are drawn as LRA draws them: a
     node at depth below ``max_depth`` (the root has depth 1) is an operator with
-    probability 0.25 and 2 to ``max_args`` arguments, otherwise a digit; trees whose
-    token count lies outside ``[min_length, max_length]`` are rejected. The 16
+    probability 0.25 and 2 to ``max_args`` arguments, otherwise a digit; a tree is kept
+    only if its token count lies strictly between ``min_length`` and ``max_length``
+    (LRA's ``length > min_length and length < max_length``). The 16
     tokens are ``LISTOPS_VOCAB`` (padding, the digits, the four operators, ``]``);
     inputs are right-padded with id 0 to ``max_length`` and ``Split.lengths`` holds
     each expression's length. The label is computed by ``listops_evaluate``.
@@ -149,6 +156,8 @@ class ListOps(Task):
 
     head = "classify"
     cached = True
+    # 2: both length bounds excluded, as LRA (version 1 kept trees of exactly min_length and max_length).
+    data_version = 2
 
     def __init__(self, *, max_depth: int = 10, max_args: int = 10, min_length: int = 500, max_length: int = 2000,
                  n_train: int = 96000, n_val: int = 2000, n_test: int = 2000, **kwargs):
@@ -157,13 +166,13 @@ class ListOps(Task):
             raise ValueError(f"listops: max_depth must be at least 2 (the root is at depth 1), got {max_depth}")
         if max_args < 2:
             raise ValueError(f"listops: max_args must be at least 2, got {max_args}")
-        if not 1 <= min_length <= max_length:
-            raise ValueError(f"listops: need 1 <= min_length <= max_length, got min_length={min_length}, "
-                             f"max_length={max_length}")
+        if not 0 <= min_length < max_length - 1:
+            raise ValueError(f"listops: need 0 <= min_length < max_length - 1 (both bounds are excluded), got "
+                             f"min_length={min_length}, max_length={max_length}")
         longest = _listops_max_tokens(max_depth, max_args)
-        if min_length > longest:
-            raise ValueError(f"listops: min_length={min_length} is longer than any tree with max_depth={max_depth} "
-                             f"and max_args={max_args} ({longest} tokens)")
+        if min_length >= longest:
+            raise ValueError(f"listops: no tree is longer than min_length={min_length} with max_depth={max_depth} "
+                             f"and max_args={max_args} (the longest has {longest} tokens)")
         self.max_depth, self.max_args = max_depth, max_args
         self.min_length, self.max_length = min_length, max_length
         self.seq_len = max_length
@@ -185,7 +194,7 @@ class ListOps(Task):
                 tokens = _random_listops(rng, self.max_depth, self.max_args, self.max_length)
             except _TooLong:
                 continue
-            if len(tokens) < self.min_length:
+            if not _listops_kept(len(tokens), self.min_length, self.max_length):
                 continue
             inputs[count, :len(tokens)] = torch.tensor(tokens)
             targets[count] = listops_evaluate(tokens)
@@ -193,8 +202,9 @@ class ListOps(Task):
             count += 1
             if count == n:
                 return Split(inputs, targets, lengths)
-        raise RuntimeError(f"listops: only {count} of {n} trees within [{self.min_length}, {self.max_length}] tokens "
-                           f"after {budget} draws; widen the length window or raise max_depth / max_args")
+        raise RuntimeError(f"listops: only {count} of {n} trees strictly between {self.min_length} and "
+                           f"{self.max_length} tokens after {budget} draws; widen the length window or raise "
+                           f"max_depth / max_args")
 
 
 @dataclass(frozen=True)

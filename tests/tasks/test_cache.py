@@ -111,3 +111,13 @@ def test_uncached_tasks_write_nothing():
     create_task("mqar", n_train=8, n_test=8).split("train")
     assert not Path(task_cache.cache_dir()).exists() or cached_files() == []
     assert os.environ["SSMLAB_CACHE"].endswith("cache")
+
+
+def test_a_new_generator_version_is_a_new_file(monkeypatch):
+    # Files that ListOps' previous generator wrote (trees of exactly min_length or max_length
+    # tokens) must not be read back: the task's data_version is part of the key.
+    task = create_task("listops", seed=7, **SMALL)
+    before = task_cache.cache_path(task, "train", 32)
+    monkeypatch.setattr(ListOps, "data_version", ListOps.data_version + 1)
+    assert task_cache.cache_path(task, "train", 32) != before
+    assert task_cache.cache_key(task, "train", 32)["data_version"] == ListOps.data_version

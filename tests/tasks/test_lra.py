@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from ssmlab.tasks import create_task
-from ssmlab.tasks.lra import (LISTOPS_VOCAB, PATHFINDER_STYLES, listops_detokenize, listops_evaluate,
-                              listops_tokenize)
+from ssmlab.tasks.lra import (LISTOPS_VOCAB, PATHFINDER_STYLES, _listops_kept, listops_detokenize,
+                              listops_evaluate, listops_tokenize)
 
 HAND_CASES = [
     ("7", 7),
@@ -66,7 +66,7 @@ def test_listops_structure_and_labels():
     s = task.split("train")
     assert s.inputs.shape == (64, 60) and s.targets.shape == (64,) and s.lengths.shape == (64,)
     assert task.model_options() == {"vocab_size": 16, "n_classes": 10} and task.head == "classify"
-    assert ((s.lengths >= 10) & (s.lengths <= 60)).all()
+    assert ((s.lengths > 10) & (s.lengths < 60)).all()
     assert ((s.inputs >= 0) & (s.inputs < len(LISTOPS_VOCAB))).all()
     for x, y, n in zip(s.inputs, s.targets, s.lengths):
         ids = x[:n].tolist()
@@ -80,9 +80,19 @@ def test_listops_structure_and_labels():
 
 def test_listops_default_lengths():
     s = create_task("listops", n_train=8, n_val=4, n_test=4).split("val")
-    assert s.inputs.shape == (4, 2000) and ((s.lengths >= 500) & (s.lengths <= 2000)).all()
+    assert s.inputs.shape == (4, 2000) and ((s.lengths > 500) & (s.lengths < 2000)).all()
     for x, y, n in zip(s.inputs, s.targets, s.lengths):
         assert y.item() == _python_value(listops_detokenize(x[:n]))
+
+
+def test_listops_length_bounds_are_excluded():
+    # LRA's listops.py keeps a tree when `length > min_length and length < max_length`.
+    assert [n for n in range(495, 2005) if _listops_kept(n, 500, 2000)] == list(range(501, 2000))
+    # Small trees hit both bounds often: none of exactly 7 or 12 tokens may be kept.
+    task = create_task("listops", max_depth=3, max_args=3, min_length=7, max_length=12, n_train=300, seed=2)
+    lengths = task._generate("train", 300, torch.Generator().manual_seed(0)).lengths
+    print("lengths kept:", sorted(set(lengths.tolist())))
+    assert ((lengths > 7) & (lengths < 12)).all() and len(set(lengths.tolist())) >= 3
 
 
 def test_listops_bad_options():
@@ -90,10 +100,15 @@ def test_listops_bad_options():
         create_task("listops", max_depth=1)
     with pytest.raises(ValueError, match="max_args"):
         create_task("listops", max_args=1)
-    with pytest.raises(ValueError, match="min_length <= max_length"):
+    with pytest.raises(ValueError, match="min_length < max_length - 1"):
         create_task("listops", min_length=300, max_length=200)
-    with pytest.raises(ValueError, match="longer than any tree"):
+    with pytest.raises(ValueError, match="min_length < max_length - 1"):
+        create_task("listops", min_length=300, max_length=301)
+    with pytest.raises(ValueError, match="no tree is longer"):
         create_task("listops", max_depth=2, max_args=3, min_length=10, max_length=20)
+    # The longest tree with max_depth=2, max_args=3 has 5 tokens: min_length=5 leaves none.
+    with pytest.raises(ValueError, match="no tree is longer"):
+        create_task("listops", max_depth=2, max_args=3, min_length=5, max_length=20)
 
 
 def _connected(images, markers, bridge):
