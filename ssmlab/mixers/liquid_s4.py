@@ -14,10 +14,22 @@ convolves each correlation with the S4 kernel scaled by ``(1^T B_bar)^(p-1)``::
     y_t = (K * u)_t + D u_t + sum_{p=2..P} (1^T B_bar)^(p-1) (K * u^(p))_t,   u^(p)_t = u_t ... u_{t-p+1}
 
 which is the S4 system driven by ``u + sum_p (1^T B_bar)^(p-1) u^(p)``, so it keeps an exact
-recurrent step. Both follow the paper's equations as causal operations; the official code
-(github.com/raminmh/liquid-s4) reverses the correlation sequence in time before adding or
-convolving it, which we do not reproduce. Its optional squashing of the correlations
-(``lcontract``: tanh or LeCun's 1.7159 tanh(2x/3)) is the ``correlation_activation`` option.
+recurrent step. K is S4's kernel, that of the full DPLR system over the conjugate spectrum
+(see :mod:`ssmlab.mixers.s4`). Both follow the paper's equations as causal operations. The
+official code (github.com/raminmh/liquid-s4) differs on purpose in these conventions:
+
+* it reverses the correlation sequence in time before adding or convolving it, which makes
+  the layer non-causal; we do not reproduce it;
+* by default (``allcombs=True``) its correlations are products over index combinations taken
+  from the last positions of the whole sequence; we use consecutive inputs (its
+  ``allcombs=False`` for degree 2), as in the paper;
+* its liquid weights read copies of B, C, Lambda and dt taken at initialisation, which are not
+  trained; ours use the trained parameters;
+* its KB kernel multiplies spectra of different lengths; ours is the causal convolution
+  written above.
+
+Its optional squashing of the correlations (``lcontract``: tanh or LeCun's 1.7159 tanh(2x/3))
+is the ``correlation_activation`` option.
 """
 
 from __future__ import annotations
