@@ -14,10 +14,28 @@ convolves each correlation with the S4 kernel scaled by ``(1^T B_bar)^(p-1)``::
     y_t = (K * u)_t + D u_t + sum_{p=2..P} (1^T B_bar)^(p-1) (K * u^(p))_t,   u^(p)_t = u_t ... u_{t-p+1}
 
 which is the S4 system driven by ``u + sum_p (1^T B_bar)^(p-1) u^(p)``, so it keeps an exact
-recurrent step. Both follow the paper's equations as causal operations; the official code
-(github.com/raminmh/liquid-s4) reverses the correlation sequence in time before adding or
-convolving it, which we do not reproduce. Its optional squashing of the correlations
-(``lcontract``: tanh or LeCun's 1.7159 tanh(2x/3)) is the ``correlation_activation`` option.
+recurrent step. K is S4's kernel, that of the full DPLR system over the conjugate spectrum
+(see :mod:`ssmlab.mixers.s4`). Both follow the paper's equations as causal operations. The
+official code (github.com/raminmh/liquid-s4) differs in these conventions, which we keep
+differently on purpose:
+
+* it reverses the correlation sequence in time before adding or convolving it, which makes
+  the layer non-causal; we do not reproduce it;
+* by default (``allcombs=True``) its correlations are products over index combinations taken
+  from the last positions of the whole sequence, and with ``allcombs=False`` its degree-p
+  product is built by repeated shifting (``u_t u_{t-1}^2 u_{t-2}`` at p = 3); we use products
+  of p consecutive inputs, as in the paper (the two agree at p = 2, the default);
+* its liquid weights read tensors stored on its kernel wrapper at construction: Lambda and C
+  are copies that are never trained (C the conjugate of the kernel's initial C), while B and
+  dt share storage with the parameters only until the module is moved or cast; ours use the
+  trained parameters; it also casts the PB term to float32;
+* its KB term multiplies the real FFT (size 2L) of the reversed correlations by a complex FFT
+  of size L + 1 of the scaled kernel, which is not a convolution; ours is the causal
+  convolution written above, so the correlations also drive the recurrent state;
+* its recurrent step is S4's alone, without liquid terms; ours includes them, so step == forward.
+
+Its optional squashing of the correlations (``lcontract``: tanh or ``1.7159 tanh(0.666 x)``,
+LeCun's scaled tanh with the official code's constant) is the ``correlation_activation`` option.
 """
 
 from __future__ import annotations
@@ -28,8 +46,8 @@ from ssmlab.mixers.base import State
 from ssmlab.mixers.s4 import S4
 from ssmlab.registry import register
 
-# Squashing of the correlation products (the official code's ``lcontract``).
-ACTIVATIONS = {None: lambda t: t, "tanh": torch.tanh, "lecun": lambda t: 1.7159 * torch.tanh(2 * t / 3)}
+# Squashing of the correlation products (the official code's ``lcontract``, with its constants).
+ACTIVATIONS = {None: lambda t: t, "tanh": torch.tanh, "lecun": lambda t: 1.7159 * torch.tanh(0.666 * t)}
 
 
 @register("mixer", "liquid-s4", description="Liquid-S4: S4 plus input-correlation (liquid) terms",

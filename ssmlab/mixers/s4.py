@@ -2,10 +2,15 @@
 
 Each channel is a SISO SSM whose state matrix is diagonal plus low rank,
 ``A = diag(Lambda) - P P^*``, initialised from HiPPO-LegS (arXiv 2008.07669) in
-its NPLR form, with the halved conjugate-symmetric spectrum. Forward computes the
-length-L kernel with the Cauchy kernel and the Woodbury identity at the roots of
-unity (bilinear discretisation) and applies it with an FFT; step runs the
-discretised recurrence with the dense (N/2 x N/2) transition.
+its NPLR form. As in the S4 code, only one eigenvalue of each conjugate pair is
+stored (N/2 of them, with the matching entries of P, B and C); the system is the
+full one over the conjugate spectrum, ``Lambda_f = [Lambda, conj(Lambda)]``,
+``P_f = [P, conj(P)]``, which is unitarily similar to HiPPO-LegS at initialisation.
+Its rank-one term couples the two halves, so the kernel is not twice the real part
+of the half system's (that shortcut holds only for diagonal systems such as S4D).
+Forward computes the length-L kernel with the Cauchy kernel and the Woodbury
+identity at the roots of unity (bilinear discretisation) and applies it with an FFT;
+step runs the discretised recurrence of the full system on the stored half state.
 """
 
 from __future__ import annotations
@@ -21,21 +26,30 @@ from ssmlab.ops import discretize_dplr, dplr, fft_conv, init_log_dt, ssm_kernel_
 from ssmlab.registry import register
 
 
+def _transition(a_bar, h):
+    """``a_bar h`` for a state h (B, H, M): a_bar (H, M, M), or (H, M, 2M) acting on ``[h, conj(h)]``
+    (the first M rows of a conjugate-symmetric system over 2M states)."""
+    if a_bar.shape[-1] != h.shape[-1]:
+        h = torch.cat([h, h.conj()], dim=-1)
+    return (a_bar @ h[..., None])[..., 0]
+
+
 def dense_state_terms(x, a_bar, b_bar, c, h0, return_state: bool, scale: float = 2.0):
     """What a state adds to an SSM with a dense transition computed as a convolution.
 
-    The system is ``h_t = a_bar h_{t-1} + b_bar u_t`` with a_bar (H, M, M), b_bar and c (H, M),
-    and ``y_t = scale * Re(c h_t)``. Returns the free response of ``h0`` (B, H, M) to add to
-    the output (B, L, H), or None without ``h0``; and the state after the last position when
-    ``return_state``, else None. It runs the recurrence position by position: it serves
-    streaming and chunked inference, not training on whole sequences.
+    The system is ``h_t = a_bar h_{t-1} + b_bar u_t`` with b_bar and c (H, M), a_bar (H, M, M),
+    or (H, M, 2M) for the kept half of a conjugate-symmetric system (a_bar then acts on
+    ``[h, conj(h)]``), and ``y_t = scale * Re(c h_t)``. Returns the free response of ``h0``
+    (B, H, M) to add to the output (B, L, H), or None without ``h0``; and the state after the
+    last position when ``return_state``, else None. It runs the recurrence position by position:
+    it serves streaming and chunked inference, not training on whole sequences.
     """
     h = torch.zeros(x.shape[0], *b_bar.shape, dtype=a_bar.dtype, device=x.device) if h0 is None else h0
     free, responses = h0, []
     for u_t in x.unbind(1):
-        h = (a_bar @ h[..., None])[..., 0] + b_bar * u_t[..., None].to(b_bar.dtype)
+        h = _transition(a_bar, h) + b_bar * u_t[..., None].to(b_bar.dtype)
         if h0 is not None:
-            free = (a_bar @ free[..., None])[..., 0]
+            free = _transition(a_bar, free)
             responses.append(free)
     extra = None
     if h0 is not None:
@@ -63,11 +77,22 @@ class S4(Mixer):
         bidirectional: a second C gives a kernel over the following positions (default False;
             the layer is then not causal).
 
-    C is learnt in its plain form (not S4's C~): the kernel of any length L converts it to
-    ``C~ = (I - A_bar^L)^T C`` on the fly, so one layer serves every sequence length and its
-    recurrent step is exact. Output: ``GLU(W GELU(K * u + D u))``.
+    The system is the full one over the conjugate spectrum (see the module docstring), as in
+    the official code's ``SSMKernelDPLR`` (github.com/state-spaces/s4). Conventions kept
+    differently on purpose:
 
-    State: ``{"ssm": (B, H, N/2)}`` complex.
+    * C is learnt in its plain form (not S4's C~): the kernel of any length L converts it to
+      ``C~ = (I - A_bar^L)^T C`` on the fly, so one layer serves every sequence length and its
+      recurrent step is exact;
+    * B is HiPPO-LegS's B in the eigenbasis, exactly; the official code clips its imaginary
+      part to [-2, 2] (``B_clip=2.0``), which changes B from N = 4 on;
+    * the stored half is the eigenvalues with positive imaginary part (the official code keeps
+      their conjugates, with ``A_imag`` stored as a positive number and negated); the full
+      systems are the same.
+
+    Output: ``GLU(W GELU(K * u + D u))``.
+
+    State: ``{"ssm": (B, H, N/2)}`` complex, the kept half of the full state ``[h, conj(h)]``.
     """
 
     causal = True
@@ -125,13 +150,20 @@ class S4(Mixer):
         u = self._ssm_input(x, state)
         y = fft_conv(u, kernel.to(x.dtype), bidirectional=self.bidirectional) + self.D * x
         if state is not None or return_state:
-            a_bar, b_bar = discretize_dplr(lam, p, b, dt, "bilinear")  # (H, N/2, N/2), (H, N/2)
+            a_bar, b_bar = self._discrete_half(lam, p, b, dt)  # (H, N/2, N), (H, N/2)
             extra, h = dense_state_terms(u, a_bar, b_bar, c[0], None if state is None else state["ssm"],
                                          return_state)
             y = y if extra is None else y + extra
         new_state = {"ssm": h} if return_state else None
         extra = self._extra_terms(x, state)
         return self.output(y if extra is None else y + extra), new_state
+
+    @staticmethod
+    def _discrete_half(lam, p, b, dt):
+        """Bilinear A_bar (H, N/2, N) and B_bar (H, N/2) of the full system, the rows of the kept half."""
+        a_bar, b_bar = discretize_dplr(lam, p, b, dt, "bilinear", conj_sym=True)  # (H, N, N), (H, N)
+        half = lam.shape[-1]
+        return a_bar[..., :half, :], b_bar[..., :half]
 
     def _extra_terms(self, x, state):
         """Terms (B, L, H) a subclass adds to the SSM output before the activation (Liquid-S4's)."""
@@ -146,9 +178,9 @@ class S4(Mixer):
         if self.bidirectional:
             raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True cannot step")
         lam, p, b, c, dt = self._system()
-        a_bar, b_bar = discretize_dplr(lam, p, b, dt, "bilinear")
+        a_bar, b_bar = self._discrete_half(lam, p, b, dt)
         u_t = self._ssm_input(x_t[:, None], state)[:, 0]
-        h = (a_bar @ state["ssm"][..., None])[..., 0] + b_bar * u_t[..., None].to(b_bar.dtype)
+        h = _transition(a_bar, state["ssm"]) + b_bar * u_t[..., None].to(b_bar.dtype)
         y = 2 * torch.einsum("hn,bhn->bh", c[0], h).real.to(x_t.dtype) + self.D * x_t
         extra = self._extra_terms(x_t[:, None], state)
         return self.output(y if extra is None else y + extra[:, 0]), {"ssm": h}

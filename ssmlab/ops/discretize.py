@@ -15,7 +15,9 @@ Three structures of A:
 * :func:`discretize_diag`: A (..., N), real or complex (S4D, S5, LRU-style systems);
 * :func:`discretize_dplr`: ``A = diag(Lambda) - P^T conj(P)`` (S4), returned as dense
   matrices; its bilinear form uses the Woodbury identity, as in S4's recurrent mode
-  (arXiv 2111.00396), so only an (r, r) system is solved.
+  (arXiv 2111.00396), so only an (r, r) system is solved. With ``conj_sym`` the
+  arguments are one half of a conjugate-symmetric spectrum and the full system
+  (:func:`conj_sym_full`) is discretised.
 
 ``dt`` broadcasts against A's leading (channel) dimensions: a scalar, or a tensor
 of shape ``A.shape[:-2]`` (dense) / ``A.shape[:-1]`` (diagonal). It must be positive.
@@ -112,17 +114,36 @@ def dplr_dense(Lambda: torch.Tensor, P: torch.Tensor, Q: torch.Tensor | None = N
     return torch.diag_embed(Lambda) - P.transpose(-1, -2) @ Q.conj()
 
 
+def conj_sym_full(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The full conjugate spectrum from one half: each tensor (..., M) -> (..., 2M), ``[t, conj(t)]``.
+
+    S4 (arXiv 2111.00396) stores M = N/2 of the N eigenvalues of its state matrix, one of each
+    conjugate pair, with the matching entries of P, B and C. The system they stand for is
+    ``A = diag(Lambda_f) - P_f^T conj(P_f)`` with ``Lambda_f = [Lambda, conj(Lambda)]`` and
+    ``P_f = [P, conj(P)]`` (likewise B_f, C_f); it is real in the original basis, and its
+    rank-r term couples the two halves, so unlike a diagonal system its output is not twice
+    the real part of the half system's.
+    """
+    return tuple(torch.cat([t, t.conj()], dim=-1) for t in tensors)
+
+
 def discretize_dplr(Lambda: torch.Tensor, P: torch.Tensor, B: torch.Tensor, dt, method: str = "bilinear",
-                    Q: torch.Tensor | None = None):
+                    Q: torch.Tensor | None = None, *, conj_sym: bool = False):
     """Discretise ``A = diag(Lambda) - P^T conj(Q)``: Lambda (..., N), P, Q (..., r, N), B (..., N).
 
     Returns dense ``(A_bar (..., N, N), B_bar (..., N))``. For ``bilinear`` the inverse
     ``(I - dt/2 A)^{-1}`` comes from the Woodbury identity with the diagonal
     ``D = (2/dt - Lambda)^{-1}``: ``(2/dt)^{-1}``-scaled ``D - D P^T (I + conj(Q) D P^T)^{-1} conj(Q) D``;
     other methods go through the dense matrix.
+
+    With ``conj_sym`` the arguments hold one half (M) of a conjugate-symmetric spectrum and the
+    result is that of the full system of :func:`conj_sym_full`: A_bar (..., 2M, 2M), B_bar (..., 2M),
+    states ordered ``[x, conj(x)]``.
     """
     _check_method(method)
     Q = P if Q is None else Q
+    if conj_sym:
+        Lambda, P, Q, B = conj_sym_full(Lambda, P, Q, B)
     if method != "bilinear":
         return discretize_dense(dplr_dense(Lambda, P, Q), B, dt, method)
     dt = _check_dt(dt).to(Lambda.device)

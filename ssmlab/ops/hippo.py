@@ -114,8 +114,17 @@ def dplr(measure: str, N: int, *, rank_dtype: torch.dtype = torch.complex128, co
         A == V @ (diag(Lambda) - P^T conj(P)) @ V^H      and      B_original == V @ B
 
     With ``conj_sym=True`` only the eigenvalues with positive imaginary part are kept
-    (M = N/2): the dropped half are their complex conjugates, and S4 recovers the full
-    system by taking twice the real part of the output.
+    (M = N/2), with the matching entries of P and B and columns of V; the dropped half are
+    their complex conjugates. The full system is recovered by appending the conjugates,
+    ``Lambda_f = [Lambda, conj(Lambda)]`` and likewise P_f, B_f and V_f = [V, conj(V)]::
+
+        A == V_f @ (diag(Lambda_f) - P_f^T conj(P_f)) @ V_f^H      and      B_original == V_f @ B_f
+
+    For a diagonal system (S4D, P = 0) the two halves are independent and the output is twice
+    the real part of the half system's; with P != 0 the low-rank term couples the halves, so
+    DPLR kernels and recurrences must use the full system (``conj_sym`` in
+    :func:`ssmlab.ops.ssm_kernel_dplr` and :func:`ssmlab.ops.discretize_dplr`), as the
+    official S4 code does.
     """
     A, B, P = nplr(measure, N)
     S = A + P.T @ P

@@ -9,7 +9,10 @@ for channels (H,):
 * :func:`ssm_kernel_dplr`: ``A = diag(Lambda) - P^T conj(Q)``, the truncated generating
   function evaluated at the L-th roots of unity through Cauchy kernels and the
   Woodbury identity, then an inverse FFT (S4, arXiv 2111.00396). It uses the
-  bilinear discretisation, which that identity requires.
+  bilinear discretisation, which that identity requires. With ``conj_sym`` it takes
+  one half of a conjugate-symmetric spectrum, as S4 stores it, and sums over the
+  full spectrum, as the official S4 code's Cauchy kernel does: the low-rank term
+  couples the two halves, so the diagonal shortcut ``2 Re(half kernel)`` is wrong here.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import math
 
 import torch
 
-from ssmlab.ops.discretize import _check_dt, discretize_diag, discretize_dplr
+from ssmlab.ops.discretize import _check_dt, conj_sym_full, discretize_diag, discretize_dplr
 
 
 def _check_length(L) -> None:
@@ -67,18 +70,26 @@ def ssm_kernel_diag(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, dt, L: in
     return K.real if not (A.is_complex() or B.is_complex() or C.is_complex()) else K
 
 
-def dplr_c_tilde(Lambda, P, B, C, dt, L: int, *, Q=None, inverse: bool = False) -> torch.Tensor:
+def dplr_c_tilde(Lambda, P, B, C, dt, L: int, *, Q=None, inverse: bool = False,
+                 conj_sym: bool = False) -> torch.Tensor:
     """S4's ``C~ = (I - A_bar^L)^T C`` for a length-L kernel (or C from C~ with ``inverse``).
 
     S4 learns C~ directly; this converts between the two (A_bar is the bilinear
     discretisation, so ``A_bar^L`` is a dense matrix power, computed by squaring).
+    With ``conj_sym`` the arguments are one half (M) of a conjugate-symmetric spectrum: the
+    conversion uses the full system and returns the half (M) of its conjugate-symmetric result.
     """
-    A_bar, _ = discretize_dplr(Lambda, P, B, dt, "bilinear", Q=Q)
+    half = C.shape[-1]
+    if conj_sym:
+        (C,) = conj_sym_full(C)
+    A_bar, _ = discretize_dplr(Lambda, P, B, dt, "bilinear", Q=Q, conj_sym=conj_sym)
     eye = torch.eye(A_bar.shape[-1], dtype=A_bar.dtype, device=A_bar.device)
     M = (eye - torch.linalg.matrix_power(A_bar, L)).transpose(-1, -2)
     if inverse:
-        return torch.linalg.solve(M, C[..., None])[..., 0]
-    return (M @ C[..., None])[..., 0]
+        out = torch.linalg.solve(M, C[..., None])[..., 0]
+    else:
+        out = (M @ C[..., None])[..., 0]
+    return out[..., :half] if conj_sym else out
 
 
 def ssm_kernel_dplr(Lambda, P, B, C, dt, L: int, *, Q=None, c_tilde: bool = False,
@@ -88,9 +99,12 @@ def ssm_kernel_dplr(Lambda, P, B, C, dt, L: int, *, Q=None, c_tilde: bool = Fals
 
     Lambda, B, C (H, N) complex; P, Q (r, N) or (H, r, N) (Q defaults to P); dt (H,).
     ``c_tilde=True`` means C is already S4's C~ (see :func:`dplr_c_tilde`); otherwise it is
-    converted here. With ``conj_sym`` the kernel is ``2 Re`` of the half system's (real);
-    otherwise the complex kernel ``C^T A_bar^k B_bar`` itself, whose imaginary part
-    vanishes when the system is real in its original basis (``C = V^T C_real``).
+    converted here. With ``conj_sym`` the N states are one half of a conjugate-symmetric
+    spectrum and the kernel (real) is that of the full 2N-state system
+    ``diag([Lambda, conj Lambda]) - [P, conj P]^T conj([Q, conj Q])`` with B and C extended
+    likewise, as in the official S4 code; otherwise it is the complex kernel
+    ``C^T A_bar^k B_bar`` itself, whose imaginary part vanishes when the system is real in its
+    original basis (``C = V^T C_real``).
 
     At a root of unity z the generating function is
     ``2/(1+z) C~^T (g(z) I - A)^{-1} B`` with ``g(z) = (2/dt)(1-z)/(1+z)``; the factor
@@ -105,6 +119,8 @@ def ssm_kernel_dplr(Lambda, P, B, C, dt, L: int, *, Q=None, c_tilde: bool = Fals
                          "axis, where the roots of unity are mapped (use the dense kernel for such systems)")
     Q = P if Q is None else Q
     dt = _check_dt(dt).to(Lambda.device)
+    if conj_sym:
+        Lambda, P, Q, B, C = conj_sym_full(Lambda, P, Q, B, C)
     if not c_tilde:
         C = dplr_c_tilde(Lambda, P, B, C, dt, L, Q=Q)
     cdtype = torch.promote_types(Lambda.dtype, torch.complex64)
@@ -125,4 +141,4 @@ def ssm_kernel_dplr(Lambda, P, B, C, dt, L: int, *, Q=None, c_tilde: bool = Fals
     small = torch.eye(rank, dtype=cdtype, device=Lambda.device) + half[..., None] * k_qp  # (H, L, r, r)
     correction = (k_cp[..., None, :] @ torch.linalg.solve(small, (half * k_qb)[..., None]))[..., 0, 0]
     K = torch.fft.ifft(k_cb - correction, dim=-1)  # (H, L)
-    return 2 * K.real if conj_sym else K
+    return K.real if conj_sym else K

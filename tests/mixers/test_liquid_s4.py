@@ -47,7 +47,8 @@ def test_kb_kernel_convolves_scaled_correlations_with_the_s4_kernel(activation):
     kernel = ssm_kernel_dplr(lam, p, b, c[0], dt, 8, conj_sym=True)
     lam_f, b_f = (torch.cat([t, t.conj()], -1) for t in (lam, b))
     total = (dt[:, None] * b_f / (1 - dt[:, None] * lam_f / 2)).sum(-1).real  # (H,)
-    squash = (lambda t: t) if activation is None else (lambda t: 1.7159 * torch.tanh(2 * t / 3))
+    # The official code's LeCun tanh: 1.7159 tanh(0.666 x).
+    squash = (lambda t: t) if activation is None else (lambda t: 1.7159 * torch.tanh(0.666 * t))
     pad = torch.cat([torch.zeros(2, 2, 3, dtype=torch.float64), x], 1)
     corr2 = squash(pad[:, 2:] * pad[:, 1:-1])
     corr3 = squash(pad[:, 2:] * pad[:, 1:-1] * pad[:, :-2])

@@ -78,6 +78,23 @@ def test_dplr_equals_dense_on_the_reconstructed_matrix(method, measure):
     assert_close(Bb, Bd, atol=1e-12, name="B_bar")
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_conj_sym_dplr_is_the_full_system(method):
+    Lambda, P, B, _ = dplr("legs", 8, conj_sym=True)
+    dt = torch.tensor([0.02, 0.2], dtype=torch.float64)
+    Lambda2, B2 = Lambda.expand(2, 4), B.expand(2, 4)
+    Ab, Bb = discretize_dplr(Lambda2, P, B2, dt, method, conj_sym=True)
+    Lf, Pf, Bf = (torch.cat([t, t.conj()], -1) for t in (Lambda2, P, B2))
+    Ad, Bd = discretize_dense(dplr_dense(Lf, Pf), Bf, dt, method)
+    assert Ab.shape == (2, 8, 8)
+    assert_close(Ab, Ad, atol=1e-12, name="A_bar")
+    assert_close(Bb, Bd, atol=1e-12, name="B_bar")
+    # The full system maps [x, conj(x)] to [y, conj(y)].
+    assert_close(Ab[:, 4:, 4:], Ab[:, :4, :4].conj(), atol=1e-12, name="conjugate blocks")
+    assert_close(Ab[:, 4:, :4], Ab[:, :4, 4:].conj(), atol=1e-12, name="coupling blocks")
+    assert Ab[:, :4, 4:].abs().max() > 1e-3
+
+
 def test_log_step_initialisation():
     g = torch.Generator().manual_seed(0)
     log_dt = init_log_dt(10000, 1e-3, 1e-1, generator=g, dtype=torch.float64)

@@ -63,6 +63,20 @@ def test_conjugate_symmetric_half_and_s4d_legs():
     assert_close(Lambda.real, torch.full((8,), -0.5, dtype=torch.float64), atol=1e-12, name="real parts")
 
 
+@pytest.mark.parametrize("N", [4, 16, 64])
+def test_conjugate_half_with_its_conjugates_is_the_whole_system(N):
+    """S4 stores half of the spectrum: appending the conjugates of Lambda, P, B and V's columns gives
+    back HiPPO-LegS exactly, while the half system alone (``2 Re`` of it) does not."""
+    A, B_real = hippo("legs", N)
+    Lambda, P, B, V = dplr("legs", N, conj_sym=True)
+    Lf, Pf, Bf, Vf = (torch.cat([t, t.conj()], -1) for t in (Lambda, P, B, V))
+    rebuilt = Vf @ (torch.diag(Lf) - Pf.T @ Pf.conj()) @ Vf.conj().T
+    assert_close(rebuilt, A.to(rebuilt.dtype), atol=1e-10 * N, name="full system")
+    assert_close(Vf @ Bf, B_real.to(Bf.dtype), atol=1e-10 * N, name="B")
+    half = 2 * (V @ (torch.diag(Lambda) - P.T @ P.conj()) @ V.conj().T).real
+    assert (half - A).abs().max() > 0.1
+
+
 @pytest.mark.parametrize("degree", [0, 1, 3])
 def test_legs_projection_recovers_a_polynomial(degree):
     """Run HiPPO-LegS online, x'(t) = (A x + B f(t)) / t, over [0, 1] and reconstruct f on [0, 1]

@@ -88,15 +88,42 @@ def test_dplr_kernel_of_the_real_hippo_system():
     assert got.imag.abs().max() < 1e-10
 
 
+def _full(*tensors):
+    return tuple(torch.cat([t, t.conj()], -1) for t in tensors)
+
+
 def test_c_tilde_round_trip_and_conj_sym():
+    """With conj_sym the kernel is that of the full system over the conjugate spectrum (as in the
+    official S4 code), not twice the real part of the half system's."""
     Lambda, P, B, _ = dplr("legs", 8, conj_sym=True)
     C = torch.randn(1, 4, dtype=torch.complex128)
     dt = torch.tensor([0.1], dtype=torch.float64)
-    Ct = dplr_c_tilde(Lambda[None], P, B[None], C, dt, 64)
-    assert_close(dplr_c_tilde(Lambda[None], P, B[None], Ct, dt, 64, inverse=True), C, atol=1e-10, name="C round trip")
+    Ct = dplr_c_tilde(Lambda[None], P, B[None], C, dt, 64, conj_sym=True)
+    assert_close(dplr_c_tilde(Lambda[None], P, B[None], Ct, dt, 64, inverse=True, conj_sym=True), C, atol=1e-10,
+                 name="C round trip")
     K = ssm_kernel_dplr(Lambda[None], P, B[None], Ct, dt, 64, c_tilde=True, conj_sym=True)
-    Ab, Bb = discretize_dense(dplr_dense(Lambda[None], P), B[None], dt, "bilinear")
-    assert_close(K, 2 * ssm_kernel_dense(Ab, Bb, C, 64).real, atol=1e-10, name="conj-sym DPLR kernel")
+    Lf, Pf, Bf, Cf = _full(Lambda[None], P, B[None], C)
+    Ab, Bb = discretize_dense(dplr_dense(Lf, Pf), Bf, dt, "bilinear")
+    want = ssm_kernel_dense(Ab, Bb, Cf, 64)
+    assert want.imag.abs().max() < 1e-12
+    assert_close(K, want.real, atol=1e-10, name="conj-sym DPLR kernel")
+    half = 2 * ssm_kernel_dense(*discretize_dense(dplr_dense(Lambda[None], P), B[None], dt, "bilinear"), C, 64).real
+    assert (K - half).abs().max() > 1e-3  # the diagonal shortcut does not hold for DPLR
+
+
+@pytest.mark.parametrize("N", [4, 16, 64])
+@pytest.mark.parametrize("L", [1, 64, 1000])
+def test_conj_sym_dplr_kernel_equals_the_real_hippo_system(N, L):
+    """The half spectrum with its conjugates is HiPPO-LegS: C = V_f^T C_real gives the real system's kernel."""
+    A, B_real = hippo("legs", N)
+    Lambda, P, B, V = dplr("legs", N, conj_sym=True)
+    g = torch.Generator().manual_seed(N)
+    C_real = torch.randn(N, generator=g, dtype=torch.float64)
+    C = (V.T @ C_real.to(V.dtype))[None]  # (1, N/2); its conjugates complete V_f^T C_real
+    dt = torch.tensor([0.02], dtype=torch.float64)
+    got = ssm_kernel_dplr(Lambda[None], P, B[None], C, dt, L, conj_sym=True)
+    want = ssm_kernel_dense(*discretize_dense(A, B_real, dt[0], "bilinear"), C_real, L)
+    assert_close(got[0], want, atol=1e-9 * max(1.0, want.abs().max().item()), name=f"HiPPO-LegS kernel N={N}")
 
 
 def test_kernel_gradcheck():
