@@ -13,7 +13,10 @@ kernel ``K[l] = sum_n C[n] B[n - l]`` has N taps: a causal depthwise convolution
 plus a skip ``D k``. B and C are learnt per channel, B from ``e_1`` (where K = C),
 as in the official code's shift kernel. The diagonal SSM is S4D's (arXiv 2206.11893)
 with a learnt B, as the official code's diagonal mode, over every entry of the
-per-head k~ v^T products.
+per-head k~ v^T products. It is discretised by the bilinear transform,
+``A_bar = (1 + dt A/2) / (1 - dt A/2)``, ``B_bar = dt B / (1 - dt A/2)``, as the official
+code is (its diagonal kernel's default, which the H3 configurations keep), not by S4D's
+zero-order hold.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ class H3(Mixer):
         d_state: N, the taps of the shift SSM and the state size of the diagonal SSM (64).
         head_dim: head size; 1 (default, as in the paper's models) multiplies elementwise,
             larger heads use the outer products ``k~ v^T`` of each head (``D * head_dim`` SSM channels).
+            The official code shares one diagonal SSM and one skip D per head across its
+            ``head_dim**2`` entries; here each entry has its own (the official layer is the case
+            of equal copies), and the head outputs enter ``W_o`` in the order (head, j) where
+            the official code uses (j, head).
         lr: learning rate for the diagonal SSM's A, B and dt (0.001), which get no weight decay.
         dt_min, dt_max: the diagonal SSM's step is initialised log-uniform in [0.001, 0.1].
 
@@ -65,7 +72,7 @@ class H3(Mixer):
         self.shift_C = nn.Parameter(torch.randn(d_model, d_state, **factory))
         self.shift_D = nn.Parameter(torch.randn(d_model, **factory))
         self.ssm = DiagonalSSM(d_model * head_dim, d_state, lr=lr, dt_min=dt_min, dt_max=dt_max, learn_B=True,
-                               **factory)
+                               disc="bilinear", **factory)
         self.out_proj = nn.Linear(d_model, d_model, **factory)
 
     def _mix(self, q, k, v):

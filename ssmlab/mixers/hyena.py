@@ -9,9 +9,12 @@ long causal convolutions::
     y = W_o (x_1 . z)
 
 Each long filter ``h`` is implicit: a small FFN with sine activations reads a
-learnt positional encoding, initialised to the time ``t / l_max`` and ``emb_dim // 2``
-sine/cosine bands, and an exponential window ``exp(-alpha t)`` with per-channel rates
-spreads the filters from fast to slow decay. The filter of a length-L input is the
+learnt positional encoding, initialised to the time ``t = k / (l_max - 1)`` and ``emb_dim // 2``
+cosine/sine bands, and an exponential window ``exp(-alpha t)`` with per-channel rates
+spreads the filters from slow to fast decay; time grid, bands and rates are those of the
+official code (HazyResearch/safari ``standalone_hyena.py``, whose filter channels are laid out
+(gate step, channel) as here; ``src/models/sequence/hyena.py`` interleaves them as (channel,
+gate step), which only permutes the parameters and the rates). The filter of a length-L input is the
 first L values of the filter over ``l_max`` positions, so the layer is causal and
 streams: its state is the input history of each long convolution (it grows with
 the context, like a KV cache) plus the short convolutions' last inputs.
@@ -69,20 +72,24 @@ class ImplicitFilter(nn.Module):
         self.ffn = nn.Sequential(*layers)
         for param in self.ffn.parameters():
             set_optim(param, weight_decay=filter_wd, lr=filter_lr)
-        t = torch.arange(l_max, device=device, dtype=torch.float64)[:, None] / l_max
+        # As the official code: t runs from 0 to 1 over the l_max positions, the bands are
+        # exp(-i f 2 pi k / l_max) as (cos, -sin).
+        k = torch.arange(l_max, device=device, dtype=torch.float64)[:, None]
+        t = k / max(l_max - 1, 1)
         bands = (emb_dim - 1) // 2
-        angle = 2 * math.pi * t * torch.linspace(1e-4, bands - 1, bands, device=device, dtype=torch.float64)
-        z = torch.cat([t, torch.cos(angle), torch.sin(angle)], dim=-1)  # (l_max, emb_dim)
+        angle = 2 * math.pi * k / l_max * torch.linspace(1e-4, bands - 1, bands, device=device, dtype=torch.float64)
+        z = torch.cat([t, torch.cos(angle), -torch.sin(angle)], dim=-1)  # (l_max, emb_dim)
         self.z = set_optim(nn.Parameter(z.to(dtype or torch.get_default_dtype())), weight_decay=0.0, lr=pos_emb_lr)
-        # Decay rates from fast (reaching `target` after fast_decay * l_max) to slow.
-        rates = torch.linspace(math.log(1 / target) / fast_decay, math.log(1 / target) / slow_decay, channels,
+        # Decay rates from slow (reaching `target` after slow_decay * l_max) to fast, as the official code.
+        rates = torch.linspace(math.log(1 / target) / slow_decay, math.log(1 / target) / fast_decay, channels,
                                device=device, dtype=dtype)
         self.register_buffer("decay_rates", rates, persistent=False)
 
     def forward(self, length: int) -> torch.Tensor:
         if length > self.l_max:
             raise ValueError(f"hyena: sequence length {length} exceeds l_max={self.l_max}")
-        t = torch.arange(length, device=self.decay_rates.device, dtype=self.decay_rates.dtype)[:, None] / self.l_max
+        t = torch.arange(length, device=self.decay_rates.device, dtype=self.decay_rates.dtype)[:, None] / max(
+            self.l_max - 1, 1)
         h = self.ffn(self.z[:length]) * torch.exp(-t * self.decay_rates)  # (L, channels)
         return h.T
 
@@ -95,7 +102,7 @@ class Hyena(Mixer):
 
     Args:
         d_model: width D.
-        l_max: longest sequence (2048); the filters are defined on ``t / l_max``.
+        l_max: longest sequence (2048); the filters are defined on ``t = k / (l_max - 1)``, k = 0 .. l_max - 1.
         order: N, the number of gates (2).
         filter_order: width of the filter FFN (64).
         emb_dim: size of the positional encoding, t and sine/cosine bands (33).

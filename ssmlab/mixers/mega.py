@@ -4,15 +4,18 @@ A multi-dimensional damped exponential moving average (EMA) gives every position
 a smoothed, position-aware summary; single-head gated attention then mixes the
 sequence, its queries and keys both derived from the EMA output::
 
-    EMA:  h_t = alpha * (beta x_t) + (1 - alpha * delta) * h_{t-1},  y_t = eta . h_t   (per channel, h dims)
+    EMA:  h_t = alpha * (beta x_t) + (1 - alpha * delta) * h_{t-1},  y_t = (eta / sqrt(h)) . h_t   (per channel, h dims)
     X' = silu(EMA(X) + omega * X)
     Z  = silu(W_z X'),  Q = kappa_q * Z + mu_q,  K = kappa_k * Z + mu_k,  V = silu(W_v X)
     O  = softmax(Q K^T / sqrt(z) + b_rel, causal) V
     gamma = silu(W_g X'),  phi = sigmoid(W_f X'),  H = silu(W_h X' + W_u (gamma * O))
     Y  = phi * H + (1 - phi) * X
 
-The EMA is a real diagonal SSM (A_bar = 1 - alpha delta, B_bar = alpha beta, C = eta),
-computed as a convolution by FFT; its recurrent form is the same system. With
+The EMA is a real diagonal SSM (A_bar = 1 - alpha delta, B_bar = alpha beta, C = eta / sqrt(h)),
+computed as a convolution by FFT; its recurrent form is the same system. As in the official
+code (facebookresearch/mega ``MultiHeadEMA``), C is the learnt ``eta`` times the constant
+``sqrt(1 / h)``; alpha and delta are named as in the paper, where the official code calls the
+paper's alpha ``delta`` and its delta ``alpha``. With
 ``chunk_size`` attention only reaches back to the start of each chunk (Mega-chunk),
 for linear cost. The state for streaming is the EMA state and the keys and values so far.
 """
@@ -47,7 +50,12 @@ class Mega(Mixer):
         dropout: attention dropout (0.0).
 
     Initialisation as in the paper's code: alpha, delta (pre-sigmoid) ~ N(0, 0.2); beta ~
-    N(0, 0.02) plus alternating +1/-1; eta, omega ~ N(0, 1).
+    N(0, 0.02) plus alternating +1/-1; eta, omega ~ N(0, 1); the projections' weights and the
+    query/key scales ~ N(0, 0.02), their biases 0.
+
+    The official layer also holds its norm and returns ``phi * H + (1 - phi) * residual`` with the
+    un-normalised input as the residual; here the norm and the residual are the backbone's, and
+    ``X`` above is the mixer's input.
 
     State: ``{"ema": (B, d, h), "k": (B, T, z), "v": (B, T, v), "valid": (B, T)}``; ``valid``
     marks the real cached positions (after a padded batch each row's cache is right-aligned,
@@ -79,15 +87,18 @@ class Mega(Mixer):
         self.v_proj = nn.Linear(d_model, self.v_dim, **factory)
         # One projection of X' into Z, gamma, phi and the first term of H.
         self.mx_proj = nn.Linear(d_model, self.z_dim + self.v_dim + 2 * d_model, **factory)
-        self.qk_scale = nn.Parameter(torch.randn(2, self.z_dim, **f64).mul(0.02).add(1.0).to(dtype))
+        self.qk_scale = nn.Parameter(torch.randn(2, self.z_dim, **f64).mul(0.02).to(dtype))
         self.qk_bias = nn.Parameter(torch.zeros(2, self.z_dim, **factory))
         self.h_proj = nn.Linear(self.v_dim, d_model, **factory)
+        for proj in (self.v_proj, self.mx_proj, self.h_proj):
+            nn.init.normal_(proj.weight, std=0.02)
+            nn.init.zeros_(proj.bias)
         self.rel_bias = nn.Parameter((torch.randn(max_positions, **f64) * 0.02).to(dtype))
 
     def _ema_system(self):
         """A_bar (d, h) as log, B_bar and C of the EMA's diagonal SSM."""
         alpha, delta = torch.sigmoid(self.alpha), torch.sigmoid(self.delta)
-        return torch.log1p(-alpha * delta), alpha * self.beta, self.eta
+        return torch.log1p(-alpha * delta), alpha * self.beta, self.eta * math.sqrt(1.0 / self.ndim)
 
     def _ema(self, x, h0, return_state):
         log_q, b_bar, c = self._ema_system()

@@ -6,6 +6,10 @@ kernel is the outer product of the two 1-D kernels, ``K[d, i, j] = K_h[d, i] K_w
 applied with a 2-D FFT. As for images in the S4ND paper, each axis's kernel is
 bidirectional (a second C per axis reaches the rows below / the columns to the
 right), so the layer is not causal and has no step.
+
+Each axis is the official code's diagonal kernel (state-spaces/s4 ``S4ND(mode="diag")``, ZOH,
+``dt = exp(log_dt)``) with B fixed to ones; the official image configurations use its default
+DPLR (S4) kernel per axis instead, with ``init="legs"``, a learnt B and a softplus step.
 """
 
 from __future__ import annotations

@@ -23,16 +23,32 @@ from ssmlab.ops import fft_conv
 from ssmlab.registry import register
 
 
+class SimpleRMSNorm(nn.Module):
+    """``x / (rms(x) + eps)`` over the last dimension, without parameters (the official Rpe's norm)."""
+
+    def __init__(self, eps: float = 1e-8):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x):
+        return x / (x.norm(2, dim=-1, keepdim=True) * x.shape[-1] ** -0.5 + self.eps)
+
+
 class RelativePositionEncoder(nn.Module):
-    """MLP from a relative offset (a number) to one coefficient per channel."""
+    """MLP from a relative offset (a number) to one coefficient per channel.
+
+    As the official Rpe (Doraemonzzz/tnn-pytorch, ``norm_type="simplermsnorm"``): ``Linear(1, hidden)``,
+    then ``layers`` times ``SimpleRMSNorm, ReLU, Linear(hidden, hidden)``, then ``SimpleRMSNorm, ReLU,
+    Linear(hidden, channels)``.
+    """
 
     def __init__(self, channels: int, hidden: int, layers: int, device=None, dtype=None):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         blocks = [nn.Linear(1, hidden, **factory)]
         for _ in range(layers):  # `layers` hidden (hidden x hidden) layers, as the official Rpe
-            blocks += [nn.ReLU(), nn.Linear(hidden, hidden, **factory)]
-        blocks += [nn.ReLU(), nn.Linear(hidden, channels, **factory)]
+            blocks += [SimpleRMSNorm(), nn.ReLU(), nn.Linear(hidden, hidden, **factory)]
+        blocks += [SimpleRMSNorm(), nn.ReLU(), nn.Linear(hidden, channels, **factory)]
         self.mlp = nn.Sequential(*blocks)
 
     def forward(self, offsets: torch.Tensor) -> torch.Tensor:

@@ -49,3 +49,28 @@ def test_bad_options():
         ssmlab.create_mixer("h3", 6, head_dim=4)
     with pytest.raises(ValueError, match="expand"):
         ssmlab.create_mixer("gss", 8, expand=0)
+
+
+def test_h3_diagonal_ssm_is_bilinear():
+    """H3's diagonal SSM is discretised by the bilinear transform (the official code's default):
+    ``K[l] = 2 Re(sum_n C_n B_n dt / (1 - dt A_n / 2) ((1 + dt A_n / 2) / (1 - dt A_n / 2))^l)``."""
+    torch.manual_seed(0)
+    h3 = ssmlab.create_mixer("h3", 3, d_state=4, dt_min=0.05, dt_max=0.5, dtype=torch.float64)
+    with torch.no_grad():
+        h3.ssm.B.add_(0.3 * torch.randn_like(h3.ssm.B))
+    ssm = h3.ssm
+    a = torch.complex(-torch.exp(ssm.log_A_real), ssm.A_imag)  # (H, N/2)
+    dt = torch.exp(ssm.log_dt)[:, None]
+    b = torch.view_as_complex(ssm.B.contiguous())
+    c = torch.view_as_complex(ssm.C.contiguous())[0]
+    a_bar = (1 + dt * a / 2) / (1 - dt * a / 2)
+    powers = a_bar[..., None] ** torch.arange(20, dtype=torch.float64)  # (H, N/2, L)
+    expected = 2 * torch.einsum("hn,hnl->hl", c * b * dt / (1 - dt * a / 2), powers).real
+    assert_close(ssm.kernel(20), expected, atol=1e-12, name="H3 diagonal kernel")
+    x = torch.randn(1, 20, 3, dtype=torch.float64)
+    state = h3.init_state(1, dtype=torch.float64)
+    outs = []
+    for t in range(20):
+        y, state = h3.step(x[:, t], state)
+        outs.append(y)
+    assert_close(torch.stack(outs, 1), h3(x), atol=1e-12, name="H3 step == forward")

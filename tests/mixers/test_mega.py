@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -14,7 +16,8 @@ def test_ema_convolution_equals_its_recurrence():
     outs = []
     for t in range(40):
         h = alpha * mega.beta * x[:, t, :, None] + (1 - alpha * delta) * h
-        outs.append((mega.eta * h).sum(-1) + mega.omega * x[:, t])
+        # C = eta * sqrt(1 / h), as the official MultiHeadEMA's gamma * scale
+        outs.append((mega.eta * h).sum(-1) / math.sqrt(3) + mega.omega * x[:, t])
     y, h_last = mega._ema(x, None, True)
     assert_close(y, torch.stack(outs, 1), atol=1e-12, name="EMA conv vs recurrence")
     assert_close(h_last, h, atol=1e-12, name="EMA state")
@@ -38,3 +41,13 @@ def test_context_limit_and_bad_options():
         mega(torch.randn(1, 9, 4))
     with pytest.raises(ValueError, match="positive"):
         ssmlab.create_mixer("mega", 4, ndim=0)
+
+
+def test_initialisation_follows_the_official_code():
+    """facebookresearch/mega: projections N(0, 0.02) with zero biases, query/key scales N(0, 0.02) (mean 0)."""
+    torch.manual_seed(0)
+    mega = ssmlab.create_mixer("mega", 64, ndim=4, z_dim=64, max_positions=16, dtype=torch.float64)
+    for proj in (mega.v_proj, mega.mx_proj, mega.h_proj):
+        assert abs(proj.weight.std().item() - 0.02) < 0.002
+        assert proj.bias.abs().max().item() == 0.0
+    assert abs(mega.qk_scale.mean().item()) < 0.01 and abs(mega.qk_scale.std().item() - 0.02) < 0.005

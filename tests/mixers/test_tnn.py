@@ -26,3 +26,17 @@ def test_is_an_explicit_toeplitz_matrix(bidirectional):
 def test_bad_options():
     with pytest.raises(ValueError, match="decay"):
         ssmlab.create_mixer("tnn", 4, decay=1.5)
+
+
+def test_relative_position_encoder_normalises_before_each_activation():
+    """The official Rpe (Doraemonzzz/tnn-pytorch, arXiv 2305.04749) puts a parameter-free
+    ``x / (||x|| / sqrt(d) + 1e-8)`` before every ReLU."""
+    torch.manual_seed(0)
+    tnn = ssmlab.create_mixer("tnn", 4, rpe_dim=8, rpe_layers=2, dtype=torch.float64)
+    linears = [m for m in tnn.rpe.mlp if isinstance(m, torch.nn.Linear)]
+    offsets = torch.arange(-5.0, 6.0, dtype=torch.float64)
+    h = offsets[:, None] * linears[0].weight[:, 0] + linears[0].bias  # (n, hidden)
+    for lin in linears[1:]:
+        rms = h.pow(2).mean(-1, keepdim=True).sqrt()
+        h = F.relu(h / (rms + 1e-8)) @ lin.weight.T + lin.bias
+    assert_close(tnn.rpe(offsets), h.T, atol=1e-12, name="relative position encoder")
