@@ -84,12 +84,26 @@ class Bidirectional(Mixer):
 
 
 @register("mixer", "bi-mamba", description="Bidirectional Mamba (Vision Mamba)", paper="2401.09417",
-          variants=[{"d_state": 4}])
+          variants=[{"d_state": 4}, {"d_state": 4, "shared_projections": False, "combine": "add"}])
 class BiMamba(Bidirectional):
-    """:class:`Bidirectional` around :class:`~ssmlab.mixers.mamba.Mamba` (Vim, arXiv 2401.09417)."""
+    """:class:`Bidirectional` around :class:`~ssmlab.mixers.mamba.Mamba` (Vim, arXiv 2401.09417).
 
-    def __init__(self, d_model: int, *, combine: str = "add", device=None, dtype=None, **options):
+    By default this is Vim's ``bimamba_type="v2"`` layer, as in its released models
+    (``if_divide_out=True``): one input projection and one output projection serve both
+    directions, each direction has its own convolution, ``x_proj``, ``dt_proj``, ``A_log`` and
+    ``D``, and the two gated SSM outputs are averaged before the output projection. Here the
+    backward copy shares the forward copy's ``in_proj`` and ``out_proj`` modules and
+    ``combine="mean"``, which by linearity is the same map (the output bias, if any, is added
+    once). ``shared_projections=False`` keeps two whole Mamba blocks, as the generic wrapper does.
+    """
+
+    def __init__(self, d_model: int, *, combine: str = "mean", shared_projections: bool = True, device=None,
+                 dtype=None, **options):
         super().__init__(d_model, "mamba", combine=combine, device=device, dtype=dtype, **options)
+        self.shared_projections = bool(shared_projections)
+        if self.shared_projections:
+            self.backward_mixer.in_proj = self.forward_mixer.in_proj
+            self.backward_mixer.out_proj = self.forward_mixer.out_proj
 
 
 @register("mixer", "bi-mamba2", description="Bidirectional Mamba-2", paper="2401.09417",

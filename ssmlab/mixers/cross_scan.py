@@ -11,7 +11,10 @@ parameters, as VMamba keeps its own SSM parameters per direction), or one copy
 shared by the four (``shared=True``). VMamba itself shares the input projection,
 depthwise convolution and output projection of the block between the directions
 and keeps four sets of SSM parameters only; with ``mixer="mamba"`` this wrapper is
-the variant that keeps four whole Mamba blocks.
+the variant that keeps four whole Mamba blocks. VMamba's convolution is one 3 x 3
+depthwise 2-D convolution over the grid before the scans, and its summed output goes
+through a LayerNorm before the gate; here each direction has its own causal 1-D
+convolution along its scan order, and there is no output norm.
 """
 
 from __future__ import annotations

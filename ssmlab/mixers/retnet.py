@@ -59,10 +59,16 @@ class RetNet(Mixer):
             each output row, which the group norm mostly cancels, and keep values in range.
         rotary_base: frequency base of the rotary relative positions (default 10000). The paper's
             xPos rotation ``e^{i n theta}`` is RoPE (arXiv 2104.09864); xPos's extra decay is
-            absorbed into ``gamma``.
+            absorbed into ``gamma``. The angles are RoPE's ``theta_i = base^(-2i/Dk)``; the authors'
+            code (torchscale) spaces the exponents evenly from 0 to 1, ``theta_i = 10000^(-i/(Dk/2 - 1))``,
+            which is this rotation with ``rotary_base = 10000^(Dk/(Dk - 2))``.
         norm_eps: epsilon of the group norm (default 1e-6).
 
     Decays: ``gamma_h = 1 - 2^(-5 - h)``, h = 0 .. H-1, fixed (not trained), as in the paper.
+    The group norm is a per-head layer norm with a learnt scale and shift (initialised to the
+    identity); the first torchscale release uses a non-affine layer norm, later releases a
+    non-affine RMSNorm. torchscale's recurrent form keeps ``S_n / sum_k gamma^k`` and skips the
+    row-sum normalisation; both rescale each row, which the group norm cancels up to its epsilon.
     Projections use Xavier-uniform init with gain ``2^-2.5`` for W_Q, W_K, W_V, W_G and gain 1
     for W_O, as in the authors' code.
 
