@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 import ssmlab
+from ssmlab.ops.linear_attention import linear_attention_op
 from tests.utils import assert_close
 
 
@@ -38,3 +39,20 @@ def test_bad_options():
         ssmlab.create_mixer("linear-attention", 16, chunk_size=0)
     with pytest.raises(ValueError, match="divisible"):
         ssmlab.create_mixer("linear-attention", 16, n_heads=3)
+
+
+@pytest.mark.parametrize("name", ["linear-attention", "retnet"])
+@pytest.mark.parametrize("form, backend", [("chunkwise", "torch"), ("parallel", "quadratic")])
+def test_forms_are_backends_of_the_op(name, form, backend, monkeypatch):
+    """Both mixers compute with ``ssmlab.ops.linear_attention``: the parallel form is its ``quadratic``
+    backend, the chunkwise form its default (``torch`` on CPU)."""
+    monkeypatch.delenv("SSMLAB_LINEAR_ATTENTION_BACKEND", raising=False)
+    monkeypatch.delenv("SSMLAB_BACKEND", raising=False)
+    calls = []
+    for b in ("reference", "quadratic", "torch"):
+        fn = linear_attention_op.resolve(b)
+        monkeypatch.setattr(linear_attention_op.backends[b], "fn",
+                            lambda *a, _fn=fn, _b=b, **k: calls.append(_b) or _fn(*a, **k))
+    mixer = ssmlab.create_mixer(name, 16, n_heads=2, form=form, chunk_size=4, dtype=torch.float64)
+    mixer(torch.randn(1, 9, 16, dtype=torch.float64))
+    assert calls == [backend]

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 import ssmlab
+from ssmlab.ops.wkv import reference as wkv_reference
+from ssmlab.ops.wkv import wkv_op
 from tests.ops.test_wkv import naive_wkv
 from tests.utils import assert_close
 
@@ -53,3 +55,19 @@ def test_bad_options():
         ssmlab.create_mixer("rwkv", 16, layer_id=4, n_layers=4)
     with pytest.raises(ValueError, match="ffn_mult"):
         ssmlab.create_mixer("rwkv", 16, ffn_mult=0)
+
+
+def test_forward_and_step_use_the_wkv_op(monkeypatch):
+    """``forward`` runs ``ssmlab.ops.wkv`` (its default backend, ``torch`` on CPU), ``step`` ``wkv_step``."""
+    monkeypatch.delenv("SSMLAB_WKV_BACKEND", raising=False)
+    monkeypatch.delenv("SSMLAB_BACKEND", raising=False)
+    calls = []
+    for b in ("reference", "torch"):
+        fn = wkv_op.resolve(b)
+        monkeypatch.setattr(wkv_op.backends[b], "fn", lambda *a, _fn=fn, _b=b, **k: calls.append(_b) or _fn(*a, **k))
+    monkeypatch.setattr(wkv_reference, "step", lambda *a, _fn=wkv_reference.step: calls.append("step") or _fn(*a))
+    mixer = ssmlab.create_mixer("rwkv", 6, dtype=torch.float64)
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    mixer(x)
+    mixer.step(x[:, 0], mixer.init_state(2))
+    assert calls == ["torch", "step"]

@@ -30,7 +30,8 @@ def _stepped(q, k, v, log_decay, state):
 
 def test_backends():
     assert {"reference", "torch", "quadratic"} <= set(linear_attention_op.available_backends("cpu"))
-    assert linear_attention_op.backends["torch"].priority == max(b.priority for b in linear_attention_op.backends.values())
+    priorities = {name: b.priority for name, b in linear_attention_op.backends.items()}
+    assert priorities["torch"] == max(priorities.values())
     assert ops.linear_attention is linear_attention and ops.linear_attention_step is linear_attention_step
 
 
