@@ -30,6 +30,7 @@ from ssmlab.ops import wkv, wkv_step
 from ssmlab.ops.wkv import EMPTY_EXPONENT
 from ssmlab.registry import register
 
+
 @register("mixer", "rwkv", description="RWKV-4 time mixing (WKV with time decay and bonus), optional channel mixing",
           paper="2305.13048",
           variants=[{}, {"channel_mix": True}, {"layer_id": 2, "n_layers": 4, "channel_mix": True, "ffn_mult": 2}])
