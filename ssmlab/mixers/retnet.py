@@ -11,9 +11,11 @@ Heads use the decays ``gamma_h = 1 - 2^(-5 - h)``, so they look back over
 different time scales (the "multi-scale" part). The outputs of each head are
 group-normalised, gated by ``swish(x W_G)`` and projected by ``W_O``.
 
-Three forms compute the same thing exactly: parallel (a masked ``L x L``
-product), chunkwise (parallel inside chunks, recurrent between them) and
-recurrent (``step``). The score normalisations of section 2.4 of the paper
+Three forms compute the same thing exactly, all with the op
+:func:`ssmlab.ops.linear_attention` (retention is its decayed case): parallel
+(a masked ``L x L`` product, the op's ``quadratic`` backend), chunkwise
+(parallel inside chunks, recurrent between them, the op's default backend) and
+recurrent (``step``, :func:`ssmlab.ops.linear_attention_step`). The score normalisations of section 2.4 of the paper
 (``QK^T / sqrt(d)``; decay rows divided by ``sqrt(sum_i D_ni)``; rows of the
 scores divided by ``max(|sum_i R_ni|, 1)``) are applied identically in all three:
 the row sums are the running key sum ``z_n = gamma z_{n-1} + k_n``, carried in
@@ -31,7 +33,7 @@ from torch import nn
 
 from ssmlab.layers.rotary import apply_rotary
 from ssmlab.mixers.base import Mixer, State
-from ssmlab.mixers.linear_attention import causal_linear_attention, causal_linear_attention_step
+from ssmlab.ops import linear_attention, linear_attention_step
 from ssmlab.registry import register
 
 _FORMS = ("chunkwise", "parallel", "recurrent")
@@ -171,9 +173,9 @@ class RetNet(Mixer):
         batch, length = x.shape[:2]
         kv, start = self._unpack(state, batch, x)
         q, k, v = self._project(x, start)
-        chunk = self.chunk_size if self.form == "chunkwise" else None
-        o, kv = causal_linear_attention(q, k, v, log_decay=self._log_gamma(q),
-                                        initial_state=kv, chunk_size=chunk)
+        backend = "quadratic" if self.form == "parallel" else None
+        o, kv = linear_attention(q, k, v, log_decay=self._log_gamma(q), initial_state=kv, return_final_state=True,
+                                 chunk_size=self.chunk_size, backend=backend)
         y = self._output(x, o, start)
         return y, (self._pack(kv, start + length) if return_state else None)
 
@@ -190,7 +192,7 @@ class RetNet(Mixer):
         kv, start = self._unpack(state, x_t.shape[0], x_t)
         x = x_t[:, None]
         q, k, v = self._project(x, start)  # (B, 1, H, *)
-        o, kv = causal_linear_attention_step(q[:, 0], k[:, 0], v[:, 0], kv, log_decay=self._log_gamma(q))
+        o, kv = linear_attention_step(q[:, 0], k[:, 0], v[:, 0], kv, log_decay=self._log_gamma(q))
         return self._output(x, o[:, None], start)[:, 0], self._pack(kv, start + 1)
 
     def init_state(self, batch_size, *, device=None, dtype=None) -> State:

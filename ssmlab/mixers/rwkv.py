@@ -10,12 +10,9 @@ the current token::
           / (sum_{i<t} e^{-(t-1-i) w + k_i}     + e^{u + k_t})
     out_t = W_o (sigmoid(r_t) * wkv_t)
 
-The sums overflow for large keys, so they are kept as ``(a, b, p)`` with
-numerator ``a e^p``, denominator ``b e^p`` and ``p`` the largest exponent so
-far (the running-max trick of the official CUDA kernel). ``forward`` evaluates
-them in ``O(sqrt L)`` sequential steps: a recurrence inside chunks of about
-``sqrt L`` positions, run for all chunks at once, then one across chunks; ``step``
-is the plain recurrence.
+The WKV operator is the op :func:`ssmlab.ops.wkv` (numerically stable, with
+the state ``(a, b, p)``: numerator ``a e^p``, denominator ``b e^p`` and ``p``
+the largest exponent so far); ``step`` uses :func:`ssmlab.ops.wkv_step`.
 
 Channel mixing (optional, ``channel_mix=True``): a token-shifted squared-ReLU
 feed-forward gated by ``sigmoid(r)``.
@@ -26,84 +23,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ssmlab.mixers.base import Mixer, State, set_optim
+from ssmlab.ops import wkv, wkv_step
+from ssmlab.ops.wkv import EMPTY_EXPONENT
 from ssmlab.registry import register
-
-# The "minus infinity" of the empty WKV state, as in the official code; finite so that
-# differences of exponents never produce NaN.
-_EMPTY_EXPONENT = -1e30
-
-
-def _combine(a1, b1, p1, a2, b2, p2):
-    """Sum of two scaled WKV sums ``(a1 e^p1 + a2 e^p2, b1 e^p1 + b2 e^p2)`` rescaled by their
-    larger exponent. The exponent is detached: the represented sums do not depend on it, so
-    gradients through ``a`` and ``b`` alone are exact."""
-    p = torch.maximum(p1, p2).detach()
-    e1, e2 = torch.exp(p1 - p), torch.exp(p2 - p)
-    return e1 * a1 + e2 * a2, e1 * b1 + e2 * b2, p
-
-
-def _wkv_output(a, b, p, k, v, u):
-    """``wkv`` from the state of the positions before (a, b, p), the current key, value and bonus."""
-    bonus = u + k
-    q = torch.maximum(p, bonus).detach()
-    e1, e2 = torch.exp(p - q), torch.exp(bonus - q)
-    return (e1 * a + e2 * v) / (e1 * b + e2)
-
-
-def wkv(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
-        state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None):
-    """The RWKV-4 WKV operator (arXiv 2305.13048, eq. 14), numerically stable.
-
-    Args:
-        k, v: keys and values (B, L, D).
-        w: per-channel decay per step, positive (D,) (``exp(time_decay)``).
-        u: per-channel bonus of the current token (D,) (``time_first``).
-        state: ``(a, b, p)``, each (B, D), summarising the positions before; empty by default.
-
-    Returns ``wkv`` (B, L, D) and the state ``(a, b, p)`` after the last position.
-    """
-    batch, length, dim = k.shape
-    if state is None:
-        zeros = k.new_zeros(batch, dim)
-        state = (zeros, zeros, torch.full_like(zeros, _EMPTY_EXPONENT))
-    a0, b0, p0 = state
-    size = math.isqrt(length - 1) + 1  # ceil(sqrt(L)): about as many chunks as positions per chunk
-    n_chunks = -(-length // size)
-    pad = n_chunks * size - length
-    kc = F.pad(k, (0, 0, 0, pad)).unflatten(1, (n_chunks, size))  # (B, n, C, D)
-    vc = F.pad(v, (0, 0, 0, pad)).unflatten(1, (n_chunks, size))
-    ones = torch.ones_like(kc[:, :, 0])
-    # Inclusive sums inside each chunk, all chunks at once: C sequential steps.
-    local = [(vc[:, :, 0], ones, kc[:, :, 0])]
-    for j in range(1, size):
-        a, b, p = local[-1]
-        local.append(_combine(a, b, p - w, vc[:, :, j], ones, kc[:, :, j]))
-    la, lb, lp = (torch.stack(parts, dim=2) for parts in zip(*local))  # (B, n, C, D)
-    # The state entering each chunk: n sequential steps.
-    entries = [(a0, b0, p0)]
-    for c in range(n_chunks - 1):
-        a, b, p = entries[-1]
-        entries.append(_combine(a, b, p - size * w, la[:, c, -1], lb[:, c, -1], lp[:, c, -1]))
-    ea, eb, ep = (torch.stack(parts, dim=1)[:, :, None] for parts in zip(*entries))  # (B, n, 1, D)
-    # Inclusive sums up to every position: the entry state decayed by j + 1 steps, plus the chunk's.
-    steps = torch.arange(1, size + 1, device=k.device, dtype=k.dtype)[:, None]  # (C, 1)
-    ga, gb, gp = (t.flatten(1, 2)[:, :length] for t in _combine(ea, eb, ep - steps * w, la, lb, lp))  # (B, L, D)
-    # The state before each position.
-    before = [torch.cat([s[:, None], g[:, :-1]], dim=1) for s, g in zip(state, (ga, gb, gp))]
-    out = _wkv_output(*before, k, v, u)
-    return out, (ga[:, -1], gb[:, -1], gp[:, -1])
-
-
-def wkv_step(k_t: torch.Tensor, v_t: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
-             state: tuple[torch.Tensor, torch.Tensor, torch.Tensor]):
-    """One position of :func:`wkv`: ``k_t``, ``v_t`` (B, D), state ``(a, b, p)`` -> ``wkv_t`` (B, D), new state."""
-    a, b, p = state
-    out = _wkv_output(a, b, p, k_t, v_t, u)
-    return out, _combine(a, b, p - w, v_t, torch.ones_like(v_t), k_t)
 
 
 @register("mixer", "rwkv", description="RWKV-4 time mixing (WKV with time decay and bonus), optional channel mixing",
@@ -115,7 +40,7 @@ class RWKV(Mixer):
     Time mixing, on the input ``x`` (B, L, D) and its token shift ``xx`` (``x`` one position back)::
 
         r, k, v = W_r lerp(xx, x, mu_r), W_k lerp(xx, x, mu_k), W_v lerp(xx, x, mu_v)
-        a = W_o (sigmoid(r) * wkv(k, v))                     (see :func:`wkv`)
+        a = W_o (sigmoid(r) * wkv(k, v))                     (see :func:`ssmlab.ops.wkv`)
 
     With ``channel_mix=True`` the mixer continues with the RWKV block's channel mixing on
     ``h = LayerNorm(x + a)`` and its token shift ``hh``::
@@ -212,7 +137,8 @@ class RWKV(Mixer):
             state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
         r, k, v = self._time_mix_inputs(x, self._shift(x, state["x_prev"]))
         w, u = self._decay_and_bonus(k)
-        out, (a, b, p) = wkv(k, v, w, u, (state["a"], state["b"], state["p"]))
+        out, (a, b, p) = wkv(k, v, w, u, initial_state=(state["a"], state["b"], state["p"]),
+                            return_final_state=True)
         y = self.output(torch.sigmoid(r) * out.to(x.dtype))
         new_state = {"x_prev": x[:, -1], "a": a, "b": b, "p": p}
         if self.channel_mix:
@@ -241,7 +167,7 @@ class RWKV(Mixer):
         state = {"x_prev": torch.zeros(shape, device=device, dtype=dtype),
                  "a": torch.zeros(shape, device=device, dtype=wide),
                  "b": torch.zeros(shape, device=device, dtype=wide),
-                 "p": torch.full(shape, _EMPTY_EXPONENT, device=device, dtype=wide)}
+                 "p": torch.full(shape, EMPTY_EXPONENT, device=device, dtype=wide)}
         if self.channel_mix:
             state["ffn_x_prev"] = torch.zeros(shape, device=device, dtype=dtype)
         return state

@@ -7,9 +7,11 @@ specification, and fast backends chosen as described in :mod:`ssmlab.ops._dispat
 
 from ssmlab.ops._dispatch import BackendUnavailableError, Op
 from ssmlab.ops.fftconv import fft_conv
+from ssmlab.ops.linear_attention import linear_attention, linear_attention_step
 from ssmlab.ops.scan import linear_scan
 from ssmlab.ops.selective_scan import selective_scan, selective_scan_step
 from ssmlab.ops.ssd import ssd, ssd_step
+from ssmlab.ops.wkv import wkv, wkv_step
 from ssmlab.ops.discretize import (discretize_dense, discretize_diag, discretize_dplr, dplr_dense,
                                    init_log_dt)
 from ssmlab.ops.hippo import MEASURES, dplr, hippo, hippo_legs, nplr, s4d_legs
