@@ -271,8 +271,12 @@ def parameter_figures(boards: list[dict], plt, out_dir: Path) -> list[tuple[str,
                 ax.axhline(c["chance"], color="0.4", linestyle=":", linewidth=1)
                 ax.annotate("chance", (0.01, c["chance"]), xycoords=("axes fraction", "data"), fontsize=7,
                             color="0.3", va="bottom")
+            # Published figures of the models on this board (the others are listed under the table).
+            present = {r["model"]: colours[r["key"]] for r in board["rows"]}
             for model, (value, _source) in sorted(c.get("published", {}).items()):
-                colour = next((colours[r["key"]] for r in board["rows"] if r["model"] == model), "0.5")
+                if model not in present:
+                    continue
+                colour = present[model]
                 ax.axhline(value, color=colour, linestyle="--", linewidth=1)
                 ax.annotate(f"{model}, published", (0.99, value), xycoords=("axes fraction", "data"), fontsize=7,
                             color=colour, ha="right", va="bottom")
