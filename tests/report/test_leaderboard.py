@@ -4,6 +4,7 @@ import csv
 
 import pytest
 
+from ssmlab import registry
 from ssmlab.report import build_report, format_table, leaderboard
 from ssmlab.report.build import markdown_tables, smooth, suite_tables
 from ssmlab.store import ResultStore
@@ -97,3 +98,13 @@ def test_smooth_is_a_debiased_moving_average():
     assert smooth([0.0, 10.0], span=1) == [0.0, 10.0]
     out = smooth([0.0] * 10 + [10.0] * 10, span=3)
     assert out[9] == 0.0 and 0 < out[10] < 10 and out[-1] == pytest.approx(10.0, abs=0.01)
+
+
+@pytest.mark.parametrize("name", registry.names("task"))
+def test_every_task_declares_a_metric_its_runs_record(name):
+    """The class attributes are what ranks; the metric shown by ``ssmlab list`` must agree with them."""
+    entry = registry.get("task", name)
+    metric, lower = task_metric(name)
+    assert isinstance(lower, bool) and metric in ("accuracy", "mse", "bits_per_byte")
+    assert lower == (metric != "accuracy")
+    assert entry.extra.get("metric", metric) == metric
