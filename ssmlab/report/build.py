@@ -206,26 +206,41 @@ def _safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
 
 
+def _plain_log_ticks(axis, fmt: str = "{:g}") -> None:
+    """Tick labels of a log axis as plain numbers (``0.3``, ``20,000``), not ``3 x 10^-1``."""
+    from matplotlib.ticker import FuncFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: fmt.format(v)))
+    # Minor ticks labelled at 2 and 5 times a power of ten only, so that labels do not collide.
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: fmt.format(v) if f"{v:e}"[0] in "25" else ""))
+
+
+def _groups(rows: list, size: int) -> list[list]:
+    """``rows`` cut into the fewest groups of at most ``size``, as even as possible."""
+    n_groups = max(1, -(-len(rows) // size))
+    per = -(-len(rows) // n_groups) if rows else 0
+    return [rows[i:i + per] for i in range(0, len(rows), per)] if rows else []
+
+
 def learning_curve_figures(boards: list[dict], store: ResultStore, plt, out_dir: Path) -> list[tuple[str, Path]]:
-    """Per suite, small multiples of the training loss: one panel per task (and per group of
-    at most ``LINES_PER_AXIS`` models), the mean over seeds smoothed, the raw curve faint behind,
-    a log scale when the loss spans more than a factor of 5."""
+    """Per suite, small multiples of the training loss: one panel per task (a row of panels per task
+    when the suite has more than ``LINES_PER_AXIS`` models, each with its share of them), the mean
+    over seeds smoothed, the raw curve faint behind, a log scale when the loss spans more than a factor of 5."""
     figures = []
     for board in boards:
         colours = _colours(plt, [r["key"] for r in board["rows"]])
+        n_groups = len(_groups(board["rows"], LINES_PER_AXIS))
         panels = []
         for c in board["columns"]:
             rows = [r for r in board["rows"] if r["run_ids"].get(c["key"])]
-            for start in range(0, len(rows), LINES_PER_AXIS):
-                group = rows[start:start + LINES_PER_AXIS]
+            for i, group in enumerate(_groups(rows, -(-len(rows) // n_groups) if rows else 1)):
                 curves = {r["key"]: _mean_curve(store, r["run_ids"][c["key"]], "train", "loss") for r in group}
                 curves = {k: v for k, v in curves.items() if v[0]}
                 if curves:
-                    part = f" ({start // LINES_PER_AXIS + 1})" if len(rows) > LINES_PER_AXIS else ""
-                    panels.append((c["key"] + part, curves))
+                    panels.append((c["key"] + (f" ({i + 1}/{n_groups})" if n_groups > 1 else ""), curves))
         if not panels:
             continue
-        fig, axes = _grid(plt, len(panels))
+        fig, axes = _grid(plt, len(panels), ncols=n_groups if n_groups > 1 else 3)
         fig.set_layout_engine("constrained")
         for ax, (title, curves) in zip(axes, panels):
             low, high = float("inf"), 0.0
@@ -237,10 +252,11 @@ def learning_curve_figures(boards: list[dict], store: ResultStore, plt, out_dir:
                     low, high = min(low, min(positive)), max(high, max(positive))
             if 0 < low and high / low > 5:
                 ax.set_yscale("log")
+                _plain_log_ticks(ax.yaxis)
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("step", fontsize=8)
             ax.set_ylabel("training loss", fontsize=8)
-            ax.tick_params(labelsize=7)
+            ax.tick_params(labelsize=7, which="both")
             ax.grid(alpha=0.3, which="both")
         handles = [plt.Line2D([], [], color=colours[k], linewidth=2) for k in colours]
         path = _finish(plt, fig, out_dir / f"curves-{_safe(board['suite'])}.png", handles, list(colours))
@@ -281,11 +297,12 @@ def parameter_figures(boards: list[dict], plt, out_dir: Path) -> list[tuple[str,
                 ax.annotate(f"{model}, published", (0.99, value), xycoords=("axes fraction", "data"), fontsize=7,
                             color=colour, ha="right", va="bottom")
             ax.set_xscale("log")
+            _plain_log_ticks(ax.xaxis, "{:,.0f}")
             arrow = "lower is better" if c["lower_is_better"] else "higher is better"
             ax.set_title(c["key"], fontsize=10)
             ax.set_xlabel("parameters", fontsize=8)
             ax.set_ylabel(f"test {c['metric']} ({arrow})", fontsize=8)
-            ax.tick_params(labelsize=7)
+            ax.tick_params(labelsize=7, which="both")
             ax.grid(alpha=0.3, which="both")
         handles = [plt.Line2D([], [], color=colours[k], marker="o", linestyle="") for k in colours]
         path = _finish(plt, fig, out_dir / f"params-{_safe(board['suite'])}.png", handles, list(colours))
