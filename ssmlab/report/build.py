@@ -210,9 +210,13 @@ def _plain_log_ticks(axis, fmt: str = "{:g}") -> None:
     """Tick labels of a log axis as plain numbers (``0.3``, ``20,000``), not ``3 x 10^-1``."""
     from matplotlib.ticker import FuncFormatter
 
+    def minor(v, _):
+        # Over more than a decade only 2 and 5 times a power of ten are labelled, so that labels do not collide.
+        low, high = sorted(axis.get_view_interval())
+        return fmt.format(v) if low <= 0 or high / low < 10 or f"{v:e}"[0] in "25" else ""
+
     axis.set_major_formatter(FuncFormatter(lambda v, _: fmt.format(v)))
-    # Minor ticks labelled at 2 and 5 times a power of ten only, so that labels do not collide.
-    axis.set_minor_formatter(FuncFormatter(lambda v, _: fmt.format(v) if f"{v:e}"[0] in "25" else ""))
+    axis.set_minor_formatter(FuncFormatter(minor))
 
 
 def _groups(rows: list, size: int) -> list[list]:
@@ -357,6 +361,9 @@ def efficiency_figures(rows: list[dict], plt, out_dir: Path) -> list[tuple[str, 
             if lengths:
                 ax.plot(lengths, [per_len[n][key] for n in lengths], marker="o", color=colours[mixer])
         ax.set(xlabel="sequence length", ylabel=label, xscale="log", yscale="log")
+        _plain_log_ticks(ax.xaxis)
+        _plain_log_ticks(ax.yaxis)
+        ax.tick_params(labelsize=7, which="both")
         ax.grid(alpha=0.3, which="both")
     handles = [plt.Line2D([], [], color=colours[k], marker="o") for k in colours]
     path = _finish(plt, fig, out_dir / "efficiency.png", handles, list(colours))
