@@ -103,6 +103,7 @@ def _cmd_run(args) -> int:
     from ssmlab.tasks import create_task, missing_source
     from ssmlab.config import from_dict
     from ssmlab.report import build_report, format_table, leaderboard
+    from ssmlab.tasks.base import task_metric
     from ssmlab.store import ResultStore
     from ssmlab.train.sweep import execute
     from ssmlab.train.trainer import TrainConfig
@@ -156,8 +157,9 @@ def _cmd_run(args) -> int:
                 print(f"{prefix}: failed: {error}", flush=True)
                 continue
             row = next(r for r in store.runs() if r["id"] == run_id)
-            metric = "test_accuracy" if "test_accuracy" in row["metrics"] else sorted(row["metrics"])[0]
-            print(f"{prefix}: {metric} {row['metrics'][metric]:.3f} in {row['wall_time_s']:.1f}s", flush=True)
+            metric = f"test_{task_metric(spec.task)[0]}"
+            print(f"{prefix}: {metric} {row['metrics'].get(metric, float('nan')):.3f} in {row['wall_time_s']:.1f}s",
+                  flush=True)
             done += 1
         skipped = len(specs) - len(todo)
         print(f"\nfinished {done} runs in {time.perf_counter() - started:.0f}s"

@@ -3,10 +3,40 @@
 Each block is ``x + mixer(norm(x))``, then optionally ``x + mlp(norm(x))``,
 the layout used by Mamba (arXiv 2312.00752) and by pre-norm transformers.
 The backbone steps one position at a time when all its mixers are causal.
+
+Initialisation (one standard for every model, applied when the model is built;
+it only rescales or redraws the linear and embedding weights named here, never
+a mixer's own SSM parameters such as A, dt, B, C, D, their logs or its filters):
+
+* residual-branch outputs: in every block, the last linear map before each
+  residual addition is divided by ``sqrt(n_residuals * n_layers)``, with
+  ``n_residuals`` = 2 when the block has an MLP and 1 without, as mamba_ssm's
+  ``_init_weights(rescale_prenorm_residual=True, n_residuals_per_layer)``
+  (arXiv 2312.00752 reference code) and GPT-2 (Radford et al. 2019) do, so the
+  residual stream's variance does not grow with depth. The tensors are the
+  ``weight`` and ``bias`` of every ``nn.Linear`` inside a mixer whose attribute
+  name is in :data:`RESIDUAL_OUTPUTS` (``out_proj``: attention, mamba, mamba2,
+  h3, hyena, retnet, gss, linear-attention, tnn, the bidirectional wrappers;
+  ``output_linear``: s4, s4d, dss, lssl, liquid-s4, whose GLU output only has
+  its value half scaled so that the gate is unchanged; ``output``: rwkv) and
+  the MLP's ``fc_out``. Mixers without such a projection (lru, s5, mega, whose
+  output is gated against its input) are left as they are. The weights keep
+  the shape of their own init (PyTorch's default or the mixer's); only their
+  scale changes.
+* token embeddings (``encoder.embed.weight`` of the token-input heads, and so the
+  tied LM head): N(0, 0.02), GPT-2's and mamba_ssm's ``initializer_range``
+  (:func:`ssmlab.models.heads.init_embedding_`). An untied LM head and the other
+  heads keep PyTorch's ``nn.Linear`` init, as mamba_ssm keeps its untied ``lm_head``;
+  a linear input encoder, vision's patch embedding and RevIN are unchanged.
+
+Loading a checkpoint replaces all of it: the init only decides where training starts.
 """
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
 from ssmlab import registry
@@ -21,6 +51,34 @@ def create_mixer(name: str, d_model: int, **options) -> Mixer:
         return cls(d_model, **options)
     except TypeError as exc:
         raise ValueError(f"mixer {name!r}: bad options {sorted(options)}: {exc}") from exc
+
+
+RESIDUAL_OUTPUTS = ("out_proj", "output_linear", "output")
+
+
+@torch.no_grad()
+def rescale_residual_outputs_(block: "Block", n_layers: int) -> None:
+    """Divide the residual-branch output projections of ``block`` by ``sqrt(n_residuals * n_layers)``
+    in place (see the module docstring for exactly which tensors)."""
+    n_residuals = 2 if block.mlp is not None else 1
+    scale = 1.0 / math.sqrt(n_residuals * n_layers)
+    linears = [module for name, module in block.mixer.named_modules()
+               if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in RESIDUAL_OUTPUTS]
+    if block.mlp is not None:
+        linears.append(block.mlp.fc_out)
+    for parent in block.mixer.modules():
+        # A GLU output (value, gate): only the value half is a residual output.
+        glu = getattr(parent, "glu", False) is True and isinstance(getattr(parent, "output_linear", None), nn.Linear)
+        if glu and parent.output_linear in linears:
+            linears.remove(parent.output_linear)
+            half = parent.output_linear.out_features // 2
+            parent.output_linear.weight[:half] *= scale
+            if parent.output_linear.bias is not None:
+                parent.output_linear.bias[:half] *= scale
+    for linear in linears:
+        linear.weight *= scale
+        if linear.bias is not None:
+            linear.bias *= scale
 
 
 class Block(nn.Module):
@@ -104,6 +162,8 @@ class Backbone(nn.Module):
                   mlp_hidden=mlp_hidden, norm_eps=norm_eps, dropout=dropout, **factory)
             for name in names
         )
+        for layer in self.layers:
+            rescale_residual_outputs_(layer, n_layers)
         self.norm_f = RMSNorm(d_model, norm_eps, **factory)
 
     @property

@@ -9,6 +9,11 @@
   see :mod:`ssmlab.models.vision`.
 
 :func:`head_loss` is the loss and the metrics of each head, for the trainer.
+
+Every model starts from one initialisation: token embeddings, and so a tied LM head, are drawn
+from N(0, 0.02) (:func:`init_embedding_`); an untied LM head and the other heads keep PyTorch's
+``nn.Linear`` init, as in mamba_ssm; the backbone scales its residual-branch outputs with depth
+(see :mod:`ssmlab.models.backbone`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,21 @@ from ssmlab.models.backbone import Backbone
 from ssmlab.registry import register
 
 
+EMBEDDING_STD = 0.02
+
+
+@torch.no_grad()
+def init_embedding_(weight: torch.Tensor) -> torch.Tensor:
+    """Draw a token embedding (V, D) or a vocabulary projection from N(0, 0.02) in place.
+
+    The ``initializer_range`` of GPT-2 and of mamba_ssm's ``_init_weights`` (arXiv 2312.00752
+    reference code). PyTorch's default N(0, 1) embedding, tied to the output, gives initial logits
+    of standard deviation about sqrt(D) and an initial loss far above ln V; with 0.02 the first
+    logits are near zero and the initial loss of an LM is close to ln V.
+    """
+    return nn.init.normal_(weight, mean=0.0, std=EMBEDDING_STD)
+
+
 class _Encoder(nn.Module):
     """Token ids (B, L) through an embedding, or features (B, L, F) through a linear map."""
 
@@ -31,6 +51,7 @@ class _Encoder(nn.Module):
         self.vocab_size, self.input_dim = vocab_size, input_dim
         if vocab_size is not None:
             self.embed = nn.Embedding(vocab_size, d_model, device=device, dtype=dtype)
+            init_embedding_(self.embed.weight)
         else:
             self.embed = nn.Linear(input_dim, d_model, device=device, dtype=dtype)
 

@@ -1,60 +1,215 @@
-"""Leaderboard tables: one row per model, one column per task, mean and std over seeds."""
+"""Leaderboard tables: one row per model configuration, one column per task configuration.
+
+Each task is scored by the metric it declares (``Task.metric``, stored by the trainer as
+``test_<metric>``) in its declared direction (``Task.lower_is_better``), read from the task
+registry: nothing here guesses a direction from a metric's name.
+
+A cell is the mean, standard deviation and count of the runs whose recorded configurations
+are identical apart from their seed. Runs that differ in anything else (model or task
+options, trainer settings, or two sweeps of one suite with different settings) are never
+averaged together: they are separate rows (a difference in the model or the trainer) or
+separate columns (a difference in the task's options or its own trainer settings), each
+labelled by what sets it apart.
+"""
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import defaultdict
 
+from ssmlab import registry
 from ssmlab.store import ResultStore
 
+# Configuration keys (dotted paths into a run's recorded config) that belong to the task's column.
+_TASK_KEYS = ("run.task", "run.task_options", "run.train_options")
+# Keys that name the run rather than configure it: the seed varies within a cell, the label is the row's name.
+_IGNORED = ("seed", "label")
 
-def leaderboard(store: ResultStore, *, suite: str | None = None, metric: str = "test_accuracy") -> dict:
-    """Aggregate finished runs: ``{"tasks": [...], "rows": [{"model", "cells": {task: (mean, std, n)}, ...}]}``."""
-    cells: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    params: dict[str, dict[str, int]] = defaultdict(dict)  # model -> task -> parameters (heads differ by task)
+
+def task_info(name: str, options: dict | None = None) -> dict | None:
+    """What the registered task ``name`` declares: ``{"metric", "lower_is_better", "chance", "published"}``;
+    None when no task of that name is registered. ``chance`` is computed for ``options`` when the
+    task derives it from them."""
+    try:
+        cls = registry.get("task", name).obj
+    except KeyError:
+        return None
+    chance = cls.__dict__.get("chance", getattr(cls, "chance", None))
+    if isinstance(chance, property):
+        from ssmlab.tasks import create_task
+
+        try:
+            chance = create_task(name, **(options or {})).chance
+        except (TypeError, ValueError):
+            chance = None
+    return {"metric": cls.metric, "lower_is_better": bool(cls.lower_is_better), "chance": chance,
+            "published": dict(getattr(cls, "published", {}) or {})}
+
+
+def _flatten(config, prefix: str = "") -> dict:
+    if not isinstance(config, dict):
+        return {prefix: config}
+    flat = {}
+    for key, value in config.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            # An empty dict of options is the same configuration as none.
+            flat.update(_flatten(value, path))
+        else:
+            flat[path] = value
+    return flat
+
+
+def split_config(config: dict | None) -> tuple[dict, dict]:
+    """A run's recorded config, seed and label left out, as (model part, task part) of flat dotted keys."""
+    model, task = {}, {}
+    for key, value in _flatten(config or {}).items():
+        if key.rsplit(".", 1)[-1] in _IGNORED:
+            continue
+        (task if key.startswith(_TASK_KEYS) else model)[key] = value
+    return model, task
+
+
+def _key(flat: dict) -> str:
+    return json.dumps(flat, sort_keys=True, default=str)
+
+
+def _short(key: str) -> str:
+    for prefix in ("run.task_options.", "run.train_options.", "run.model_options.", "run."):
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def _differences(variants: dict[str, dict]) -> dict[str, str]:
+    """For configurations (flat dicts by key), a label of each: the settings in which they differ."""
+    if len(variants) < 2:
+        return {k: "" for k in variants}
+    keys = sorted({k for flat in variants.values() for k in flat})
+    differing = [k for k in keys if len({_key({"v": flat.get(k, "default")}) for flat in variants.values()}) > 1]
+    return {k: ", ".join(f"{_short(d)}={flat.get(d, 'default')}" for d in differing) for k, flat in variants.items()}
+
+
+def leaderboard(store: ResultStore, *, suite: str | None = None) -> dict:
+    """Aggregate the finished runs of ``suite`` into a board::
+
+        {"columns": [{"key", "task", "metric", "lower_is_better", "chance", "published"}, ...],
+         "rows": [{"key", "model", "cells": {column key: (mean, std, n)}, "run_ids": {column key: [id, ...]},
+                   "task_params": {column key: n_params}, "n_params", "params_text", "time_s"}, ...],
+         "skipped": [task names that are not registered, so have no declared metric]}
+
+    A column's key is its task's name, with the task settings that set it apart from the task's
+    other columns in brackets when it has several (``"mqar (seq_len=256)"``); a row's key is the
+    model's name, likewise (``"mamba (d_model=128)"``). ``time_s`` is the mean wall time of one
+    run of the row (over its seeds and tasks), not a sum.
+    """
+    values = defaultdict(list)  # (row key, column key) -> metric values
+    params: dict[str, dict[str, int]] = defaultdict(dict)
+    run_ids: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
     seconds: dict[str, list[float]] = defaultdict(list)
+    rows_meta: dict[str, tuple[str, dict]] = {}
+    columns_meta: dict[str, tuple[str, dict, dict]] = {}
+    skipped = set()
     for run in store.runs(suite=suite):
-        value = (run["metrics"] or {}).get(metric)
+        model_part, task_part = split_config(run["config"])
+        info = task_info(run["task"], ((run["config"] or {}).get("run") or {}).get("task_options"))
+        if info is None:
+            skipped.add(run["task"])
+            continue
+        value = (run["metrics"] or {}).get(f"test_{info['metric']}")
         if value is None:
             continue
-        cells[run["model"]][run["task"]].append(value)
-        params[run["model"]][run["task"]] = run["n_params"]
-        seconds[run["model"]].append(run["wall_time_s"])
-    tasks = sorted({t for per_task in cells.values() for t in per_task})
+        row = _key({"model": run["model"], **model_part})
+        column = _key({"task": run["task"], **task_part})
+        rows_meta[row] = (run["model"], model_part)
+        columns_meta[column] = (run["task"], task_part, info)
+        values[(row, column)].append(value)
+        run_ids[row][column].append(run["id"])
+        params[row][column] = run["n_params"]
+        if run["wall_time_s"] is not None:
+            seconds[row].append(run["wall_time_s"])
+
+    by_task = defaultdict(dict)
+    for column, (task, task_part, _) in columns_meta.items():
+        by_task[task][column] = task_part
+    columns, column_label = [], {}
+    for task in sorted(by_task):
+        labels = _differences(by_task[task])
+        for column in sorted(by_task[task], key=lambda c: labels[c]):
+            column_label[column] = f"{task} ({labels[column]})" if labels[column] else task
+            columns.append({"key": column_label[column], "task": task, **columns_meta[column][2]})
+
+    by_model = defaultdict(dict)
+    for row, (model, model_part) in rows_meta.items():
+        by_model[model][row] = model_part
     rows = []
-    for model in sorted(cells):
-        counts = sorted(set(params[model].values()))
-        row = {"model": model, "n_params": counts[-1], "task_params": dict(params[model]),
-               "params_text": f"{counts[0]:,}" if len(counts) == 1 else f"{counts[0]:,}-{counts[-1]:,}",
-               "wall_time_s": sum(seconds[model]), "cells": {}}
-        for task in tasks:
-            values = cells[model].get(task)
-            if values:
-                std = statistics.stdev(values) if len(values) > 1 else 0.0
-                row["cells"][task] = (statistics.fmean(values), std, len(values))
-        rows.append(row)
-    return {"metric": metric, "tasks": tasks, "rows": rows}
+    for model in sorted(by_model):
+        labels = _differences(by_model[model])
+        for row in sorted(by_model[model], key=lambda r: labels[r]):
+            counts = sorted(set(params[row].values()) - {None}) or [0]
+            cells = {}
+            for column, label in column_label.items():
+                found = values.get((row, column))
+                if found:
+                    std = statistics.stdev(found) if len(found) > 1 else 0.0
+                    cells[label] = (statistics.fmean(found), std, len(found))
+            rows.append({"key": f"{model} ({labels[row]})" if labels[row] else model, "model": model,
+                         "cells": cells, "run_ids": {column_label[c]: ids for c, ids in run_ids[row].items()},
+                         "task_params": {column_label[c]: n for c, n in params[row].items()}, "n_params": counts[-1],
+                         "params_text": f"{counts[0]:,}" if len(counts) == 1 else f"{counts[0]:,}-{counts[-1]:,}",
+                         "time_s": statistics.fmean(seconds[row]) if seconds[row] else float("nan")})
+    return {"columns": columns, "rows": rows, "skipped": sorted(skipped)}
+
+
+def best_per_column(board: dict) -> dict[str, float | None]:
+    """The best mean of each column, in that column's declared direction."""
+    best = {}
+    for column in board["columns"]:
+        means = [r["cells"][column["key"]][0] for r in board["rows"] if column["key"] in r["cells"]]
+        best[column["key"]] = (min if column["lower_is_better"] else max)(means, default=None)
+    return best
+
+
+def cell_text(cell) -> str:
+    if cell is None:
+        return "-"
+    mean, std, n = cell
+    return f"{mean:.3f}" + (f" ± {std:.3f}" if n > 1 else "")
+
+
+def column_heading(column: dict) -> str:
+    arrow = "↓" if column["lower_is_better"] else "↑"
+    return f"{column['key']} {column['metric']} {arrow}"
+
+
+TIME_HEADING = "time/run (s, mean)"
 
 
 def format_table(board: dict) -> str:
-    """Plain-text table; the best mean of each column is marked with ``*``."""
-    tasks = board["tasks"]
-    best = {t: max((r["cells"][t][0] for r in board["rows"] if t in r["cells"]), default=None) for t in tasks}
-    header = ["model", *tasks, "params", "time (s)"]
+    """Plain-text table; the best mean of each column, by its metric's direction, is marked with ``*``.
+
+    Under the models, a ``chance`` row where a task declares its chance level.
+    """
+    columns = board["columns"]
+    best = best_per_column(board)
+    header = ["model", *(column_heading(c) for c in columns), "params", TIME_HEADING]
     lines = []
     for r in board["rows"]:
-        line = [r["model"]]
-        for t in tasks:
-            if t not in r["cells"]:
-                line.append("-")
-                continue
-            mean, std, n = r["cells"][t]
-            text = f"{mean:.3f}" + (f" ± {std:.3f}" if n > 1 else "")
-            line.append(text + (" *" if mean == best[t] else ""))
-        line += [r["params_text"], f"{r['wall_time_s']:.1f}"]
+        line = [r["key"]]
+        for c in columns:
+            cell = r["cells"].get(c["key"])
+            line.append(cell_text(cell) + (" *" if cell is not None and cell[0] == best[c["key"]] else ""))
+        line += [r["params_text"], f"{r['time_s']:.1f}"]
         lines.append(line)
+    if any(c.get("chance") is not None for c in columns):
+        lines.append(["(chance)", *("-" if c.get("chance") is None else f"{c['chance']:.3f}" for c in columns),
+                      "", ""])
     widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(len(header))]
     fmt = lambda row: "  ".join(str(c).ljust(w) for c, w in zip(row, widths))  # noqa: E731
-    out = [f"metric: {board['metric']} (mean over seeds; * best per column)", fmt(header),
-           "  ".join("-" * w for w in widths)]
-    return "\n".join(out + [fmt(row) for row in lines])
+    out = ["test metric of each task (↑ higher is better, ↓ lower is better); mean ± std over seeds of runs with "
+           "identical configurations; * best per column", fmt(header), "  ".join("-" * w for w in widths)]
+    out += [fmt(row) for row in lines]
+    if board.get("skipped"):
+        out.append(f"not ranked (task not registered, so its metric is unknown): {', '.join(board['skipped'])}")
+    return "\n".join(out)

@@ -35,6 +35,14 @@ class Task:
 
     Subclasses set ``head`` (the model head the task needs: ``"lm"`` or
     ``"classify"``), ``metric`` and ``seq_len``, and implement ``_generate(split, n, generator)``.
+
+    ``metric`` names the metric the task is ranked by (one of the names the trainer's
+    evaluation returns; runs store it as ``test_<metric>``) and ``lower_is_better`` its
+    direction: these two attributes are the one place that says how a task is scored, and
+    early stopping, ``ssmlab run`` and the report all read them (see :func:`task_metric`).
+    Optional reference levels for reports: ``chance`` (the metric of a uniform guess, or
+    None; may be a property of the options) and ``published``, a dict from a mixer name to
+    ``(value, source)``: a figure a paper reports for that model on this task.
     Data are deterministic in ``seed``: the same seed and options give the same tensors.
     Tasks whose generation is slow at full size set ``cached = True``: their splits are
     stored on disk (see ``ssmlab.tasks.cache``) and read back on the next call.
@@ -44,6 +52,9 @@ class Task:
 
     head: str = "lm"
     metric: str = "accuracy"
+    lower_is_better: bool = False
+    chance: float | None = None
+    published: dict[str, tuple[float, str]] = {}
     registry_name: str = "task"
     cached: bool = False
 
@@ -97,3 +108,11 @@ class Task:
 
     def _generate(self, split: str, n: int, generator: torch.Generator) -> Split:
         raise NotImplementedError(f"{type(self).__name__} must implement _generate")
+
+
+def task_metric(name: str) -> tuple[str, bool]:
+    """The metric of the registered task ``name`` and whether lower is better, e.g. ``("mse", True)``."""
+    from ssmlab import registry
+
+    cls = registry.get("task", name).obj
+    return cls.metric, cls.lower_is_better

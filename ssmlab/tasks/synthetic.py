@@ -35,6 +35,8 @@ class MQAR(Task):
     """
 
     head = "lm"
+    # A uniform guess over the vocab_size / 2 values.
+    chance = property(lambda self: 2 / self.vocab_size)
 
     def __init__(self, *, vocab_size: int = 128, seq_len: int = 64, num_kv_pairs: int = 8, power_a: float = 0.01,
                  random_non_queries: bool = True, **kwargs):
@@ -94,6 +96,12 @@ class SelectiveCopying(Task):
     """
 
     head = "lm"
+    # A uniform guess over the vocab_size - 2 data tokens.
+    chance = property(lambda self: 1 / (self.vocab_size - 2))
+    # Table 1 of the paper, at its own length and budget (figures as quoted in issue 12 and in a secondary summary).
+    published = {name: (value, f"Mamba, arXiv 2312.00752, Table 1 ({layer})") for name, value, layer in (
+        ("mamba", 0.998, "Mamba block, S6 layer"), ("s4", 0.183, "S4 layer, no gate"),
+        ("h3", 0.570, "H3 block, S4 layer"), ("hyena", 0.301, "Hyena block, Hyena layer"))}
 
     def __init__(self, *, vocab_size: int = 16, seq_len: int = 64, num_tokens: int = 8, **kwargs):
         super().__init__(**kwargs)

@@ -324,6 +324,7 @@ class _ByteLM(Task):
 
     head = "lm"
     metric = "bits_per_byte"
+    lower_is_better = True
     fractions = {"train": (0.0, 0.9), "val": (0.9, 0.95), "test": (0.95, 1.0)}
 
     def __init__(self, *, seq_len: int = 256, **kwargs):

@@ -168,6 +168,7 @@ class Forecasting(Task):
 
     head = "forecast"
     metric = "mse"
+    lower_is_better = True
     parts = {"train": (0.0, 0.7), "val": (0.7, 0.8), "test": (0.8, 1.0)}
     package: str = ""
     file: tuple[str, ...] = ()

@@ -33,8 +33,6 @@ from ssmlab.train import checkpoint, distributed
 
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
-# Metrics where a lower value is better (early stopping picks the direction from the metric's name).
-LOWER_IS_BETTER = ("loss", "mse", "mae", "bits_per_byte")
 
 
 @dataclass
@@ -164,10 +162,10 @@ def evaluate(model: nn.Module, split: Split, head: str, batch_size: int, device:
     return results
 
 
-def _improved(value: float, best: float | None, metric: str) -> bool:
+def _improved(value: float, best: float | None, lower_is_better: bool) -> bool:
     if best is None:
         return True
-    return value < best if metric in LOWER_IS_BETTER else value > best
+    return value < best if lower_is_better else value > best
 
 
 def _run_fingerprint(task: Task, config: TrainConfig) -> dict:
@@ -264,7 +262,9 @@ def train(model: nn.Module, task: Task, config: TrainConfig, *, description: str
                     curves.append((done, split_name, name, value))
                 watched = results.get(metric, results["loss"])
                 watched_name = metric if metric in results else "loss"
-                if _improved(watched, best, watched_name):
+                # The task's metric in its declared direction; the loss, when the metric is missing, is lower-better.
+                lower = getattr(task, "lower_is_better", False) if watched_name == metric else True
+                if _improved(watched, best, lower):
                     best, bad_evals = watched, 0
                 else:
                     bad_evals += 1

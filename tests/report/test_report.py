@@ -17,10 +17,9 @@ def _fill(store):
                                   config={"run": {"task_options": {"seq_len": 64}}})
             store.finish_run(run, metrics={"test_accuracy": acc, "test_loss": 1 - acc}, n_params=100, wall_time_s=1.0,
                              peak_memory_mb=None, curves=[(0, "train", "loss", 2.0), (10, "train", "loss", 1.0 - acc)])
-    lm = store.start_run(suite="lm", model="mamba", task="text", seed=0, config={}, environment=env)
-    store.finish_run(lm, metrics={"test_bpb": 1.5}, n_params=100, wall_time_s=1.0, peak_memory_mb=None)
-    lm = store.start_run(suite="lm", model="s4d", task="text", seed=0, config={}, environment=env)
-    store.finish_run(lm, metrics={"test_bpb": 1.8}, n_params=100, wall_time_s=1.0, peak_memory_mb=None)
+    for model, bpb in (("mamba", 1.5), ("s4d", 1.8)):
+        lm = store.start_run(suite="lm", model=model, task="shakespeare-char", seed=0, config={}, environment=env)
+        store.finish_run(lm, metrics={"test_bits_per_byte": bpb}, n_params=100, wall_time_s=1.0, peak_memory_mb=None)
     store_measurements(store, [Measurement(m, n, 1, 8, t * n, 2 * t * n, 1.0, 1.0, 10)
                                for m, t in (("attention", 1e-3), ("mamba", 2e-3)) for n in (64, 256)],
                        environment=env)
@@ -36,6 +35,7 @@ def test_report_tables_csv_and_self_contained_html(tmp_path):
     assert "| `s4d` | 0.400 ± 0.000 |" in md
     assert "lower is better" in md and "**1.500**" in md  # bits per byte: the lower one is marked
     assert "## Efficiency" in md and "| `mamba` | 64, 256 | 1.00 |" in md
+    assert "mean wall time of one run" in md and "mqar accuracy ↑" in md and "shakespeare-char bits_per_byte ↓" in md
     rows = list(csv.DictReader(open(paths["csv"])))
     assert {(r["suite"], r["model"]) for r in rows} == {("quick", "mamba"), ("quick", "s4d"), ("lm", "mamba"),
                                                         ("lm", "s4d")}
