@@ -136,12 +136,26 @@ def merge_states(parts, batch_size: int, growing: dict[str, tuple[int, ...]]) ->
     return out
 
 
+def is_causal(cls: type["Mixer"], d_model: int = 64, **options) -> bool:
+    """Whether the mixer ``cls(d_model, **options)`` is causal, for code that decides before it
+    builds a model (which tasks a model may run): read from an instance built on the meta device
+    (no memory, no data). A class whose ``causal`` is False has no causal instance, so it is not
+    built (it may need options such as ``image_shape``)."""
+    if not cls.causal:
+        return False
+    return bool(cls(d_model, **options, device="meta").causal)
+
+
 class Mixer(nn.Module):
     """Base class of all sequence mixers: ``(B, L, D) -> (B, L, D)``.
 
     Subclasses set ``causal`` and implement ``_forward``, ``init_state`` and
     ``_step``; the public ``forward`` and ``step`` validate their inputs here so
     that every mixer rejects bad input the same way.
+
+    Direction is a property of the instance: ``mixer.causal`` is the one source.
+    The class attribute is its default; a mixer built with ``bidirectional=True``
+    sets ``self.causal = False``. Code that has no instance yet asks :func:`is_causal`.
     """
 
     causal: bool = True
