@@ -111,7 +111,8 @@ def test_direction_is_read_from_the_instance(tmp_path, capsys):
     from ssmlab.models import create_mixer
 
     path = tmp_path / "exp.yaml"
-    path.write_text("models:\n  - s4d\n  - {mixer: s4d, name: s4d-bi, options: {mixer_options: {bidirectional: true}}}\n"
+    path.write_text("models:\n  - s4d\n"
+                    "  - {mixer: s4d, name: s4d-bi, options: {mixer_options: {bidirectional: true}}}\n"
                     "  - {mixer: [s4d, attention], name: hybrid-bi, options: {mixer_options: "
                     "{s4d: {bidirectional: true}}}}\n  - {mixer: [s4d, attention], name: hybrid}\n"
                     "tasks: [mqar, ucr-gunpoint]\n")

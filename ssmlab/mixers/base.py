@@ -79,11 +79,11 @@ def ssm_parameter(value: torch.Tensor, dtype: torch.dtype | None = None, *, lr: 
                   weight_decay: float | None = 0.0) -> nn.Parameter:
     """A precision-sensitive SSM parameter (A, dt, D, their logs) in one line.
 
-    ``value`` is cast to the factory ``dtype`` (its own dtype when None, or float32 when that
-    is low precision), raised to float32 when low precision; a complex ``value`` becomes the
-    complex dtype of the same precision (complex64 for float32, complex128 for float64). The
-    parameter gets ``weight_decay`` (0.0; None for the trainer's) and its own ``lr`` (None:
-    the trainer's), and stays float32 when its module is cast to bfloat16 or float16.
+    ``value`` is cast to the factory ``dtype`` (``value``'s own dtype when None), except that a
+    low-precision ``dtype`` (bfloat16, float16) gives float32; a complex ``value`` takes the complex
+    dtype of that precision (complex64, or complex128 for float64). The parameter gets
+    ``weight_decay`` (0.0; None leaves it to the trainer) and its own ``lr`` (None: the trainer's),
+    and stays float32 when a module holding it is cast to bfloat16 or float16 (:meth:`Mixer._apply`).
     """
     param = nn.Parameter(ssm_buffer(value, dtype))
     return set_optim(param, weight_decay=weight_decay, lr=lr, keep_float32=True)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from ssmlab.layers import GELUGLUOutput
 from ssmlab.mixers.base import Mixer, State, at_least_float32, ssm_dtype, ssm_parameter

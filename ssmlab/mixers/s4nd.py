@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 from einops import rearrange
-from torch import nn
 
 from ssmlab.layers import GELUGLUOutput
 from ssmlab.mixers.base import Mixer, State, at_least_float32, ssm_parameter

@@ -68,7 +68,7 @@ CALLS = {
     "linear_scan": _seeded(lambda randn, rand, **kw: ops.linear_scan(rand(1, 5, 2), randn(1, 5, 2), **kw)),
     "selective_scan": _seeded(lambda randn, rand, **kw: ops.selective_scan(
         randn(1, 5, 2), rand(1, 5, 2), -rand(2, 3), randn(1, 5, 3), randn(1, 5, 3), **kw)),
-    "ssd": _seeded(lambda randn, rand, **kw: ops.ssd(randn(1, 5, 2, 2), rand(1, 5, 2), -torch.ones(2, dtype=torch.float64),
+    "ssd": _seeded(lambda randn, rand, **kw: ops.ssd(randn(1, 5, 2, 2), rand(1, 5, 2), -rand(2) - 0.5,
                                                      randn(1, 5, 1, 3), randn(1, 5, 1, 3), **kw)),
 }
 BACKENDS = [(op, name) for op in ALL_OPS for name in op.available_backends("cpu")]
