@@ -118,6 +118,27 @@ def test_bfloat16_forward_is_close_to_float32(cls, options):
     assert err < BF16_RTOL, f"{cls.registry_name}: relative error {err:.2e} of the bfloat16 output"
 
 
+@pytest.mark.parametrize("cls, options", CASES)
+def test_bfloat16_step_matches_forward(cls, options):
+    """Generation after ``.to(bfloat16)``: the state from ``init_state`` (its default dtype and
+    bfloat16) carries the step, which follows the bfloat16 forward."""
+    mixer = make(cls, options, torch.float32).to(torch.bfloat16)
+    if not mixer.causal:
+        pytest.skip("bidirectional mixer: no step")
+    x = inputs(2, 9, dtype=torch.bfloat16)
+    with torch.no_grad():
+        want = mixer(x).float()
+        for state in (mixer.init_state(2), mixer.init_state(2, dtype=torch.bfloat16)):
+            outs = []
+            for t in range(x.shape[1]):
+                y_t, state = mixer.step(x[:, t], state)
+                outs.append(y_t)
+            got = torch.stack(outs, 1)
+            assert got.dtype == torch.bfloat16
+            err = ((got.float() - want).norm() / want.norm()).item()
+            assert err < BF16_RTOL, f"{cls.registry_name}: step vs forward, relative error {err:.2e}"
+
+
 LM_OPTIONS = {"mamba": {"d_state": 8}, "mamba2": {"d_state": 8, "headdim": 8}, "s4d": {"d_state": 8},
               "s5": {"d_state": 8}, "lru": {"d_state": 8}, "rwkv": {}, "s4": {"d_state": 8}}
 
