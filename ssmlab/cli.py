@@ -39,9 +39,22 @@ def _cmd_list(args) -> int:
             paper = f"  [arXiv {e.paper}]" if e.paper else ""
             causal = ""
             if plural == "mixers":
-                causal = "  causal" if e.obj.causal else "  bidirectional"
+                causal = _direction(e.obj)
             print(f"  {e.name.ljust(width)}  {e.description}{paper}{causal}")
     return 0
+
+
+def _direction(cls) -> str:
+    """How ``ssmlab list`` describes a mixer's direction, read from instances (:func:`is_causal`)."""
+    import inspect
+
+    from ssmlab.mixers import is_causal
+
+    if not is_causal(cls):
+        return "  bidirectional"
+    if "bidirectional" in inspect.signature(cls).parameters and not is_causal(cls, bidirectional=True):
+        return "  causal (bidirectional with bidirectional=True)"
+    return "  causal"
 
 
 def _train_config(args):

@@ -177,12 +177,33 @@ def model_label(mixer: str | list[str]) -> str:
     return mixer if isinstance(mixer, str) else "+".join(mixer)
 
 
+def _not_causal(mixer: str | list[str], d_model: int, options: dict) -> bool:
+    """Whether a mixer of the model, built with its ``mixer_options`` (keyed by name for a hybrid
+    stack, as :class:`~ssmlab.models.Backbone` reads them), is not causal. A mixer that cannot be
+    built with those options is not judged here: its run reports the error."""
+    from ssmlab.mixers import is_causal
+
+    names = [mixer] if isinstance(mixer, str) else list(dict.fromkeys(mixer))
+    given = options.get("mixer_options") or {}
+    per_name = {mixer: given} if isinstance(mixer, str) else given
+    for name in names:
+        try:
+            if not is_causal(registry.get("mixer", name).obj, d_model, **per_name.get(name, {})):
+                return True
+        except (TypeError, ValueError):
+            continue
+    return False
+
+
 def expand(exp: Experiment) -> list[Any]:
     """The runs of an experiment: tasks x models x seeds, in that order.
 
-    ``"*"`` stands for every registered mixer; a bidirectional mixer is left out of
-    tasks with a language-model head (it would see the tokens it predicts), and a
-    mixer over a fixed grid (``fixed_length``) out of tasks of another length.
+    ``"*"`` stands for every registered mixer. A model that is not causal (a
+    bidirectional mixer, or one built with ``bidirectional=True`` in its
+    ``mixer_options``) is left out of tasks with a language-model head, where it would
+    see the tokens it predicts; direction is read from the mixers as built
+    (:func:`ssmlab.mixers.is_causal`). With ``"*"``, a mixer over a fixed grid
+    (``fixed_length``) is left out of tasks of another length.
     """
     from ssmlab.tasks import create_task
     from ssmlab.train.sweep import RunSpec
@@ -196,9 +217,9 @@ def expand(exp: Experiment) -> list[Any]:
             for mixer in names:
                 parts = [mixer] if isinstance(mixer, str) else mixer
                 entries = [registry.get("mixer", p) for p in parts]
+                if task_cls.head == "lm" and _not_causal(mixer, m.d_model or exp.defaults.d_model, m.options):
+                    continue
                 if m.mixer == "*":
-                    if task_cls.head == "lm" and not all(e.obj.causal for e in entries):
-                        continue
                     fixed = [e.extra["fixed_length"] for e in entries if "fixed_length" in e.extra]
                     if fixed:
                         if length is None:

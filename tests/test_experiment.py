@@ -103,3 +103,32 @@ def test_per_task_trainer_settings_and_command_line_precedence():
     assert all(s.train_options == {} for s in experiment.expand(exp) if s.task == "mqar")
     with pytest.raises(ConfigError, match="stepz"):
         experiment.parse({"models": ["s4d"], "tasks": [{"name": "mqar", "trainer": {"stepz": 1}}]})
+
+
+def test_direction_is_read_from_the_instance(tmp_path, capsys):
+    """s4, s4d, s5 and tnn built with bidirectional=True are not causal, though their classes are:
+    suites, listings and the bidirectional wrapper read the instance."""
+    from ssmlab.models import create_mixer
+
+    path = tmp_path / "exp.yaml"
+    path.write_text("models:\n  - s4d\n"
+                    "  - {mixer: s4d, name: s4d-bi, options: {mixer_options: {bidirectional: true}}}\n"
+                    "  - {mixer: [s4d, attention], name: hybrid-bi, options: {mixer_options: "
+                    "{s4d: {bidirectional: true}}}}\n  - {mixer: [s4d, attention], name: hybrid}\n"
+                    "tasks: [mqar, ucr-gunpoint]\n")
+    runs = {}
+    for spec in experiment.expand(experiment.load(str(path))):
+        runs.setdefault(spec.task, []).append(spec.label or spec.mixer)
+    assert runs == {"mqar": ["s4d", "hybrid"], "ucr-gunpoint": ["s4d", "s4d-bi", "hybrid-bi", "hybrid"]}
+    with pytest.raises(ValueError, match="must be causal"):
+        create_mixer("bidirectional", 16, mixer="s4d", d_state=4, bidirectional=True)
+    assert main(["list", "mixers"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert lines["s4d"].endswith("causal (bidirectional with bidirectional=True)")
+    assert lines["bi-mamba"].endswith("bidirectional") and lines["mamba"].endswith("causal")
+    from ssmlab.mixers import is_causal
+
+    for name in ("s4", "s4d", "s5", "tnn"):
+        cls = registry.get("mixer", name).obj
+        assert cls.causal and is_causal(cls, 16) and not is_causal(cls, 16, bidirectional=True), name
+        assert not create_mixer(name, 16, bidirectional=True).causal

@@ -1,6 +1,6 @@
 """Sequence mixers, one file per family, all following :class:`ssmlab.mixers.base.Mixer`."""
 
-from ssmlab.mixers.base import Mixer, set_optim
+from ssmlab.mixers.base import Mixer, is_causal, set_optim, ssm_parameter
 from ssmlab.mixers.attention import Attention
 from ssmlab.mixers.s4d import S4D
 from ssmlab.mixers.mamba import Mamba

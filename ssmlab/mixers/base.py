@@ -21,10 +21,20 @@ registered mixer against this contract.
 Parameters that need their own optimiser treatment (no weight decay, a lower
 learning rate for A and dt, as in S4 and Mamba) carry an ``_optim`` dict, set
 with :func:`set_optim`; the trainer reads it and has no per-model cases.
+
+Precision-sensitive SSM parameters (A, dt, D and their logs, and the complex
+eigenvalues of the S4 family) are declared with :func:`ssm_parameter`: they are
+float32 (complex64) when the mixer is built in bfloat16 or float16, keep float64
+when it is built in float64, and stay float32 after ``mixer.to(torch.bfloat16)``,
+``.half()`` or ``.bfloat16()`` of the mixer or of any model holding it, as in
+mamba_ssm (arXiv 2312.00752), whose ``A_log`` and ``D`` stay float32. A forward
+over bfloat16 activations computes the recurrence in float32 and returns
+activations in the input's dtype.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -32,16 +42,68 @@ from torch import nn
 
 State = dict[str, torch.Tensor]
 
+LOW_PRECISION = (torch.bfloat16, torch.float16, torch.complex32)
 
-def set_optim(param: nn.Parameter, *, weight_decay: float | None = None, lr: float | None = None) -> nn.Parameter:
-    """Mark ``param`` for special optimiser treatment: its own ``weight_decay`` and/or absolute ``lr``."""
+
+def set_optim(param: nn.Parameter, *, weight_decay: float | None = None, lr: float | None = None,
+              keep_float32: bool = False) -> nn.Parameter:
+    """Mark ``param`` for special optimiser treatment: its own ``weight_decay`` and/or absolute ``lr``.
+
+    ``keep_float32`` also marks it precision-sensitive: a cast of its module to a low-precision
+    dtype leaves it in float32 (complex64); see :func:`ssm_parameter`.
+    """
     hints = {}
     if weight_decay is not None:
         hints["weight_decay"] = weight_decay
     if lr is not None:
         hints["lr"] = lr
     param._optim = hints
+    if keep_float32:
+        param._keep_float32 = True
     return param
+
+
+def ssm_dtype(dtype: torch.dtype | None) -> torch.dtype | None:
+    """The dtype of an SSM parameter in a mixer built with factory ``dtype``: float32 for a
+    low-precision float (bfloat16, float16), else ``dtype`` (None stays None)."""
+    return torch.float32 if dtype in LOW_PRECISION else dtype
+
+
+def _high_precision(dtype: torch.dtype) -> torch.dtype:
+    if dtype in LOW_PRECISION:
+        return torch.complex64 if dtype.is_complex else torch.float32
+    return dtype
+
+
+def ssm_parameter(value: torch.Tensor, dtype: torch.dtype | None = None, *, lr: float | None = None,
+                  weight_decay: float | None = 0.0) -> nn.Parameter:
+    """A precision-sensitive SSM parameter (A, dt, D, their logs) in one line.
+
+    ``value`` is cast to the factory ``dtype`` (``value``'s own dtype when None), except that a
+    low-precision ``dtype`` (bfloat16, float16) gives float32; a complex ``value`` takes the complex
+    dtype of that precision (complex64, or complex128 for float64). The parameter gets
+    ``weight_decay`` (0.0; None leaves it to the trainer) and its own ``lr`` (None: the trainer's),
+    and stays float32 when a module holding it is cast to bfloat16 or float16 (:meth:`Mixer._apply`).
+    """
+    param = nn.Parameter(ssm_buffer(value, dtype))
+    return set_optim(param, weight_decay=weight_decay, lr=lr, keep_float32=True)
+
+
+def ssm_buffer(value: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A fixed precision-sensitive tensor (a HiPPO matrix) for ``register_buffer``: cast and kept
+    at float32 like :func:`ssm_parameter`, without optimiser hints."""
+    target = ssm_dtype(dtype) or value.dtype
+    if value.is_complex() and not target.is_complex:
+        target = torch.complex128 if target == torch.float64 else torch.complex64
+    buffer = value.to(_high_precision(target))
+    buffer._keep_float32 = True
+    return buffer
+
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when it is bfloat16 or float16 (complex64 for complex32); unchanged otherwise.
+    The dtype a recurrence is computed in, as in the ops and mamba_ssm's kernels."""
+    return x.to(_high_precision(x.dtype))
 
 
 def padding_mask(lengths: torch.Tensor, length: int) -> torch.Tensor:
@@ -74,12 +136,26 @@ def merge_states(parts, batch_size: int, growing: dict[str, tuple[int, ...]]) ->
     return out
 
 
+def is_causal(cls: type["Mixer"], d_model: int = 64, **options) -> bool:
+    """Whether the mixer ``cls(d_model, **options)`` is causal, for code that decides before it
+    builds a model (which tasks a model may run): read from an instance built on the meta device
+    (no memory, no data). A class whose ``causal`` is False has no causal instance, so it is not
+    built (it may need options such as ``image_shape``)."""
+    if not cls.causal:
+        return False
+    return bool(cls(d_model, **options, device="meta").causal)
+
+
 class Mixer(nn.Module):
     """Base class of all sequence mixers: ``(B, L, D) -> (B, L, D)``.
 
     Subclasses set ``causal`` and implement ``_forward``, ``init_state`` and
     ``_step``; the public ``forward`` and ``step`` validate their inputs here so
     that every mixer rejects bad input the same way.
+
+    Direction is a property of the instance: ``mixer.causal`` is the one source.
+    The class attribute is its default; a mixer built with ``bidirectional=True``
+    sets ``self.causal = False``. Code that has no instance yet asks :func:`is_causal`.
     """
 
     causal: bool = True
@@ -210,6 +286,35 @@ class Mixer(nn.Module):
                 if a != b and i not in growing.get(key, ()):
                     raise ValueError(f"{self.registry_name}: state[{key!r}] must have shape {tuple(want.shape)} "
                                      f"for batch size {batch_size}, got {tuple(got.shape)}")
+
+    def _apply(self, fn, recurse=True):
+        """``Module._apply`` (behind ``.to``, ``.half``, ``.bfloat16``, ``.cuda`` ...) that leaves the
+        parameters and buffers marked ``keep_float32`` (see :func:`ssm_parameter`, :func:`ssm_buffer`),
+        and their gradients, at float32 or complex64 where ``fn`` would make them low precision;
+        other casts apply as usual."""
+        kept = {}
+        for t in [*self.parameters(), *self.buffers()]:
+            if getattr(t, "_keep_float32", False):
+                kept[id(t)] = t
+                if t.grad is not None:
+                    kept[id(t.grad)] = t.grad
+        if not kept:
+            return super()._apply(fn, recurse)
+
+        def guarded(t):
+            if kept.get(id(t)) is not t:
+                return fn(t)
+            with warnings.catch_warnings():
+                # A complex parameter is cast to real by ``.to(bfloat16)``; it is kept complex below.
+                warnings.simplefilter("ignore", UserWarning)
+                out = fn(t)
+            if out.dtype in LOW_PRECISION:
+                out = t.to(device=out.device, dtype=torch.complex64 if t.is_complex() else torch.float32)
+            if out is not t and not isinstance(out, nn.Parameter):
+                out._keep_float32 = True  # a buffer's new tensor keeps the mark
+            return out
+
+        return super()._apply(guarded, recurse)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, causal={self.causal}"

@@ -43,12 +43,12 @@ class Bidirectional(Mixer):
                  **options):
         super().__init__(d_model)
         cls = registry.get("mixer", mixer).obj
-        if not cls.causal:
-            raise ValueError(f"{self.registry_name}: the wrapped mixer {mixer!r} must be causal")
         if combine not in COMBINE:
             raise ValueError(f"{self.registry_name}: combine must be one of {COMBINE}, got {combine!r}")
         self.inner, self.combine = mixer, combine
         self.forward_mixer = cls(d_model, **options, device=device, dtype=dtype)
+        if not self.forward_mixer.causal:
+            raise ValueError(f"{self.registry_name}: the wrapped mixer {mixer!r} with options {options} must be causal")
         self.backward_mixer = cls(d_model, **options, device=device, dtype=dtype)
         self.proj = nn.Linear(2 * d_model, d_model, device=device, dtype=dtype) if combine == "concat" else None
 

@@ -27,10 +27,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from ssmlab.layers import GELUGLUOutput
-from ssmlab.mixers.base import Mixer, State, set_optim
+from ssmlab.mixers.base import Mixer, State, at_least_float32, ssm_dtype, ssm_parameter
 from ssmlab.mixers.s4d import diagonal_state_terms
 from ssmlab.ops import fft_conv, init_log_dt, s4d_legs
 from ssmlab.registry import register
@@ -73,15 +72,15 @@ class DSS(Mixer):
         dtype = dtype or torch.get_default_dtype()
         self.d_state, self.version, self.l_max = d_state, version, l_max
         eig = s4d_legs(2 * d_state).to(device)  # N eigenvalues with positive imaginary part
-        self.log_Lambda_real = set_optim(nn.Parameter(torch.log(-eig.real).to(dtype)), weight_decay=0.0, lr=lr)
-        self.Lambda_imag = set_optim(nn.Parameter(eig.imag.to(dtype)), weight_decay=0.0, lr=lr)
+        self.log_Lambda_real = ssm_parameter(torch.log(-eig.real), dtype, lr=lr)
+        self.Lambda_imag = ssm_parameter(eig.imag, dtype, lr=lr)
         w = torch.randn(d_model, d_state, 2, device=device, dtype=torch.float64) * math.sqrt(0.5)
-        self.W = set_optim(nn.Parameter(w.to(dtype)), weight_decay=0.0, lr=lr)
-        log_dt = init_log_dt(d_model, dt_min, dt_max, device=device, dtype=dtype)
+        self.W = ssm_parameter(w, dtype, lr=lr)
+        log_dt = init_log_dt(d_model, dt_min, dt_max, device=device, dtype=ssm_dtype(dtype))
         if sep_dt:
             log_dt = log_dt[:, None].repeat(1, 2)  # (H, 2): real and imaginary parts start from one step
-        self.log_dt = set_optim(nn.Parameter(log_dt), weight_decay=0.0, lr=lr)
-        self.D = nn.Parameter(torch.randn(d_model, device=device, dtype=dtype))
+        self.log_dt = ssm_parameter(log_dt, dtype, lr=lr)
+        self.D = ssm_parameter(torch.randn(d_model, device=device, dtype=ssm_dtype(dtype)), dtype, weight_decay=None)
         self.output = GELUGLUOutput(d_model, dropout, glu=postact == "glu", device=device, dtype=dtype)
 
     def _system(self):
@@ -104,16 +103,17 @@ class DSS(Mixer):
         dtl, b_bar, w = self._system()
         powers = torch.exp(dtl[..., None] * torch.arange(length, device=x.device))  # (H, N, L)
         kernel = torch.einsum("hn,hnl->hl", w * b_bar, powers).real
-        y = fft_conv(x, kernel.to(x.dtype), D=self.D)
-        extra, h = diagonal_state_terms(x, dtl, b_bar, w, None if state is None else state["ssm"], return_state,
+        u = at_least_float32(x)
+        y = fft_conv(u, kernel.to(u.dtype), D=self.D.to(u.dtype))
+        extra, h = diagonal_state_terms(u, dtl, b_bar, w, None if state is None else state["ssm"], return_state,
                                         scale=1.0)
-        y = y if extra is None else y + extra
+        y = (y if extra is None else y + extra).to(x.dtype)
         return self.output(y), ({"ssm": h} if return_state else None)
 
     def _step(self, x_t, state):
         dtl, b_bar, w = self._system()
         h = torch.exp(dtl) * state["ssm"] + b_bar * x_t[..., None]
-        y = torch.einsum("hn,bhn->bh", w, h).real.to(x_t.dtype) + self.D * x_t
+        y = (torch.einsum("hn,bhn->bh", w, h).real.to(x_t.dtype) + self.D * x_t).to(x_t.dtype)
         return self.output(y), {"ssm": h}
 
     def init_state(self, batch_size, *, device=None, dtype=None) -> State:

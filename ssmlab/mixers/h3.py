@@ -27,7 +27,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ssmlab.mixers.base import Mixer, State
+from ssmlab.mixers.base import Mixer, State, ssm_dtype, ssm_parameter
 from ssmlab.mixers.mamba import causal_conv_with_state
 from ssmlab.mixers.s4d import DiagonalSSM
 from ssmlab.registry import register
@@ -70,7 +70,8 @@ class H3(Mixer):
         b[:, 0] = 1.0
         self.shift_B = nn.Parameter(b)
         self.shift_C = nn.Parameter(torch.randn(d_model, d_state, **factory))
-        self.shift_D = nn.Parameter(torch.randn(d_model, **factory))
+        self.shift_D = ssm_parameter(torch.randn(d_model, device=device, dtype=ssm_dtype(dtype)), dtype,
+                                     weight_decay=None)
         self.ssm = DiagonalSSM(d_model * head_dim, d_state, lr=lr, dt_min=dt_min, dt_max=dt_max, learn_B=True,
                                disc="bilinear", **factory)
         self.out_proj = nn.Linear(d_model, d_model, **factory)
@@ -99,7 +100,7 @@ class H3(Mixer):
         conv = SimpleNamespace(weight=self.shift_kernel().flip(-1)[:, None], bias=None, groups=self.d_model,
                                kernel_size=(self.d_state,))
         y, shift_state = causal_conv_with_state(k, conv, shift_state)
-        return y + self.shift_D * k, shift_state
+        return (y + self.shift_D * k).to(k.dtype), shift_state
 
     def _forward(self, x, state, return_state):
         q, k, v = self.qkv(x).chunk(3, dim=-1)

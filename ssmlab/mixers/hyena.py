@@ -28,7 +28,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ssmlab.mixers.base import Mixer, State, set_optim
+from ssmlab.mixers.base import Mixer, State, at_least_float32, set_optim, ssm_buffer, ssm_dtype, ssm_parameter
 from ssmlab.mixers.mamba import causal_conv_with_state
 from ssmlab.ops import fft_conv
 from ssmlab.registry import register
@@ -82,8 +82,8 @@ class ImplicitFilter(nn.Module):
         self.z = set_optim(nn.Parameter(z.to(dtype or torch.get_default_dtype())), weight_decay=0.0, lr=pos_emb_lr)
         # Decay rates from slow (reaching `target` after slow_decay * l_max) to fast, as the official code.
         rates = torch.linspace(math.log(1 / target) / slow_decay, math.log(1 / target) / fast_decay, channels,
-                               device=device, dtype=dtype)
-        self.register_buffer("decay_rates", rates, persistent=False)
+                               device=device, dtype=ssm_dtype(dtype))
+        self.register_buffer("decay_rates", ssm_buffer(rates, dtype), persistent=False)
 
     def forward(self, length: int) -> torch.Tensor:
         if length > self.l_max:
@@ -137,7 +137,8 @@ class Hyena(Mixer):
         self.short = nn.Conv1d(width, width, short_filter, groups=width, **factory)
         self.filter = ImplicitFilter((order - 1) * d_model, l_max, emb_dim, filter_order, fast_decay, slow_decay,
                                      target, inner_layers, pos_emb_lr, filter_lr, filter_wd, **factory)
-        self.bias = nn.Parameter(torch.randn(order - 1, d_model, **factory))
+        self.bias = ssm_parameter(torch.randn(order - 1, d_model, device=device, dtype=ssm_dtype(dtype)), dtype,
+                                  weight_decay=None)
         self.dropout = nn.Dropout(dropout)
         self.out_proj = nn.Linear(d_model, d_model, **factory)
 
@@ -156,7 +157,8 @@ class Hyena(Mixer):
             z = self.dropout(gate * z)
             full = z if past is None else torch.cat([past[:, i], z], dim=1)  # (B, T + L, D)
             inputs.append(full)
-            z = fft_conv(full, filters[i], D=self.bias[i])[:, offset:]
+            u = at_least_float32(full)
+            z = fft_conv(u, filters[i].to(u.dtype), D=self.bias[i].to(u.dtype)).to(full.dtype)[:, offset:]
         y = self.out_proj(gates[0] * z)
         if not return_state:
             return y, None
@@ -168,7 +170,7 @@ class Hyena(Mixer):
 
     def init_state(self, batch_size, *, device=None, dtype=None) -> State:
         device = device if device is not None else self.bias.device
-        dtype = dtype or self.bias.dtype
+        dtype = dtype or self.in_proj.weight.dtype
         width = (self.order + 1) * self.d_model
         return {"short": torch.zeros(batch_size, width, self.short_width - 1, device=device, dtype=dtype),
                 "history": torch.zeros(batch_size, self.order - 1, 0, self.d_model, device=device, dtype=dtype)}

@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from ssmlab.mixers.base import Mixer, State, set_optim
+from ssmlab.mixers.base import Mixer, State, ssm_parameter
 from ssmlab.ops import linear_scan
 from ssmlab.registry import register
 
@@ -63,32 +63,33 @@ class LRU(Mixer):
         theta_log = torch.log(max_phase * u2)
         modulus = torch.exp(-torch.exp(nu_log))
         gamma_log = torch.log(torch.sqrt(1 - modulus**2))
-        self.nu_log = set_optim(nn.Parameter(nu_log.to(dtype)), weight_decay=0.0, lr=lr)
-        self.theta_log = set_optim(nn.Parameter(theta_log.to(dtype)), weight_decay=0.0, lr=lr)
-        self.gamma_log = set_optim(nn.Parameter(gamma_log.to(dtype)), weight_decay=0.0, lr=lr)
+        self.nu_log = ssm_parameter(nu_log, dtype, lr=lr)
+        self.theta_log = ssm_parameter(theta_log, dtype, lr=lr)
+        self.gamma_log = ssm_parameter(gamma_log, dtype, lr=lr)
         self.B_re = nn.Parameter((torch.randn(d_state, d_model, **f64) / math.sqrt(2 * d_model)).to(dtype))
         self.B_im = nn.Parameter((torch.randn(d_state, d_model, **f64) / math.sqrt(2 * d_model)).to(dtype))
         self.C_re = nn.Parameter((torch.randn(d_model, d_state, **f64) / math.sqrt(d_state)).to(dtype))
         self.C_im = nn.Parameter((torch.randn(d_model, d_state, **f64) / math.sqrt(d_state)).to(dtype))
-        self.D = nn.Parameter(torch.randn(d_model, **f64).to(dtype))
+        self.D = ssm_parameter(torch.randn(d_model, **f64), dtype, weight_decay=None)
 
     def _params(self):
         lam = torch.exp(torch.complex(-torch.exp(self.nu_log), torch.exp(self.theta_log)))  # (N,)
-        b = torch.complex(self.B_re, self.B_im) * torch.exp(self.gamma_log)[:, None]  # (N, H)
-        return lam, b, torch.complex(self.C_re, self.C_im)
+        dtype = self.nu_log.dtype
+        b = torch.complex(self.B_re.to(dtype), self.B_im.to(dtype)) * torch.exp(self.gamma_log)[:, None]  # (N, H)
+        return lam, b, torch.complex(self.C_re.to(dtype), self.C_im.to(dtype))
 
     def _forward(self, x, state, return_state):
         lam, b, c = self._params()
         bu = torch.einsum("blh,nh->bln", x.to(b.dtype), b)  # (B, L, N)
         h = linear_scan(lam.expand_as(bu), bu, initial_state=None if state is None else state["h"],
                         backend=self.backend)
-        y = torch.einsum("hn,bln->blh", c, h).real.to(x.dtype) + self.D * x
+        y = (torch.einsum("hn,bln->blh", c, h).real.to(x.dtype) + self.D * x).to(x.dtype)
         return y, ({"h": h[:, -1]} if return_state else None)
 
     def _step(self, x_t, state):
         lam, b, c = self._params()
         h = lam * state["h"] + x_t.to(b.dtype) @ b.T  # (B, N)
-        return (h @ c.T).real.to(x_t.dtype) + self.D * x_t, {"h": h}
+        return ((h @ c.T).real.to(x_t.dtype) + self.D * x_t).to(x_t.dtype), {"h": h}
 
     def init_state(self, batch_size, *, device=None, dtype=None) -> State:
         device = device if device is not None else self.D.device

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ssmlab.layers import GELUGLUOutput
-from ssmlab.mixers.base import Mixer, State, set_optim
+from ssmlab.mixers.base import Mixer, State, at_least_float32, ssm_buffer, ssm_dtype, ssm_parameter
 from ssmlab.mixers.s4 import dense_state_terms
 from ssmlab.ops import discretize_dense, fft_conv, hippo, init_log_dt, ssm_kernel_dense
 from ssmlab.registry import register
@@ -91,21 +91,20 @@ class LSSL(Mixer):
         self.learn_A = "tridiagonal" if learn_A is True else learn_A
         if self.learn_A == "tridiagonal":
             for name, value in tridiagonal_init(measure, d_state).items():
-                setattr(self, f"A_{name}", set_optim(nn.Parameter(value.to(device=device, dtype=dtype)),
-                                                     weight_decay=0.0, lr=lr))
+                setattr(self, f"A_{name}", ssm_parameter(value.to(device=device), dtype, lr=lr))
         else:
-            A, B = hippo(measure, d_state, dtype=dtype)
+            A, B = hippo(measure, d_state, dtype=ssm_dtype(dtype))
             if self.learn_A == "dense":
-                self.A = set_optim(nn.Parameter(A.to(device)), weight_decay=0.0, lr=lr)
-                self.B = set_optim(nn.Parameter(B.to(device)), weight_decay=0.0, lr=lr)
+                self.A = ssm_parameter(A.to(device), dtype, lr=lr)
+                self.B = ssm_parameter(B.to(device), dtype, lr=lr)
             else:
-                self.register_buffer("A", A.to(device))
-                self.register_buffer("B", B.to(device))
+                self.register_buffer("A", ssm_buffer(A.to(device), dtype))
+                self.register_buffer("B", ssm_buffer(B.to(device), dtype))
         c = torch.randn(d_model, d_state, device=device, dtype=torch.float64) / math.sqrt(d_state)
         self.C = nn.Parameter(c.to(dtype))
-        self.log_dt = set_optim(nn.Parameter(init_log_dt(d_model, dt_min, dt_max, device=device, dtype=dtype)),
-                                weight_decay=0.0, lr=lr)
-        self.D = nn.Parameter(torch.randn(d_model, device=device, dtype=dtype))
+        self.log_dt = ssm_parameter(init_log_dt(d_model, dt_min, dt_max, device=device, dtype=ssm_dtype(dtype)),
+                                    dtype, lr=lr)
+        self.D = ssm_parameter(torch.randn(d_model, device=device, dtype=ssm_dtype(dtype)), dtype, weight_decay=None)
         self.output = GELUGLUOutput(d_model, dropout, glu=postact == "glu", device=device, dtype=dtype)
 
     def system(self):
@@ -124,19 +123,21 @@ class LSSL(Mixer):
 
     def _forward(self, x, state, return_state):
         a_bar, b_bar = self._discrete()
-        kernel = ssm_kernel_dense(a_bar, b_bar, self.C, x.shape[1])  # (H, L)
-        y = fft_conv(x, kernel.to(x.dtype), D=self.D)
+        u, c = at_least_float32(x), self.C.to(a_bar.dtype)
+        kernel = ssm_kernel_dense(a_bar, b_bar, c, x.shape[1])  # (H, L)
+        y = fft_conv(u, kernel.to(u.dtype), D=self.D.to(u.dtype))
         if state is not None or return_state:
-            extra, h = dense_state_terms(x, a_bar, b_bar, self.C, None if state is None else state["ssm"],
+            extra, h = dense_state_terms(u, a_bar, b_bar, c, None if state is None else state["ssm"],
                                          return_state, scale=1.0)
             y = y if extra is None else y + extra
-        return self.output(y), ({"ssm": h} if return_state else None)
+        return self.output(y.to(x.dtype)), ({"ssm": h} if return_state else None)
 
     def _step(self, x_t, state):
         a_bar, b_bar = self._discrete()
         h = (a_bar @ state["ssm"][..., None])[..., 0] + b_bar * x_t[..., None]
-        return self.output((self.C * h).sum(-1) + self.D * x_t), {"ssm": h}
+        return self.output(((self.C.to(h.dtype) * h).sum(-1) + self.D * x_t).to(x_t.dtype)), {"ssm": h}
 
     def init_state(self, batch_size, *, device=None, dtype=None) -> State:
         device = device if device is not None else self.D.device
-        return {"ssm": torch.zeros(batch_size, self.d_model, self.d_state, device=device, dtype=dtype or self.D.dtype)}
+        return {"ssm": torch.zeros(batch_size, self.d_model, self.d_state, device=device,
+                                   dtype=torch.promote_types(dtype or self.D.dtype, torch.float32))}

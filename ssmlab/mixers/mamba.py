@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ssmlab.mixers.base import Mixer, padding_mask, State, set_optim
+from ssmlab.mixers.base import Mixer, padding_mask, State, ssm_dtype, ssm_parameter
 from ssmlab.ops import selective_scan, selective_scan_step
 from ssmlab.registry import register
 
@@ -100,11 +100,11 @@ class Mamba(Mixer):
         with torch.no_grad():
             std = self.dt_rank ** -0.5 * dt_scale
             self.dt_proj.weight.uniform_(-std, std)
-            self.dt_proj.bias.copy_(init_dt_bias(self.d_inner, dt_min, dt_max, dt_init_floor, **factory))
+        self.dt_proj.bias = ssm_parameter(init_dt_bias(self.d_inner, dt_min, dt_max, dt_init_floor, device=device,
+                                                       dtype=ssm_dtype(dtype)), dtype, weight_decay=None)
         a = torch.arange(1, d_state + 1, device=device, dtype=torch.float64).repeat(self.d_inner, 1)
-        self.A_log = set_optim(nn.Parameter(torch.log(a).to(dtype or torch.get_default_dtype())),
-                               weight_decay=0.0, lr=lr)
-        self.D = set_optim(nn.Parameter(torch.ones(self.d_inner, **factory)), weight_decay=0.0, lr=lr)
+        self.A_log = ssm_parameter(torch.log(a), dtype or torch.get_default_dtype(), lr=lr)
+        self.D = ssm_parameter(torch.ones(self.d_inner, device=device), dtype or torch.get_default_dtype(), lr=lr)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
 
     def _ssm_inputs(self, x: torch.Tensor):
@@ -142,6 +142,7 @@ class Mamba(Mixer):
 
     def init_state(self, batch_size, *, device=None, dtype=None) -> State:
         device = device if device is not None else self.D.device
-        dtype = dtype or self.D.dtype
+        dtype = dtype or self.out_proj.weight.dtype
         return {"conv": torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
-                "ssm": torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype)}
+                "ssm": torch.zeros(batch_size, self.d_inner, self.d_state, device=device,
+                                   dtype=torch.promote_types(dtype, torch.float32))}

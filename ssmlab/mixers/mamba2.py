@@ -15,7 +15,7 @@ from einops import rearrange
 from torch import nn
 
 from ssmlab.layers import GatedRMSNorm
-from ssmlab.mixers.base import Mixer, padding_mask, State, set_optim
+from ssmlab.mixers.base import Mixer, padding_mask, State, ssm_dtype, ssm_parameter
 from ssmlab.mixers.mamba import causal_conv_with_state, init_dt_bias
 from ssmlab.ops import ssd, ssd_step
 from ssmlab.registry import register
@@ -67,12 +67,11 @@ class Mamba2(Mixer):
         self.conv_dim = self.d_inner + 2 * ngroups * d_state
         self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.nheads, bias=bias, **factory)
         self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, bias=conv_bias, **factory)
-        self.dt_bias = set_optim(nn.Parameter(init_dt_bias(self.nheads, dt_min, dt_max, dt_init_floor, **factory)),
-                                 weight_decay=0.0, lr=lr)
+        self.dt_bias = ssm_parameter(init_dt_bias(self.nheads, dt_min, dt_max, dt_init_floor, device=device,
+                                                  dtype=ssm_dtype(dtype)), dtype, lr=lr)
         a = torch.empty(self.nheads, device=device, dtype=torch.float64).uniform_(*A_init_range)
-        self.A_log = set_optim(nn.Parameter(torch.log(a).to(dtype or torch.get_default_dtype())),
-                               weight_decay=0.0, lr=lr)
-        self.D = set_optim(nn.Parameter(torch.ones(self.nheads, **factory)), weight_decay=0.0, lr=lr)
+        self.A_log = ssm_parameter(torch.log(a), dtype or torch.get_default_dtype(), lr=lr)
+        self.D = ssm_parameter(torch.ones(self.nheads, device=device), dtype or torch.get_default_dtype(), lr=lr)
         self.norm = GatedRMSNorm(self.d_inner, self.d_inner // ngroups, norm_eps, **factory)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
 
@@ -114,6 +113,7 @@ class Mamba2(Mixer):
 
     def init_state(self, batch_size, *, device=None, dtype=None) -> State:
         device = device if device is not None else self.D.device
-        dtype = dtype or self.D.dtype
+        dtype = dtype or self.out_proj.weight.dtype
         return {"conv": torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype),
-                "ssm": torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device, dtype=dtype)}
+                "ssm": torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device,
+                                   dtype=torch.promote_types(dtype, torch.float32))}

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmlab.mixers.base import Mixer, State
+from ssmlab.mixers.base import Mixer, State, at_least_float32, ssm_parameter
 from ssmlab.mixers.s4d import diagonal_state_terms
 from ssmlab.ops import fft_conv
 from ssmlab.registry import register
@@ -77,13 +77,13 @@ class Mega(Mixer):
         self.z_dim, self.v_dim = z_dim or min(128, d_model), v_dim or 2 * d_model
         f64 = {"device": device, "dtype": torch.float64}
         dtype = dtype or torch.get_default_dtype()
-        self.alpha = nn.Parameter((torch.randn(d_model, ndim, **f64) * 0.2).to(dtype))
-        self.delta = nn.Parameter((torch.randn(d_model, ndim, **f64) * 0.2).to(dtype))
+        self.alpha = ssm_parameter(torch.randn(d_model, ndim, **f64) * 0.2, dtype, weight_decay=None)
+        self.delta = ssm_parameter(torch.randn(d_model, ndim, **f64) * 0.2, dtype, weight_decay=None)
         signs = torch.ones(ndim, **f64)
         signs[1::2] = -1.0
         self.beta = nn.Parameter((torch.randn(d_model, ndim, **f64) * 0.02 + signs).to(dtype))
         self.eta = nn.Parameter(torch.randn(d_model, ndim, **f64).to(dtype))
-        self.omega = nn.Parameter(torch.randn(d_model, **f64).to(dtype))
+        self.omega = ssm_parameter(torch.randn(d_model, **f64), dtype, weight_decay=None)
         self.v_proj = nn.Linear(d_model, self.v_dim, **factory)
         # One projection of X' into Z, gamma, phi and the first term of H.
         self.mx_proj = nn.Linear(d_model, self.z_dim + self.v_dim + 2 * d_model, **factory)
@@ -98,15 +98,17 @@ class Mega(Mixer):
     def _ema_system(self):
         """A_bar (d, h) as log, B_bar and C of the EMA's diagonal SSM."""
         alpha, delta = torch.sigmoid(self.alpha), torch.sigmoid(self.delta)
-        return torch.log1p(-alpha * delta), alpha * self.beta, self.eta * math.sqrt(1.0 / self.ndim)
+        return (torch.log1p(-alpha * delta), alpha * self.beta.to(alpha.dtype),
+                self.eta.to(alpha.dtype) * math.sqrt(1.0 / self.ndim))
 
     def _ema(self, x, h0, return_state):
         log_q, b_bar, c = self._ema_system()
-        powers = torch.exp(log_q[..., None] * torch.arange(x.shape[1], device=x.device, dtype=x.dtype))
+        u = at_least_float32(x)
+        powers = torch.exp(log_q[..., None] * torch.arange(x.shape[1], device=x.device, dtype=u.dtype))
         kernel = torch.einsum("dn,dnl->dl", c * b_bar, powers)  # (d, L)
-        y = fft_conv(x, kernel, D=self.omega)
-        extra, h = diagonal_state_terms(x, log_q, b_bar, c, h0, return_state, scale=1.0)
-        return (y if extra is None else y + extra), h
+        y = fft_conv(u, kernel.to(u.dtype), D=self.omega.to(u.dtype))
+        extra, h = diagonal_state_terms(u, log_q, b_bar, c, h0, return_state, scale=1.0)
+        return (y if extra is None else y + extra).to(x.dtype), h
 
     def _attend(self, q, k, v, valid):
         """Causal (or chunked) attention of the last L keys' queries over all keys; (B, L, *).
@@ -155,7 +157,7 @@ class Mega(Mixer):
 
     def init_state(self, batch_size, *, device=None, dtype=None) -> State:
         device = device if device is not None else self.omega.device
-        dtype = dtype or self.omega.dtype
+        dtype = dtype or self.v_proj.weight.dtype
         return {"ema": torch.zeros(batch_size, self.d_model, self.ndim, device=device, dtype=dtype),
                 "k": torch.zeros(batch_size, 0, self.z_dim, device=device, dtype=dtype),
                 "v": torch.zeros(batch_size, 0, self.v_dim, device=device, dtype=dtype),

@@ -25,7 +25,7 @@ import math
 import torch
 from torch import nn
 
-from ssmlab.mixers.base import Mixer, State, set_optim
+from ssmlab.mixers.base import Mixer, State, set_optim, ssm_parameter
 from ssmlab.ops import wkv, wkv_step
 from ssmlab.ops.wkv import EMPTY_EXPONENT
 from ssmlab.registry import register
@@ -92,8 +92,8 @@ class RWKV(Mixer):
         fraction = channel / d_model
         decay_speed = -5 + 8 * (channel / max(d_model - 1, 1)) ** (0.7 + 1.3 * ratio_0_to_1)
         zigzag = ((channel + 1) % 3 - 1) * 0.5
-        self.time_decay = set_optim(nn.Parameter(decay_speed.to(dtype)), weight_decay=0.0, lr=lr)
-        self.time_first = set_optim(nn.Parameter((math.log(0.3) + zigzag).to(dtype)), weight_decay=0.0, lr=lr)
+        self.time_decay = ssm_parameter(decay_speed, dtype, lr=lr)
+        self.time_first = ssm_parameter(math.log(0.3) + zigzag, dtype, lr=lr)
         mix_k = fraction ** ratio_1_to_almost_0
         self.time_mix_k = set_optim(nn.Parameter(mix_k.to(dtype)), weight_decay=0.0)
         self.time_mix_v = set_optim(nn.Parameter((mix_k + 0.3 * ratio_0_to_1).to(dtype)), weight_decay=0.0)
@@ -161,7 +161,7 @@ class RWKV(Mixer):
 
     def init_state(self, batch_size, *, device=None, dtype=None) -> State:
         device = device if device is not None else self.time_decay.device
-        dtype = dtype or self.time_decay.dtype
+        dtype = dtype or self.key.weight.dtype
         wide = torch.promote_types(dtype, torch.float32)
         shape = (batch_size, self.d_model)
         state = {"x_prev": torch.zeros(shape, device=device, dtype=dtype),

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ssmlab.layers import GELUGLUOutput
-from ssmlab.mixers.base import Mixer, State, set_optim
+from ssmlab.mixers.base import Mixer, State, at_least_float32, ssm_dtype, ssm_parameter
 from ssmlab.ops import discretize_dplr, dplr, fft_conv, init_log_dt, ssm_kernel_dplr
 from ssmlab.registry import register
 
@@ -114,21 +114,19 @@ class S4(Mixer):
         half = d_state // 2
         Lambda, P, B, _ = dplr("legs", d_state, conj_sym=True)
         P = torch.cat([P, torch.zeros(rank - 1, half, dtype=P.dtype)]) if rank > 1 else P
-        as_param = lambda t: nn.Parameter(torch.view_as_real(t.to(device)).to(dtype).expand(  # noqa: E731
-            n_ssm, *t.shape, 2).clone())
+        as_param = lambda t: ssm_parameter(torch.view_as_real(t.to(device)).expand(  # noqa: E731
+            n_ssm, *t.shape, 2).clone(), dtype, lr=lr)
         # Lambda's real part is kept negative through A_real = -exp(log_A_real).
-        self.log_A_real = set_optim(nn.Parameter(torch.log(-Lambda.real).to(**factory).expand(n_ssm, half).clone()),
-                                    weight_decay=0.0, lr=lr)
-        self.A_imag = set_optim(nn.Parameter(Lambda.imag.to(**factory).expand(n_ssm, half).clone()),
-                                weight_decay=0.0, lr=lr)
-        self.P = set_optim(as_param(P), weight_decay=0.0, lr=lr)  # (n_ssm, r, N/2, 2)
-        self.B = set_optim(as_param(B), weight_decay=0.0, lr=lr)  # (n_ssm, N/2, 2)
+        self.log_A_real = ssm_parameter(torch.log(-Lambda.real).to(device).expand(n_ssm, half).clone(), dtype, lr=lr)
+        self.A_imag = ssm_parameter(Lambda.imag.to(device).expand(n_ssm, half).clone(), dtype, lr=lr)
+        self.P = as_param(P)  # (n_ssm, r, N/2, 2)
+        self.B = as_param(B)  # (n_ssm, N/2, 2)
         n_c = 2 if bidirectional else 1
         c = torch.randn(n_c, d_model, half, 2, device=device, dtype=torch.float64) * math.sqrt(0.5)
         self.C = nn.Parameter(c.to(dtype))
-        self.log_dt = set_optim(nn.Parameter(init_log_dt(d_model, dt_min, dt_max, device=device, dtype=dtype)),
-                                weight_decay=0.0, lr=lr)
-        self.D = nn.Parameter(torch.randn(d_model, **factory))
+        self.log_dt = ssm_parameter(init_log_dt(d_model, dt_min, dt_max, device=device, dtype=ssm_dtype(dtype)),
+                                    dtype, lr=lr)
+        self.D = ssm_parameter(torch.randn(d_model, device=device, dtype=ssm_dtype(dtype)), dtype, weight_decay=None)
         self.output = GELUGLUOutput(d_model, dropout, **factory)
 
     def _system(self):
@@ -137,7 +135,7 @@ class S4(Mixer):
         lam = torch.complex(-torch.exp(self.log_A_real), self.A_imag).repeat_interleave(per, dim=0)
         p = torch.view_as_complex(self.P.contiguous()).repeat_interleave(per, dim=0)
         b = torch.view_as_complex(self.B.contiguous()).repeat_interleave(per, dim=0)
-        return lam, p, b, torch.view_as_complex(self.C.contiguous()), torch.exp(self.log_dt)
+        return lam, p, b, torch.view_as_complex(self.C.to(self.log_dt.dtype).contiguous()), torch.exp(self.log_dt)
 
     def _forward(self, x, state, return_state):
         length = x.shape[1]
@@ -147,8 +145,8 @@ class S4(Mixer):
             if return_state:
                 raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True has no state to return")
             kernel = torch.cat([kernel, ssm_kernel_dplr(lam, p, b, c[1], dt, length, conj_sym=True)], dim=-1)
-        u = self._ssm_input(x, state)
-        y = fft_conv(u, kernel.to(x.dtype), bidirectional=self.bidirectional) + self.D * x
+        u = at_least_float32(self._ssm_input(x, state))
+        y = fft_conv(u, kernel.to(u.dtype), bidirectional=self.bidirectional) + self.D * x
         if state is not None or return_state:
             a_bar, b_bar = self._discrete_half(lam, p, b, dt)  # (H, N/2, N), (H, N/2)
             extra, h = dense_state_terms(u, a_bar, b_bar, c[0], None if state is None else state["ssm"],
@@ -156,7 +154,7 @@ class S4(Mixer):
             y = y if extra is None else y + extra
         new_state = {"ssm": h} if return_state else None
         extra = self._extra_terms(x, state)
-        return self.output(y if extra is None else y + extra), new_state
+        return self.output((y if extra is None else y + extra).to(x.dtype)), new_state
 
     @staticmethod
     def _discrete_half(lam, p, b, dt):
@@ -183,7 +181,7 @@ class S4(Mixer):
         h = _transition(a_bar, state["ssm"]) + b_bar * u_t[..., None].to(b_bar.dtype)
         y = 2 * torch.einsum("hn,bhn->bh", c[0], h).real.to(x_t.dtype) + self.D * x_t
         extra = self._extra_terms(x_t[:, None], state)
-        return self.output(y if extra is None else y + extra[:, 0]), {"ssm": h}
+        return self.output((y if extra is None else y + extra[:, 0]).to(x_t.dtype)), {"ssm": h}
 
     def init_state(self, batch_size, *, device=None, dtype=None) -> State:
         device = device if device is not None else self.D.device

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ssmlab.layers import GELUGLUOutput
-from ssmlab.mixers.base import Mixer, State, set_optim
+from ssmlab.mixers.base import Mixer, State, at_least_float32, ssm_dtype, ssm_parameter
 from ssmlab.ops import fft_conv, init_log_dt, s4d_legs, ssm_kernel_diag
 from ssmlab.registry import register
 
@@ -102,19 +102,19 @@ class DiagonalSSM(nn.Module):
         self.channels, self.d_state, self.bidirectional = channels, d_state, bidirectional
         half = d_state // 2
         real, imag = s4d_init(init, n_ssm, half, device=device)  # A per copy, shared by its channels
-        self.log_dt = set_optim(nn.Parameter(init_log_dt(channels, dt_min, dt_max, device=device, dtype=dtype)),
-                                weight_decay=0.0, lr=lr)
-        self.log_A_real = set_optim(nn.Parameter(torch.log(-real).to(dtype)), weight_decay=0.0, lr=lr)
-        self.A_imag = set_optim(nn.Parameter(imag.to(dtype)), weight_decay=0.0, lr=lr)
+        self.log_dt = ssm_parameter(init_log_dt(channels, dt_min, dt_max, device=device, dtype=ssm_dtype(dtype)),
+                                    dtype, lr=lr)
+        self.log_A_real = ssm_parameter(torch.log(-real), dtype, lr=lr)
+        self.A_imag = ssm_parameter(imag, dtype, lr=lr)
         n_c = 2 if bidirectional else 1
         c = torch.randn(n_c, channels, half, 2, device=device, dtype=torch.float64) * math.sqrt(0.5)
         self.C = nn.Parameter(c.to(dtype))
-        d = torch.randn(channels, device=device, dtype=torch.float64).to(dtype)
-        self.D = nn.Parameter(d) if skip else None
+        d = torch.randn(channels, device=device, dtype=torch.float64)
+        self.D = ssm_parameter(d, dtype, weight_decay=None) if skip else None
         # B: ones, absorbed into C (the S4D paper and its minimal code), or learnt per channel from ones
         # (the S4 code's diagonal mode, which H3 uses).
-        b = torch.view_as_real(torch.ones(channels, half, device=device, dtype=torch.complex128)).to(dtype)
-        self.B = set_optim(nn.Parameter(b), weight_decay=0.0, lr=lr) if learn_B else None
+        b = torch.view_as_real(torch.ones(channels, half, device=device, dtype=torch.complex128))
+        self.B = ssm_parameter(b, dtype, lr=lr) if learn_B else None
 
     def _input(self, like: torch.Tensor) -> torch.Tensor:
         """B (H, N/2): learnt, or ones."""
@@ -124,7 +124,7 @@ class DiagonalSSM(nn.Module):
         """A (H, N/2), C (n, H, N/2) complex and dt (H,)."""
         a = torch.complex(-torch.exp(self.log_A_real), self.A_imag).repeat_interleave(
             self.channels // self.n_ssm, dim=0)
-        return a, torch.view_as_complex(self.C.contiguous()), torch.exp(self.log_dt)
+        return a, torch.view_as_complex(self.C.to(self.log_dt.dtype).contiguous()), torch.exp(self.log_dt)
 
     def discrete(self):
         """``log(A_bar)`` and ``B_bar`` (H, N/2) of the chosen discretisation (B is ones), and C (n, H, N/2)."""
@@ -151,10 +151,12 @@ class DiagonalSSM(nn.Module):
         """x (B, L, H) -> y (B, L, H) and the final state (B, H, N/2) (None unless ``return_state``)."""
         if self.bidirectional and (return_state or h0 is not None):
             raise RuntimeError("a bidirectional SSM has no state")
-        y = fft_conv(x, self.kernel(x.shape[1]).to(x.dtype), D=self.D, bidirectional=self.bidirectional)
+        u = at_least_float32(x)
+        y = fft_conv(u, self.kernel(x.shape[1]).to(u.dtype), D=None if self.D is None else self.D.to(u.dtype),
+                     bidirectional=self.bidirectional)
         log_a_bar, b_bar, c = self.discrete()
-        extra, h = diagonal_state_terms(x, log_a_bar, b_bar, c[0], h0, return_state)
-        return (y if extra is None else y + extra), h
+        extra, h = diagonal_state_terms(u, log_a_bar, b_bar, c[0], h0, return_state)
+        return (y if extra is None else y + extra).to(x.dtype), h
 
     def step(self, x_t, h):
         """x_t (B, H), state (B, H, N/2) -> y_t (B, H), new state."""
@@ -162,8 +164,8 @@ class DiagonalSSM(nn.Module):
             raise RuntimeError("a bidirectional SSM cannot step")
         log_a_bar, b_bar, c = self.discrete()
         h = torch.exp(log_a_bar) * h + b_bar * x_t[..., None]  # (B, H, N/2)
-        y = 2 * torch.einsum("hn,bhn->bh", c[0], h).real.to(x_t.dtype)
-        return (y if self.D is None else y + self.D * x_t), h
+        y = 2 * torch.einsum("hn,bhn->bh", c[0], h).real
+        return (y if self.D is None else y + self.D * x_t).to(x_t.dtype), h
 
     def init_state(self, batch_size, *, device=None, dtype=None):
         device = device if device is not None else self.log_dt.device

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import torch
 from einops import rearrange
-from torch import nn
 
 from ssmlab.layers import GELUGLUOutput
-from ssmlab.mixers.base import Mixer, State
+from ssmlab.mixers.base import Mixer, State, at_least_float32, ssm_parameter
 from ssmlab.mixers.s4d import DiagonalSSM
 from ssmlab.registry import register
 
@@ -59,7 +58,7 @@ class S4ND(Mixer):
         # Each axis: a bidirectional S4D kernel, without a skip term of its own (the layer has one).
         self.axis_h = DiagonalSSM(d_model, d_state, **axis)
         self.axis_w = DiagonalSSM(d_model, d_state, **axis)
-        self.D = nn.Parameter(torch.randn(d_model, device=device, dtype=torch.float64).to(dtype))
+        self.D = ssm_parameter(torch.randn(d_model, device=device, dtype=torch.float64), dtype, weight_decay=None)
         self.output = GELUGLUOutput(d_model, dropout, device=device, dtype=dtype)
 
     @staticmethod
@@ -80,13 +79,13 @@ class S4ND(Mixer):
         if x.shape[1] != h * w:
             raise ValueError(f"s4nd: x must have shape (B, H*W={h * w}, D={self.d_model}) for image_shape "
                              f"{self.image_shape}, got {tuple(x.shape)}")
-        image = rearrange(x, "b (h w) d -> b d h w", h=h)
+        image = rearrange(at_least_float32(x), "b (h w) d -> b d h w", h=h)
         size = (2 * h - 1 + h, 2 * w - 1 + w)
-        spectrum = torch.fft.rfft2(image, s=size) * torch.fft.rfft2(self.kernel().to(x.dtype), s=size)
+        spectrum = torch.fft.rfft2(image, s=size) * torch.fft.rfft2(self.kernel().to(image.dtype), s=size)
         # Output (i, j) = sum over inputs (i', j') of K[i - i', j - j'], stored at index (i - i') + H - 1.
         y = torch.fft.irfft2(spectrum, s=size)[..., h - 1:2 * h - 1, w - 1:2 * w - 1]
         y = rearrange(y, "b d h w -> b (h w) d") + self.D * x
-        return self.output(y), None
+        return self.output(y.to(x.dtype)), None
 
     def init_state(self, batch_size, *, device=None, dtype=None) -> State:
         return {}

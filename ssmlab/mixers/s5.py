@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from ssmlab.mixers.base import Mixer, State, set_optim
+from ssmlab.mixers.base import Mixer, State, ssm_dtype, ssm_parameter
 from ssmlab.ops import discretize_diag, dplr, init_log_dt, linear_scan
 from ssmlab.registry import register
 
@@ -118,8 +118,8 @@ class S5(Mixer):
         self.causal = not bidirectional
         half = d_state // 2
         eig, V = hippo_n_blocks(d_state, blocks, device)
-        self.Lambda_re = set_optim(nn.Parameter(eig.real.to(dtype)), weight_decay=0.0, lr=lr)
-        self.Lambda_im = set_optim(nn.Parameter(eig.imag.to(dtype)), weight_decay=0.0, lr=lr)
+        self.Lambda_re = ssm_parameter(eig.real, dtype, lr=lr)
+        self.Lambda_im = ssm_parameter(eig.imag, dtype, lr=lr)
         b = lecun_normal(d_state, d_model, fan_in=d_state, device=device)  # (P, H)
         b_tilde = V.conj().T @ b.to(V.dtype)  # (P/2, H)
         self.B = nn.Parameter(torch.view_as_real(b_tilde).to(dtype))
@@ -131,9 +131,9 @@ class S5(Mixer):
             c = torch.view_as_complex(lecun_normal(n_c, d_model, d_state, 2, fan_in=fan_in, device=device))
             c_tilde = torch.view_as_real(c @ V)  # (n, H, P/2, 2)
         self.C = nn.Parameter(c_tilde.to(dtype))
-        self.D = nn.Parameter(torch.randn(d_model, device=device, dtype=torch.float64).to(dtype))
-        self.log_step = set_optim(nn.Parameter(init_log_dt(half, dt_min, dt_max, device=device, dtype=dtype)),
-                                  weight_decay=0.0, lr=lr)
+        self.D = ssm_parameter(torch.randn(d_model, device=device, dtype=torch.float64), dtype, weight_decay=None)
+        self.log_step = ssm_parameter(init_log_dt(half, dt_min, dt_max, device=device, dtype=ssm_dtype(dtype)), dtype,
+                                      lr=lr)
         self.activation = activation
         factory = {"device": device, "dtype": dtype}
         self.gate = nn.Linear(d_model, d_model, **factory) if activation and "glu" in activation else None
@@ -161,9 +161,9 @@ class S5(Mixer):
     def _discrete(self):
         """A_bar (P/2,), B_bar (P/2, H) and C (n, H, P/2), complex."""
         lam = torch.complex(self.Lambda_re, self.Lambda_im)
-        b = torch.view_as_complex(self.B.contiguous())
+        b = torch.view_as_complex(self.B.to(self.Lambda_re.dtype).contiguous())
         a_bar, b_bar = discretize_diag(lam, b.T, torch.exp(self.log_step), self.discretization)
-        return a_bar, b_bar.T, torch.view_as_complex(self.C.contiguous())
+        return a_bar, b_bar.T, torch.view_as_complex(self.C.to(self.Lambda_re.dtype).contiguous())
 
     def _scan(self, x, a_bar, b_bar, h0):
         bu = torch.einsum("blh,nh->bln", x.to(b_bar.dtype), b_bar)  # (B, L, P/2)
@@ -176,7 +176,7 @@ class S5(Mixer):
         if self.bidirectional:
             h_back = self._scan(x.flip(1), a_bar, b_bar, None).flip(1)
             y = y + 2 * torch.einsum("hn,bln->blh", c[1], h_back).real
-        y = y.to(x.dtype) + self.D * x
+        y = (y.to(x.dtype) + self.D * x).to(x.dtype)
         if return_state and self.bidirectional:
             raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True has no state to return")
         return self._output(y), ({"h": h[:, -1]} if return_state else None)
@@ -186,7 +186,7 @@ class S5(Mixer):
             raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True cannot step")
         a_bar, b_bar, c = self._discrete()
         h = a_bar * state["h"] + x_t.to(b_bar.dtype) @ b_bar.T
-        return self._output(2 * (h @ c[0].T).real.to(x_t.dtype) + self.D * x_t), {"h": h}
+        return self._output((2 * (h @ c[0].T).real.to(x_t.dtype) + self.D * x_t).to(x_t.dtype)), {"h": h}
 
     def init_state(self, batch_size, *, device=None, dtype=None) -> State:
         device = device if device is not None else self.D.device

@@ -10,6 +10,17 @@ with named backends. A call picks its backend in this order:
 
 A backend asked for by name (argument or environment) that does not exist or
 is not available raises an error; there is never a silent fallback.
+
+Every op answers to one vocabulary (:data:`VOCABULARY`): ``reference`` (the
+specification), ``torch`` (the best pure-PyTorch path, CPU and GPU) and, once it
+has one, ``triton``; so ``SSMLAB_BACKEND=torch`` means the same for every op.
+Op-specific variants keep their own names beside these (``associative`` for
+``linear_scan``, ``quadratic`` for ``ssd``), and a name that is another name
+for a backend (``chunked``, what ``torch`` runs for ``linear_scan`` and ``ssd``)
+is registered as an alias of it. ``SSMLAB_BACKEND`` is meant for the shared
+names, since an op may call other ops, which read it too; an op-specific variant
+is chosen with the op's own variable (``SSMLAB_SSD_BACKEND=quadratic``) or
+``backend=``. Every op made with :class:`Op` is listed by :func:`registered_ops`.
 """
 
 from __future__ import annotations
@@ -19,6 +30,16 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+
+VOCABULARY = ("reference", "torch", "triton")
+
+_OPS: dict[str, "Op"] = {}
+
+
+def registered_ops() -> list["Op"]:
+    """Every op made with ``Op(name)``, by name."""
+    return [_OPS[name] for name in sorted(_OPS)]
 
 
 class BackendUnavailableError(RuntimeError):
@@ -32,6 +53,7 @@ class Backend:
     priority: int
     available: Callable[[torch.device], bool]
     loader: Callable[[], Callable] | None = None
+    alias_of: str | None = None  # another name for that backend; never chosen by priority
 
 
 def _always(device: torch.device) -> bool:
@@ -39,29 +61,43 @@ def _always(device: torch.device) -> bool:
 
 
 class Op:
-    """A named operation with a registry of interchangeable implementations."""
+    """A named operation with a registry of interchangeable implementations.
 
-    def __init__(self, name: str):
+    ``register=False`` keeps the op out of :func:`registered_ops` (a throwaway op in a test).
+    """
+
+    def __init__(self, name: str, *, register: bool = True):
         self.name = name
         self.backends: dict[str, Backend] = {}
+        if register:
+            if name in _OPS:
+                raise ValueError(f"an op named {name!r} already exists: {_OPS[name]!r}")
+            _OPS[name] = self
 
     @property
     def env_var(self) -> str:
         return f"SSMLAB_{self.name.upper()}_BACKEND"
 
-    def register(self, name: str, *, priority: int = 0, available: Callable[[torch.device], bool] = _always):
-        """Decorator: register ``fn`` as backend ``name`` of this op."""
+    def register(self, name: str, *, priority: int = 0, available: Callable[[torch.device], bool] = _always,
+                 aliases: tuple[str, ...] = ()):
+        """Decorator: register ``fn`` as backend ``name`` of this op, also answering to ``aliases``."""
 
         def decorator(fn: Callable) -> Callable:
-            self.backends[name] = Backend(name, fn, priority, available)
+            self._add(Backend(name, fn, priority, available), aliases)
             return fn
 
         return decorator
 
     def register_lazy(self, name: str, loader: Callable[[], Callable], *, priority: int = 0,
-                      available: Callable[[torch.device], bool] = _always) -> None:
+                      available: Callable[[torch.device], bool] = _always, aliases: tuple[str, ...] = ()) -> None:
         """Register a backend whose module is imported only when first used (Triton kernels)."""
-        self.backends[name] = Backend(name, None, priority, available, loader)
+        self._add(Backend(name, None, priority, available, loader), aliases)
+
+    def _add(self, backend: Backend, aliases: tuple[str, ...]) -> None:
+        self.backends[backend.name] = backend
+        for alias in aliases:
+            self.backends[alias] = Backend(alias, backend.fn, backend.priority, backend.available, backend.loader,
+                                           alias_of=backend.name)
 
     def resolve(self, backend: str | None = None, device: torch.device | str = "cpu") -> Callable:
         device = torch.device(device)
@@ -78,7 +114,7 @@ class Op:
                     f"{self.name}: backend {requested!r} is not available for device {device} here"
                 )
         else:
-            usable = [b for b in self.backends.values() if b.available(device)]
+            usable = [b for b in self.backends.values() if b.alias_of is None and b.available(device)]
             if not usable:
                 raise BackendUnavailableError(f"{self.name}: no backend available for device {device}")
             chosen = max(usable, key=lambda b: b.priority)

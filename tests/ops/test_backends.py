@@ -5,16 +5,14 @@ import torch
 
 from ssmlab import ops
 from ssmlab.ops import BackendUnavailableError, Op
-from ssmlab.ops.fftconv import fft_conv_op
-from ssmlab.ops.scan import linear_scan_op
-from ssmlab.ops.selective_scan import selective_scan_op
-from ssmlab.ops.ssd import ssd_op
+from ssmlab.ops._dispatch import VOCABULARY, registered_ops
+from tests.utils import assert_close
 
-ALL_OPS = [fft_conv_op, linear_scan_op, selective_scan_op, ssd_op]
+ALL_OPS = registered_ops()
 
 
 def _toy():
-    op = Op("toy")
+    op = Op("toy", register=False)
     op.register("reference", priority=0)(lambda: "reference")
     op.register("fast", priority=10)(lambda: "fast")
     op.register("gpu", priority=20, available=lambda device: device.type == "cuda")(lambda: "gpu")
@@ -54,14 +52,27 @@ def test_lazy_backend_loads_on_first_use():
     assert calls == [1]
 
 
+def _seeded(call):
+    """``call(randn, rand, **kw)`` with float64 draws from a fixed seed, so every call sees the same input."""
+    def run(**kw):
+        g = torch.Generator().manual_seed(0)
+        randn = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+        rand = lambda *s: torch.rand(*s, generator=g, dtype=torch.float64)  # noqa: E731
+        return call(randn, rand, **kw)
+    return run
+
+
 # One tiny valid call of each op's public function, by op name; keywords (backend=) are passed on.
 CALLS = {
-    "fft_conv": lambda **kw: ops.fft_conv(torch.randn(1, 5, 2), torch.randn(2, 5), **kw),
-    "linear_scan": lambda **kw: ops.linear_scan(torch.rand(1, 5, 2), torch.randn(1, 5, 2), **kw),
-    "selective_scan": lambda **kw: ops.selective_scan(torch.randn(1, 5, 2), torch.rand(1, 5, 2), -torch.rand(2, 3),
-                                                      torch.randn(1, 5, 3), torch.randn(1, 5, 3), **kw),
-    "ssd": lambda **kw: ops.ssd(torch.randn(1, 5, 2, 2), torch.rand(1, 5, 2), -torch.ones(2),
-                                torch.randn(1, 5, 1, 3), torch.randn(1, 5, 1, 3), **kw),
+    "linear_attention": _seeded(lambda randn, rand, **kw: ops.linear_attention(
+        randn(1, 5, 2, 3), randn(1, 5, 2, 3), randn(1, 5, 2, 4), log_decay=-rand(2), chunk_size=2, **kw)),
+    "wkv": _seeded(lambda randn, rand, **kw: ops.wkv(randn(1, 5, 3), randn(1, 5, 3), rand(3) + 0.1, randn(3), **kw)),
+    "fft_conv": _seeded(lambda randn, rand, **kw: ops.fft_conv(randn(1, 5, 2), randn(2, 5), **kw)),
+    "linear_scan": _seeded(lambda randn, rand, **kw: ops.linear_scan(rand(1, 5, 2), randn(1, 5, 2), **kw)),
+    "selective_scan": _seeded(lambda randn, rand, **kw: ops.selective_scan(
+        randn(1, 5, 2), rand(1, 5, 2), -rand(2, 3), randn(1, 5, 3), randn(1, 5, 3), **kw)),
+    "ssd": _seeded(lambda randn, rand, **kw: ops.ssd(randn(1, 5, 2, 2), rand(1, 5, 2), -rand(2) - 0.5,
+                                                     randn(1, 5, 1, 3), randn(1, 5, 1, 3), **kw)),
 }
 BACKENDS = [(op, name) for op in ALL_OPS for name in op.available_backends("cpu")]
 
@@ -86,11 +97,43 @@ def test_every_op_has_a_call():
 
 
 @pytest.mark.parametrize("op", ALL_OPS, ids=lambda o: o.name)
+def test_every_op_answers_to_the_shared_vocabulary(op, monkeypatch):
+    """``reference`` and ``torch`` exist for every op, and ``torch`` is the default on CPU."""
+    _clear_env(monkeypatch, op)
+    assert {"reference", "torch"} <= set(op.available_backends("cpu")), op.available_backends("cpu")
+    assert op.resolve() is op.resolve("torch")
+    assert set(VOCABULARY) >= {"reference", "torch", "triton"}
+
+
+@pytest.mark.parametrize("name", ["reference", "torch"])
+@pytest.mark.parametrize("op", ALL_OPS, ids=lambda o: o.name)
+def test_shared_names_through_ssmlab_backend(op, name, monkeypatch):
+    """``SSMLAB_BACKEND=reference`` and ``=torch`` each run every op, with the reference's result."""
+    _clear_env(monkeypatch, op)
+    want = CALLS[op.name](backend="reference")
+    calls = _record_calls(monkeypatch, op)
+    monkeypatch.setenv("SSMLAB_BACKEND", name)
+    got = CALLS[op.name]()
+    assert calls == [name]
+    assert_close(got, want, atol=1e-10, rtol=1e-10, name=f"{op.name} with SSMLAB_BACKEND={name} vs reference")
+
+
+def test_aliases_run_their_backend_and_are_never_chosen_by_priority(monkeypatch):
+    op = _toy()
+    op.register("chunked_impl", priority=5, aliases=("chunked", "torch"))(lambda: "chunked")
+    monkeypatch.delenv("SSMLAB_TOY_BACKEND", raising=False)
+    monkeypatch.delenv("SSMLAB_BACKEND", raising=False)
+    assert op.resolve("torch")() == op.resolve("chunked")() == "chunked"
+    assert op.backends["torch"].alias_of == "chunked_impl"
+    assert op.resolve()() == "fast"
+
+
+@pytest.mark.parametrize("op", ALL_OPS, ids=lambda o: o.name)
 def test_every_op_has_a_reference_and_a_fast_path(op, monkeypatch):
     _clear_env(monkeypatch, op)
     available = op.available_backends("cpu")
     assert "reference" in available and len(available) >= 2, available
-    best = max((op.backends[b] for b in available), key=lambda b: b.priority)
+    best = max((op.backends[b] for b in available if op.backends[b].alias_of is None), key=lambda b: b.priority)
     assert best.name != "reference"
     calls = _record_calls(monkeypatch, op)
     CALLS[op.name]()
@@ -99,14 +142,14 @@ def test_every_op_has_a_reference_and_a_fast_path(op, monkeypatch):
 
 @pytest.mark.parametrize("op, name", BACKENDS, ids=lambda v: v if isinstance(v, str) else v.name)
 def test_env_var_selects_each_backend(op, name, monkeypatch):
+    """The op's own variable selects any of its backends and wins over ``SSMLAB_BACKEND``, which is
+    meant for the shared names (ops call other ops, which read it too)."""
     _clear_env(monkeypatch, op)
     calls = _record_calls(monkeypatch, op)
-    monkeypatch.setenv("SSMLAB_BACKEND", name)
-    CALLS[op.name]()
     monkeypatch.setenv(op.env_var, name)
-    monkeypatch.setenv("SSMLAB_BACKEND", "missing")  # the op's own variable wins over the global one
+    monkeypatch.setenv("SSMLAB_BACKEND", "torch" if name == "reference" else "reference")
     CALLS[op.name]()
-    assert calls == [name, name]
+    assert calls == [name]
 
 
 @pytest.mark.parametrize("op", ALL_OPS, ids=lambda o: o.name)

@@ -10,7 +10,7 @@ Backends:
 * ``reference``: the sequential loop (the specification).
 * ``associative``: a parallel (Hillis-Steele) scan of the associative operator
   ``(a1, b1) . (a2, b2) = (a1 a2, a2 b1 + b2)`` in ceil(log2 L) vectorised steps.
-* ``chunked`` (default): a two-level scan. All chunks of ``chunk_size`` (16)
+* ``torch`` (default; also named ``chunked``): a two-level scan. All chunks of ``chunk_size`` (16)
   positions are swept side by side from a zero state, the carry between chunks is
   scanned the same way (recursively), then every chunk is swept again from the
   state entering it. The work is O(L) and the sequential steps about
@@ -38,7 +38,7 @@ def linear_scan(a, b, *, initial_state=None, return_final_state: bool = False, b
         b: (B, L, ...) inputs, real or complex.
         initial_state: (B, ...) the state ``h_{-1}``; zeros when None.
         return_final_state: also return ``h_{L-1}`` (B, ...).
-        backend: "reference", "associative" or "chunked"; see the module docstring.
+        backend: "reference", "torch" (also "chunked") or "associative"; see the module docstring.
 
     Returns:
         ``h`` (B, L, ...) in the promoted dtype of ``a``, ``b`` and ``initial_state``,

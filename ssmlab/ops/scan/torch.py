@@ -145,7 +145,7 @@ class _ChunkedScan(torch.autograd.Function):
         return grads[0], grads[1], grads[2], None
 
 
-@linear_scan_op.register("chunked", priority=10)
+@linear_scan_op.register("torch", priority=10, aliases=("chunked",))
 def linear_scan_chunked(a, b, initial_state=None, chunk_size: int = DEFAULT_CHUNK):
     """Two-level in-place scan: chunks of ``chunk_size`` side by side, then the carry between them."""
     return _ChunkedScan.apply(a, b, initial_state, chunk_size)

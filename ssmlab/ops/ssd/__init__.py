@@ -15,10 +15,10 @@ Backends, all computing the same function:
 * ``reference``: the recurrence, one position at a time (the specification);
 * ``quadratic``: the attention-like form ``y = (L o C B^T) (dt x)`` with the
   1-semiseparable decay mask ``L[t, s] = exp(sum_{s<r<=t} dt_r A)``, O(L^2);
-* ``chunked`` (default): Mamba-2's block decomposition: the quadratic form inside
-  chunks of ``chunk_size`` positions, chunk states passed between chunks by a
-  linear scan over the chunks (``linear_scan``'s chunked path); any chunk size and
-  any L. Memory O(B L H (T + P + P N / T)) for chunk size T.
+* ``torch`` (default; also named ``chunked``): Mamba-2's block decomposition: the
+  quadratic form inside chunks of ``chunk_size`` positions, chunk states passed
+  between chunks by :func:`ssmlab.ops.linear_scan` over the chunks; any chunk size
+  and any L. Memory O(B L H (T + P + P N / T)) for chunk size T.
 """
 
 from __future__ import annotations
@@ -60,11 +60,11 @@ def ssd(x, dt, A, B, C, *, chunk_size: int = 64, D=None, initial_state=None, ret
             are the mixer's business (not checked, as that would need the values).
         A: (H,) real decay rate per head, negative for a stable scan.
         B, C: (B, L, G, N), G groups dividing H; head h reads group h // (H / G).
-        chunk_size: positions per chunk for the ``chunked`` backend (any L works).
+        chunk_size: positions per chunk for the ``torch`` backend (any L works).
         D: (H,) or (H, P) skip connection ``y += D x``; none when None.
         initial_state: (B, H, P, N) state before the first position; zeros when None.
         return_final_state: also return the state after the last position.
-        backend: "reference", "quadratic" or "chunked"; see the module docstring.
+        backend: "reference", "torch" (also "chunked") or "quadratic"; see the module docstring.
 
     Returns:
         ``y`` (B, L, H, P) in ``x``'s dtype, or ``(y, final_state)`` with state

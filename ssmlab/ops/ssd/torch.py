@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from ssmlab.ops.scan.torch import linear_scan_chunked
+from ssmlab.ops.scan import linear_scan
 from ssmlab.ops.ssd import ssd_op
 from ssmlab.ops.ssd.reference import compute_dtype, skip
 
@@ -60,7 +60,7 @@ def _chunked(x, dt, A, B, C, chunk_size, initial_state):
     chunk_decay = torch.exp(a_cum[..., -1])[..., None, None].expand_as(chunk_states)  # (B, c, G, K, P, N)
     state = xg.new_zeros(batch, groups, heads // groups, head_dim, B.shape[-1]) if initial_state is None else \
         rearrange(initial_state, "b (g k) p n -> b g k p n", g=groups)
-    after = linear_scan_chunked(chunk_decay, chunk_states, state)  # (B, c, G, K, P, N)
+    after = linear_scan(chunk_decay, chunk_states, initial_state=state)  # (B, c, G, K, P, N)
     entering = torch.cat([state[:, None], after[:, :-1]], dim=1)  # the state entering each chunk
     state = after[:, -1]
 
@@ -70,7 +70,7 @@ def _chunked(x, dt, A, B, C, chunk_size, initial_state):
     return y, rearrange(state, "b g k p n -> b (g k) p n")
 
 
-@ssd_op.register("chunked", priority=10)
+@ssd_op.register("torch", priority=10, aliases=("chunked",))
 def ssd_chunked(x, dt, A, B, C, *, chunk_size=64, D=None, initial_state=None):
     dtype = compute_dtype(x.dtype)
     xc = x.to(dtype)
