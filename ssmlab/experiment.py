@@ -28,6 +28,7 @@ an unknown key is an error that lists the valid ones.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -180,37 +181,54 @@ def model_label(mixer: str | list[str]) -> str:
 def expand(exp: Experiment) -> list[Any]:
     """The runs of an experiment: tasks x models x seeds, in that order.
 
-    ``"*"`` stands for every registered mixer; a bidirectional mixer is left out of
-    tasks with a language-model head (it would see the tokens it predicts), and a
-    mixer over a fixed grid (``fixed_length``) out of tasks of another length.
+    ``"*"`` stands for every registered mixer that can run on the task: a bidirectional
+    mixer is left out of tasks with a language-model head (it would see the tokens it
+    predicts), and a mixer over images (registered with ``inputs="image"``: S4ND,
+    cross-scan) out of tasks that give no ``image_shape``; :func:`left_out` says which
+    and why. A mixer named explicitly always runs.
     """
+    return _expand(exp)[0]
+
+
+def left_out(exp: Experiment) -> list[str]:
+    """One line per task and reason naming the mixers that ``"*"`` leaves out of it, for the run listing."""
+    return [f"leaving out {', '.join(mixers)} on {task}: {reason}"
+            for (_, task, reason), mixers in _expand(exp)[1].items()]
+
+
+def _skip_reason(entry: registry.Entry, task_head: str, image_task) -> str | None:
+    """Why ``"*"`` leaves mixer ``entry`` out of a task, or None; ``image_task()`` says whether the
+    task gives an ``image_shape``."""
+    if task_head == "lm" and not entry.obj.causal:
+        return "not causal, and on a language-model task a mixer must not see the tokens it predicts"
+    if entry.extra["inputs"] == "image" and not image_task():
+        return "image mixers (registered with inputs='image') need a task that gives an image_shape"
+    return None
+
+
+def _expand(exp: Experiment) -> tuple[list[Any], dict[tuple[int, str, str], list[str]]]:
     from ssmlab.tasks import create_task
     from ssmlab.train.sweep import RunSpec
 
-    runs = []
-    for t in exp.tasks:
+    runs, skipped = [], {}
+    for i, t in enumerate(exp.tasks):
         task_cls = registry.get("task", t.name).obj
-        length = None
+        # Whether the task gives an image_shape: asked once, and only by an image mixer (creating a task reads no data).
+        image_task = functools.cache(lambda t=t: "image_shape" in create_task(t.name, **t.options).model_options())
         for m in exp.models:
             names = registry.names("mixer") if m.mixer == "*" else [m.mixer]
             for mixer in names:
-                parts = [mixer] if isinstance(mixer, str) else mixer
-                entries = [registry.get("mixer", p) for p in parts]
                 if m.mixer == "*":
-                    if task_cls.head == "lm" and not all(e.obj.causal for e in entries):
+                    reason = _skip_reason(registry.get("mixer", mixer), task_cls.head, image_task)
+                    if reason is not None:
+                        skipped.setdefault((i, t.name, reason), []).append(mixer)
                         continue
-                    fixed = [e.extra["fixed_length"] for e in entries if "fixed_length" in e.extra]
-                    if fixed:
-                        if length is None:
-                            length = create_task(t.name, **t.options).seq_len
-                        if any(f != length for f in fixed):
-                            continue
                 for seed in exp.seeds:
                     runs.append(RunSpec(mixer, t.name, seed, dict(t.options), dict(m.options),
                                         d_model=m.d_model or exp.defaults.d_model,
                                         n_layers=m.n_layers or exp.defaults.n_layers, label=m.name,
                                         train_options=dict(t.trainer)))
-    return runs
+    return runs, skipped
 
 
 def describe(exp: Experiment) -> dict:
