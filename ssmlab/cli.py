@@ -134,6 +134,8 @@ def _cmd_run(args) -> int:
         raise ValueError(f"none of the tasks of {exp.name} can be read here; install their sources (above)")
     exp.tasks = available
     specs = experiment.expand(exp)
+    for line in experiment.left_out(exp):
+        print(line, file=sys.stderr, flush=True)
     trainer = dict(exp.trainer)
     if args.device is not None:
         trainer["device"] = args.device

@@ -28,6 +28,7 @@ an unknown key is an error that lists the valid ones.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -198,40 +199,49 @@ def _not_causal(mixer: str | list[str], d_model: int, options: dict) -> bool:
 def expand(exp: Experiment) -> list[Any]:
     """The runs of an experiment: tasks x models x seeds, in that order.
 
-    ``"*"`` stands for every registered mixer. A model that is not causal (a
-    bidirectional mixer, or one built with ``bidirectional=True`` in its
-    ``mixer_options``) is left out of tasks with a language-model head, where it would
-    see the tokens it predicts; direction is read from the mixers as built
-    (:func:`ssmlab.mixers.is_causal`). With ``"*"``, a mixer over a fixed grid
-    (``fixed_length``) is left out of tasks of another length.
+    ``"*"`` stands for every registered mixer that can run on the task. A model that is not
+    causal (a bidirectional mixer, or one built with ``bidirectional=True`` in its
+    ``mixer_options``; direction is read from the mixers as built, :func:`ssmlab.mixers.is_causal`)
+    is left out of tasks with a language-model head, where it would see the tokens it predicts,
+    also when it is named explicitly. With ``"*"``, a mixer over images (registered with
+    ``inputs="image"``: S4ND, cross-scan) is left out of tasks that give no ``image_shape``.
+    :func:`left_out` says which and why.
     """
+    return _expand(exp)[0]
+
+
+def left_out(exp: Experiment) -> list[str]:
+    """One line per task and reason naming the models left out of it, for the run listing."""
+    return [f"leaving out {', '.join(mixers)} on {task}: {reason}"
+            for (_, task, reason), mixers in _expand(exp)[1].items()]
+
+
+def _expand(exp: Experiment) -> tuple[list[Any], dict[tuple[int, str, str], list[str]]]:
     from ssmlab.tasks import create_task
     from ssmlab.train.sweep import RunSpec
 
-    runs = []
-    for t in exp.tasks:
+    runs, skipped = [], {}
+    for i, t in enumerate(exp.tasks):
         task_cls = registry.get("task", t.name).obj
-        length = None
+        # Whether the task gives an image_shape: asked once, and only by an image mixer (creating a task reads no data).
+        image_task = functools.cache(lambda t=t: "image_shape" in create_task(t.name, **t.options).model_options())
         for m in exp.models:
             names = registry.names("mixer") if m.mixer == "*" else [m.mixer]
             for mixer in names:
-                parts = [mixer] if isinstance(mixer, str) else mixer
-                entries = [registry.get("mixer", p) for p in parts]
                 if task_cls.head == "lm" and _not_causal(mixer, m.d_model or exp.defaults.d_model, m.options):
+                    reason = "not causal, and on a language-model task a mixer must not see the tokens it predicts"
+                    skipped.setdefault((i, t.name, reason), []).append(m.name or mixer)
                     continue
-                if m.mixer == "*":
-                    fixed = [e.extra["fixed_length"] for e in entries if "fixed_length" in e.extra]
-                    if fixed:
-                        if length is None:
-                            length = create_task(t.name, **t.options).seq_len
-                        if any(f != length for f in fixed):
-                            continue
+                if m.mixer == "*" and registry.get("mixer", mixer).extra["inputs"] == "image" and not image_task():
+                    reason = "image mixers (registered with inputs='image') need a task that gives an image_shape"
+                    skipped.setdefault((i, t.name, reason), []).append(mixer)
+                    continue
                 for seed in exp.seeds:
                     runs.append(RunSpec(mixer, t.name, seed, dict(t.options), dict(m.options),
                                         d_model=m.d_model or exp.defaults.d_model,
                                         n_layers=m.n_layers or exp.defaults.n_layers, label=m.name,
                                         train_options=dict(t.trainer)))
-    return runs
+    return runs, skipped
 
 
 def describe(exp: Experiment) -> dict:

@@ -6,6 +6,12 @@ defines them::
     @register("mixer", "s4d", description="Diagonal SSM", paper="2206.11893")
     class S4D(Mixer): ...
 
+A mixer also says what its inputs are: ``inputs="sequence"`` (the default, any
+length) or ``inputs="image"`` for a mixer over a 2-D grid that needs the
+``image_shape`` an image task gives (S4ND, VMamba's cross-scan); experiments run
+image mixers on image tasks only. Test fixtures (the conformance variants of a
+mixer) are not registered: they live in ``tests/mixers/variants.py``.
+
 Looking a name up that was never registered raises a ``KeyError`` that lists
 the names that exist, so a typo on the command line is easy to correct.
 """
@@ -14,10 +20,13 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 KINDS = ("mixer", "model", "task")
+MIXER_INPUTS = ("sequence", "image")
 
 
 @dataclass(frozen=True)
@@ -44,10 +53,21 @@ def register(kind: str, name: str, *, description: str = "", paper: str = "", **
     """Class or function decorator that records ``obj`` under ``(kind, name)``.
 
     ``description`` is the one line ``ssmlab list`` prints; ``paper`` is the
-    arXiv id of the paper the thing comes from.
+    arXiv id of the paper the thing comes from. A mixer takes one more keyword,
+    ``inputs`` (one of ``MIXER_INPUTS``, default ``"sequence"``); other kinds keep
+    any keywords in ``Entry.extra`` (tasks: ``source``, ``size``, ``seq_len``, ``metric``).
     """
     if kind not in _REGISTRY:
         raise ValueError(f"unknown registry kind {kind!r}; expected one of {KINDS}")
+    if kind == "mixer":
+        unknown = sorted(set(extra) - {"inputs"})
+        if unknown:
+            raise TypeError(f"register('mixer', {name!r}): unknown keyword(s) {unknown}; a mixer registers "
+                            f"description, paper and inputs only (its test variants go in tests/mixers/variants.py)")
+        extra.setdefault("inputs", "sequence")
+        if extra["inputs"] not in MIXER_INPUTS:
+            raise ValueError(f"register('mixer', {name!r}): inputs must be one of {MIXER_INPUTS}, "
+                             f"got {extra['inputs']!r}")
 
     def decorator(obj: Any) -> Any:
         existing = _REGISTRY[kind].get(name)
@@ -60,6 +80,18 @@ def register(kind: str, name: str, *, description: str = "", paper: str = "", **
         return obj
 
     return decorator
+
+
+def import_submodules(package: str) -> dict[str, type]:
+    """Import every module of ``package`` (names starting with ``_`` excepted), so that a new file
+    registers what it defines without being listed anywhere; returns the registered classes
+    defined in those modules, by class name, for the package to export."""
+    path = importlib.import_module(package).__path__
+    modules = [importlib.import_module(f"{package}.{info.name}")
+               for info in sorted(pkgutil.iter_modules(path), key=lambda m: m.name) if not info.name.startswith("_")]
+    registered = {id(e.obj) for table in _REGISTRY.values() for e in table.values()}
+    return {obj.__name__: obj for module in modules for obj in vars(module).values()
+            if isinstance(obj, type) and obj.__module__ == module.__name__ and id(obj) in registered}
 
 
 def _ensure_loaded() -> None:

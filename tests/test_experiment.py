@@ -19,6 +19,31 @@ def test_shipped_suites_load_and_expand():
     assert all(s.d_model == 32 and s.n_layers == 2 for s in quick)
 
 
+def test_star_runs_image_mixers_on_image_tasks_only():
+    """``"*"`` gives the mixers registered with inputs="image" every task with an image_shape, whatever its
+    length, and leaves them out of 1-D tasks, even one as long as their test grids, saying why."""
+    image_mixers = {e.name for e in registry.entries("mixer") if e.extra["inputs"] == "image"}
+    assert {"s4nd", "cross-scan"} <= image_mixers
+    exp = experiment.parse({"models": ["*"], "seeds": [0],
+                            "tasks": ["mnist-2d", {"name": "listops", "options": {"min_length": 4, "max_length": 16}}]})
+    specs = experiment.expand(exp)
+    on = lambda task: {s.mixer for s in specs if s.task == task}  # noqa: E731
+    assert on("mnist-2d") == set(registry.names("mixer"))
+    assert on("listops") == set(registry.names("mixer")) - image_mixers
+    (line,) = experiment.left_out(exp)
+    assert line.startswith("leaving out cross-scan, s4nd on listops: ") and "image_shape" in line
+    # Named explicitly, an image mixer runs where it is put.
+    explicit = experiment.parse({"models": ["s4nd"], "tasks": ["listops"], "seeds": [0]})
+    assert [s.mixer for s in experiment.expand(explicit)] == ["s4nd"] and experiment.left_out(explicit) == []
+
+
+def test_left_out_names_bidirectional_mixers_on_lm_tasks():
+    exp = experiment.parse({"models": ["*"], "tasks": ["mqar"], "seeds": [0]})
+    (line,) = experiment.left_out(exp)
+    bidirectional = [n for n in registry.names("mixer") if not registry.get("mixer", n).obj.causal]
+    assert line.startswith(f"leaving out {', '.join(bidirectional)} on mqar: not causal")
+
+
 def test_overrides_are_type_checked(tmp_path):
     exp = experiment.load("quick", ["trainer.lr=1e-4", "seeds=[1, 2]", "defaults.d_model=48", "models=[mamba]"])
     assert exp.trainer["lr"] == 1e-4 and exp.seeds == [1, 2] and exp.defaults.d_model == 48

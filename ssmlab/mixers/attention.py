@@ -24,8 +24,7 @@ from ssmlab.registry import register
 
 
 @register("mixer", "attention", description="Causal multi-head softmax attention with a KV cache",
-          paper="1706.03762",
-          variants=[{}, {"window": 3}, {"rotary": False}, {"n_heads": 4, "window": 5, "rotary_base": 100.0}])
+          paper="1706.03762")
 class Attention(Mixer):
     """Causal multi-head self-attention (arXiv 1706.03762) with rotary positions (arXiv 2104.09864).
 

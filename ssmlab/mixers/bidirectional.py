@@ -20,8 +20,7 @@ COMBINE = ("add", "mean", "concat")
 
 
 @register("mixer", "bidirectional", description="Any causal mixer run both ways (forward + reversed)",
-          paper="2401.09417",
-          variants=[{"mixer": "mamba", "d_state": 4}, {"mixer": "attention", "combine": "concat"}])
+          paper="2401.09417")
 class Bidirectional(Mixer):
     """Two copies of a causal mixer, one reading the sequence backwards.
 
@@ -83,8 +82,7 @@ class Bidirectional(Mixer):
         return f"{super().extra_repr()}, mixer={self.inner!r}, combine={self.combine!r}"
 
 
-@register("mixer", "bi-mamba", description="Bidirectional Mamba (Vision Mamba)", paper="2401.09417",
-          variants=[{"d_state": 4}, {"d_state": 4, "shared_projections": False, "combine": "add"}])
+@register("mixer", "bi-mamba", description="Bidirectional Mamba (Vision Mamba)", paper="2401.09417")
 class BiMamba(Bidirectional):
     """:class:`Bidirectional` around :class:`~ssmlab.mixers.mamba.Mamba` (Vim, arXiv 2401.09417).
 
@@ -106,8 +104,7 @@ class BiMamba(Bidirectional):
             self.backward_mixer.out_proj = self.forward_mixer.out_proj
 
 
-@register("mixer", "bi-mamba2", description="Bidirectional Mamba-2", paper="2401.09417",
-          variants=[{"headdim": 8, "d_state": 8, "chunk_size": 4}])
+@register("mixer", "bi-mamba2", description="Bidirectional Mamba-2", paper="2401.09417")
 class BiMamba2(Bidirectional):
     """:class:`Bidirectional` around :class:`~ssmlab.mixers.mamba2.Mamba2`."""
 

@@ -37,9 +37,7 @@ def cross_scan_orders(h: int, w: int) -> torch.Tensor:
 
 
 @register("mixer", "cross-scan", description="VMamba cross-scan (SS2D): a causal mixer over 4 scan directions, summed",
-          paper="2401.10166", fixed_length=12,
-          variants=[{"mixer": "mamba", "image_shape": (3, 4), "d_state": 4},
-                    {"mixer": "s4d", "image_shape": (3, 4), "d_state": 4, "shared": True}])
+          paper="2401.10166", inputs="image")
 class CrossScan(Mixer):
     """Four scans of a ``(H, W)`` grid by a causal mixer, summed: ``(B, H * W, D) -> (B, H * W, D)``.
 

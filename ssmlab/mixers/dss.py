@@ -37,9 +37,7 @@ from ssmlab.registry import register
 VERSIONS = ("exp", "softmax")
 
 
-@register("mixer", "dss", description="Diagonal state spaces (DSS-exp, DSS-softmax)", paper="2203.14343",
-          variants=[{"d_state": 8}, {"d_state": 8, "version": "softmax", "l_max": 32},
-                    {"d_state": 8, "sep_dt": False, "postact": "glu"}])
+@register("mixer", "dss", description="Diagonal state spaces (DSS-exp, DSS-softmax)", paper="2203.14343")
 class DSS(Mixer):
     """The DSS layer (arXiv 2203.14343) with the S4-style output stage.
 

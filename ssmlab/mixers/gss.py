@@ -22,7 +22,7 @@ from ssmlab.registry import register
 
 
 @register("mixer", "gss", description="Gated state space: reduced-width diagonal SSM between gates",
-          paper="2206.13947", variants=[{"d_state": 8}, {"d_state": 4, "expand": 2, "d_ssm": 8}])
+          paper="2206.13947")
 class GSS(Mixer):
     """The GSS layer (arXiv 2206.13947; the paper's E, F, H are d_model, expand * d_model, d_ssm).
 

@@ -34,7 +34,7 @@ from ssmlab.registry import register
 
 
 @register("mixer", "h3", description="H3: shift SSM and diagonal SSM with multiplicative gates",
-          paper="2212.14052", variants=[{"d_state": 8}, {"d_state": 4, "head_dim": 4}])
+          paper="2212.14052")
 class H3(Mixer):
     """The H3 layer (arXiv 2212.14052).
 

@@ -95,8 +95,7 @@ class ImplicitFilter(nn.Module):
 
 
 @register("mixer", "hyena", description="Hyena operator: implicit long filters, data-controlled gating",
-          paper="2302.10866", variants=[{"l_max": 64, "filter_order": 16}, {"l_max": 64, "order": 3,
-                                                                              "filter_order": 8, "emb_dim": 5}])
+          paper="2302.10866")
 class Hyena(Mixer):
     """The Hyena operator (arXiv 2302.10866).
 

@@ -36,9 +36,7 @@ _FEATURE_MAPS = {
 
 
 @register("mixer", "linear-attention", description="Causal linear attention with a positive feature map (elu + 1)",
-          paper="2006.16236",
-          variants=[{}, {"n_heads": 4, "chunk_size": 4}, {"form": "parallel"},
-                    {"feature_map": "relu", "chunk_size": 5}])
+          paper="2006.16236")
 class LinearAttention(Mixer):
     """Causal multi-head linear attention (arXiv 2006.16236).
 

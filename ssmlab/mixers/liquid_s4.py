@@ -51,9 +51,7 @@ ACTIVATIONS = {None: lambda t: t, "tanh": torch.tanh, "lecun": lambda t: 1.7159 
 
 
 @register("mixer", "liquid-s4", description="Liquid-S4: S4 plus input-correlation (liquid) terms",
-          paper="2209.12951", variants=[{"d_state": 8}, {"d_state": 8, "liquid_degree": 3},
-                                            {"d_state": 8, "liquid_degree": 3, "liquid_kernel": "kb"},
-                                            {"d_state": 8, "liquid_kernel": "kb", "correlation_activation": "lecun"}])
+          paper="2209.12951")
 class LiquidS4(S4):
     """Liquid-S4 (arXiv 2209.12951): :class:`~ssmlab.mixers.s4.S4` and its options, plus
 

@@ -24,7 +24,7 @@ from ssmlab.registry import register
 
 
 @register("mixer", "lru", description="Linear Recurrent Unit: complex diagonal recurrence, ring init",
-          paper="2303.06349", variants=[{}, {"d_state": 8, "r_min": 0.9, "r_max": 0.999, "max_phase": 0.314}])
+          paper="2303.06349")
 class LRU(Mixer):
     """The LRU layer (arXiv 2303.06349, appendix A).
 

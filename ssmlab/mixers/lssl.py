@@ -46,8 +46,7 @@ def tridiagonal_init(measure: str, n: int) -> dict[str, torch.Tensor]:
 
 
 @register("mixer", "lssl", description="Linear state space layer: dense HiPPO A, unrolled kernel",
-          paper="2110.13985", variants=[{"d_state": 8}, {"d_state": 6, "learn_A": True, "measure": "legt"},
-                    {"d_state": 6, "learn_A": "dense", "measure": "lagt"}])
+          paper="2110.13985")
 class LSSL(Mixer):
     """The LSSL layer (arXiv 2110.13985) with the official code's output stage, ``W GELU(y)``.
 

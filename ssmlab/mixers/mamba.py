@@ -55,8 +55,7 @@ def causal_conv_with_state(x: torch.Tensor, conv: nn.Conv1d, conv_state: torch.T
     return rearrange(y, "b c l -> b l c"), full.gather(-1, index.expand(-1, full.shape[1], -1))
 
 
-@register("mixer", "mamba", description="Mamba selective SSM block (S6 scan, conv, gate)", paper="2312.00752",
-          variants=[{}, {"d_state": 4, "expand": 1, "d_conv": 2, "dt_rank": 3}])
+@register("mixer", "mamba", description="Mamba selective SSM block (S6 scan, conv, gate)", paper="2312.00752")
 class Mamba(Mixer):
     """The Mamba block (Gu and Dao, arXiv 2312.00752).
 

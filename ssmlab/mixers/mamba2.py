@@ -22,9 +22,7 @@ from ssmlab.registry import register
 
 
 @register("mixer", "mamba2", description="Mamba-2 block (SSD with heads and groups, gated RMSNorm)",
-          paper="2405.21060",
-          variants=[{"headdim": 8, "d_state": 8, "chunk_size": 4},
-                    {"headdim": 4, "d_state": 4, "ngroups": 2, "chunk_size": 3, "d_conv": 2}])
+          paper="2405.21060")
 class Mamba2(Mixer):
     """The Mamba-2 block (Dao and Gu, arXiv 2405.21060).
 

@@ -35,8 +35,7 @@ from ssmlab.registry import register
 
 
 @register("mixer", "mega", description="Mega: damped multi-dimensional EMA plus single-head gated attention",
-          paper="2209.10655", variants=[{"ndim": 4, "max_positions": 64}, {"ndim": 2, "chunk_size": 4,
-                                                                               "max_positions": 64}])
+          paper="2209.10655")
 class Mega(Mixer):
     """The Mega layer (arXiv 2209.10655).
 

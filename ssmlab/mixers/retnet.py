@@ -40,9 +40,7 @@ _FORMS = ("chunkwise", "parallel", "recurrent")
 
 
 @register("mixer", "retnet", description="RetNet multi-scale retention: decayed linear attention, rotary, gated",
-          paper="2307.08621",
-          variants=[{}, {"n_heads": 4, "chunk_size": 4}, {"form": "parallel", "n_heads": 2},
-                    {"normalize": False, "n_heads": 4, "chunk_size": 3}])
+          paper="2307.08621")
 class RetNet(Mixer):
     """Multi-scale retention (MSR) of RetNet (arXiv 2307.08621).
 

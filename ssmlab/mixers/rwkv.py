@@ -32,8 +32,7 @@ from ssmlab.registry import register
 
 
 @register("mixer", "rwkv", description="RWKV-4 time mixing (WKV with time decay and bonus), optional channel mixing",
-          paper="2305.13048",
-          variants=[{}, {"channel_mix": True}, {"layer_id": 2, "n_layers": 4, "channel_mix": True, "ffn_mult": 2}])
+          paper="2305.13048")
 class RWKV(Mixer):
     """RWKV-4 time mixing and, optionally, channel mixing (arXiv 2305.13048).
 

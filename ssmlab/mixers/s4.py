@@ -58,9 +58,7 @@ def dense_state_terms(x, a_bar, b_bar, c, h0, return_state: bool, scale: float =
 
 
 @register("mixer", "s4", description="S4: DPLR SSM, HiPPO-LegS init, Cauchy kernel, FFT conv",
-          paper="2111.00396",
-          variants=[{"d_state": 8}, {"d_state": 8, "n_ssm": 2, "rank": 1},
-                    {"d_state": 8, "bidirectional": True}])
+          paper="2111.00396")
 class S4(Mixer):
     """The S4 layer (arXiv 2111.00396) with the output stage of the S4 code.
 

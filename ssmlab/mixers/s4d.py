@@ -175,8 +175,7 @@ class DiagonalSSM(nn.Module):
 
 
 @register("mixer", "s4d", description="Diagonal SSM (S4D), FFT convolution forward, recurrent step",
-          paper="2206.11893", variants=[{}, {"init": "inv", "d_state": 8}, {"init": "legs", "d_state": 8},
-                                        {"d_state": 8, "bidirectional": True}, {"d_state": 8, "disc": "bilinear", "n_ssm": 2}])
+          paper="2206.11893")
 class S4D(Mixer):
     """S4D layer (Gu, Gupta, Goel, Re; arXiv 2206.11893).
 

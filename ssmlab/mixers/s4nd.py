@@ -24,8 +24,7 @@ from ssmlab.registry import register
 
 
 @register("mixer", "s4nd", description="S4ND: 2-D separable SSM kernels over images, FFT conv over H and W",
-          paper="2210.06583", variants=[{"image_shape": (4, 4), "d_state": 8}, {"image_shape": (4, 4), "d_state": 8, "n_ssm": 1}],
-          fixed_length=16)
+          paper="2210.06583", inputs="image")
 class S4ND(Mixer):
     """The 2-D S4ND layer (arXiv 2210.06583) with the S4-style output stage.
 

@@ -57,10 +57,7 @@ def hippo_n_blocks(d_state: int, blocks: int, device=None):
     return eig.to(device), full_v.to(device)
 
 
-@register("mixer", "s5", description="S5: MIMO diagonal SSM, HiPPO-N init, parallel scan", paper="2208.04933",
-          variants=[{}, {"d_state": 8, "blocks": 2, "discretization": "bilinear", "activation": "full_glu"},
-                    {"d_state": 8, "blocks": 4, "bidirectional": True}, {"d_state": 8, "blocks": 1, "activation": None},
-                    {"d_state": 16, "c_init": "complex_normal"}])
+@register("mixer", "s5", description="S5: MIMO diagonal SSM, HiPPO-N init, parallel scan", paper="2208.04933")
 class S5(Mixer):
     """The S5 layer (arXiv 2208.04933).
 

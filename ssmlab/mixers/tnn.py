@@ -56,7 +56,7 @@ class RelativePositionEncoder(nn.Module):
 
 
 @register("mixer", "tnn", description="Toeplitz neural network: relative-position Toeplitz kernels by FFT",
-          paper="2305.04749", variants=[{"rpe_dim": 8}, {"rpe_dim": 8, "bidirectional": True, "expand": 2}])
+          paper="2305.04749")
 class TNN(Mixer):
     """The gated Toeplitz unit (GTU) of TNN (arXiv 2305.04749).
 

@@ -1,16 +1,18 @@
-"""Tasks: data generators and loaders, registered by name."""
+"""Tasks: data generators and loaders, registered by name.
+
+Every module of this package is imported here, so a task file registers itself; each
+registered task class is exported by its class name (``ssmlab.tasks.MQAR``).
+"""
 
 from __future__ import annotations
 
 from ssmlab import registry
 from ssmlab.tasks.base import IGNORE_INDEX, Split, Task
-from ssmlab.tasks.audio import SpokenDigits
-from ssmlab.tasks.images import MNIST2D, FashionMNIST2D, LRAImage
-from ssmlab.tasks.lra import ListOps, Pathfinder, PathX
 from ssmlab.tasks.sources import MissingSourceError, missing_source
-from ssmlab.tasks.synthetic import MQAR, Copying, InductionHeads, SelectiveCopying
-from ssmlab.tasks.text import EnwikGensim, LRARetrieval, LRAText, ShakespeareChar
-from ssmlab.tasks.timeseries import AirlineForecast, CO2Forecast, Forecasting, SunspotsForecast, UCRClassification
+from ssmlab.tasks.timeseries import Forecasting, UCRClassification
+
+_TASK_CLASSES = registry.import_submodules(__name__)
+globals().update(_TASK_CLASSES)
 
 
 def create_task(name: str, **options) -> Task:
@@ -22,7 +24,5 @@ def create_task(name: str, **options) -> Task:
         raise ValueError(f"task {name!r}: bad options {sorted(options)}: {exc}") from exc
 
 
-__all__ = ["IGNORE_INDEX", "MNIST2D", "MQAR", "AirlineForecast", "CO2Forecast", "Copying", "EnwikGensim",
-           "FashionMNIST2D", "Forecasting", "InductionHeads", "LRAImage", "LRARetrieval", "LRAText", "ListOps",
-           "MissingSourceError", "PathX", "Pathfinder", "SelectiveCopying", "ShakespeareChar", "Split",
-           "SpokenDigits", "SunspotsForecast", "Task", "UCRClassification", "create_task", "missing_source"]
+__all__ = ["IGNORE_INDEX", "Forecasting", "MissingSourceError", "Split", "Task", "UCRClassification", "create_task",
+           "missing_source", *sorted(_TASK_CLASSES)]

@@ -1,5 +1,5 @@
 """The mixer contract of DESIGN.md, checked for every registered mixer and each of its
-conformance variants (registered as ``variants=[{...}, ...]``)."""
+test variants (``VARIANTS`` in tests/mixers/variants.py)."""
 
 from __future__ import annotations
 
@@ -10,24 +10,21 @@ from ssmlab import registry
 from ssmlab.mixers.base import Mixer
 from tests.mixers.conformance import (D_MODEL, TOL, check_causal, check_split_forward,
                                       check_step_matches_forward, check_variable_lengths, inputs, make)
+from tests.mixers.variants import VARIANTS, sequence_length
 from tests.utils import assert_close
 
 
 def _cases():
+    # A mixer missing from VARIANTS has no case here; test_variants.py fails for it, saying where to add them.
     cases = []
     for entry in registry.entries("mixer"):
-        for i, options in enumerate(entry.extra.get("variants", [{}])):
+        for i, options in enumerate(VARIANTS.get(entry.name, [])):
             label = entry.name if i == 0 and not options else f"{entry.name}-{'-'.join(f'{k}={v}' for k, v in options.items())}"
             cases.append(pytest.param(entry.obj, options, id=label))
     return cases
 
 
 CASES = _cases()
-
-
-def length_for(cls, default):
-    """Mixers over a fixed grid (S4ND's images) register ``fixed_length``; others take any length."""
-    return registry.get("mixer", cls.registry_name).extra.get("fixed_length", default)
 
 
 def causal_only(cls, options):
@@ -39,8 +36,8 @@ def causal_only(cls, options):
 @pytest.mark.parametrize("cls, options", CASES)
 @pytest.mark.parametrize("length", [1, 2, 7, 12, 16])
 def test_output_shape_and_dtype(cls, options, length):
-    if length_for(cls, length) != length:
-        pytest.skip(f"{cls.registry_name} takes sequences of length {length_for(cls, length)} only")
+    if sequence_length(options, length) != length:
+        pytest.skip(f"{cls.registry_name} takes sequences of length {sequence_length(options, length)} only")
     for dtype in (torch.float32, torch.float64):
         mixer = make(cls, options, dtype)
         y = mixer(inputs(3, length, dtype=dtype))
@@ -88,7 +85,7 @@ def test_lengths_on_bidirectional_mixers(cls, options):
     mixer = make(cls, options)
     if mixer.causal:
         pytest.skip("causal mixers: test_variable_length_batch")
-    length = length_for(cls, 9)
+    length = sequence_length(options, 9)
     x, n = inputs(3, length), torch.tensor([length, length - 3, 1])
     if not mixer.accepts_lengths():
         with pytest.raises(ValueError, match="lengths"):
@@ -104,7 +101,7 @@ def test_lengths_on_bidirectional_mixers(cls, options):
 @pytest.mark.parametrize("cls, options", CASES)
 def test_gradients_finite_for_every_parameter(cls, options):
     mixer = make(cls, options, torch.float64)
-    x = inputs(2, length_for(cls, 13)).requires_grad_(True)
+    x = inputs(2, sequence_length(options, 13)).requires_grad_(True)
     mixer(x).square().mean().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     for name, p in mixer.named_parameters():
@@ -116,7 +113,7 @@ def test_gradients_finite_for_every_parameter(cls, options):
 @pytest.mark.parametrize("cls, options", CASES)
 def test_batch_rows_independent(cls, options):
     mixer = make(cls, options)
-    x = inputs(4, length_for(cls, 9))
+    x = inputs(4, sequence_length(options, 9))
     with torch.no_grad():
         assert_close(mixer(x[2:3]), mixer(x)[2:3], atol=TOL, rtol=TOL, name="batch of 1 vs row of batch of 4")
 

@@ -3,20 +3,16 @@ import torch
 
 import ssmlab
 from ssmlab.models.heads import sample_token
+from tests.mixers.variants import first_variant
 
 CAUSAL_MIXERS = [n for n in ssmlab.list_mixers() if ssmlab.registry.get("mixer", n).obj.causal]
-
-
-def _variant_options(name):
-    variants = ssmlab.registry.get("mixer", name).extra.get("variants", [{}])
-    return variants[0]
 
 
 @pytest.mark.parametrize("mixer", CAUSAL_MIXERS)
 def test_greedy_generation_matches_full_forward(mixer):
     torch.manual_seed(0)
     model = ssmlab.create_model(mixer, d_model=16, n_layers=2, vocab_size=13, dtype=torch.float64,
-                                mixer_options=_variant_options(mixer))
+                                mixer_options=first_variant(mixer))
     prompt = torch.randint(0, 13, (2, 5))
     out = model.generate(prompt, 6, temperature=0)
     assert out.shape == (2, 11) and torch.equal(out[:, :5], prompt)

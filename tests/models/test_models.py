@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import ssmlab
+from tests.mixers.variants import first_variant
 from tests.utils import assert_close
 
 CAUSAL_MIXERS = [n for n in ssmlab.list_mixers() if ssmlab.registry.get("mixer", n).obj.causal]
@@ -10,7 +11,7 @@ CAUSAL_MIXERS = [n for n in ssmlab.list_mixers() if ssmlab.registry.get("mixer",
 @pytest.mark.parametrize("mixer", CAUSAL_MIXERS)
 def test_lm_step_matches_forward(mixer):
     torch.manual_seed(0)
-    options = ssmlab.registry.get("mixer", mixer).extra.get("variants", [{}])[0]
+    options = first_variant(mixer)
     model = ssmlab.create_model(mixer, head="lm", d_model=16, n_layers=2, vocab_size=11, dtype=torch.float64,
                                 mixer_options=options)
     ids = torch.randint(0, 11, (2, 7))

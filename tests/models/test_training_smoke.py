@@ -6,6 +6,7 @@ import torch
 import ssmlab
 from ssmlab.tasks import create_task
 from ssmlab.train import TrainConfig, train
+from tests.mixers.variants import first_variant
 
 CAUSAL_MIXERS = [n for n in ssmlab.list_mixers() if ssmlab.registry.get("mixer", n).obj.causal]
 
@@ -14,7 +15,7 @@ CAUSAL_MIXERS = [n for n in ssmlab.list_mixers() if ssmlab.registry.get("mixer",
 def test_two_layer_model_learns_tiny_mqar(mixer):
     task = create_task("mqar", vocab_size=16, seq_len=16, num_kv_pairs=2, n_train=512, n_test=64)
     torch.manual_seed(0)
-    options = ssmlab.registry.get("mixer", mixer).extra.get("variants", [{}])[0]
+    options = first_variant(mixer)
     model = ssmlab.create_model(mixer, d_model=32, n_layers=2, mixer_options=options, **task.model_options())
     result = train(model, task, TrainConfig(steps=200, batch_size=32, lr=3e-3, warmup_steps=10, log_every=10,
                                             progress=False))

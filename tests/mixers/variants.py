@@ -1,0 +1,76 @@
+"""The test configurations of every registered mixer: mixer name -> list of option dicts.
+
+The conformance suite (tests/mixers/test_conformance.py) runs every variant through the
+mixer contract at ``D_MODEL = 16``; the model tests (tests/models) build each causal
+mixer with its first variant. Keep variants small (a few states, short chunks) so the
+suite stays fast, and give one per option that changes the computation (another
+discretisation, form, feature map, bidirectional ...). ``[{}]`` means the defaults.
+
+A mixer registered with ``inputs="image"`` works over a grid: each of its variants sets
+``image_shape`` and the conformance suite feeds it sequences of ``H * W`` positions.
+"""
+
+from __future__ import annotations
+
+VARIANTS: dict[str, list[dict]] = {
+    "attention": [{}, {"window": 3}, {"rotary": False}, {"n_heads": 4, "window": 5, "rotary_base": 100.0}],
+    "bi-mamba": [{"d_state": 4}, {"d_state": 4, "shared_projections": False, "combine": "add"}],
+    "bi-mamba2": [{"headdim": 8, "d_state": 8, "chunk_size": 4}],
+    "bidirectional": [{"mixer": "mamba", "d_state": 4}, {"mixer": "attention", "combine": "concat"}],
+    "cross-scan": [{"mixer": "mamba", "image_shape": (3, 4), "d_state": 4},
+                   {"mixer": "s4d", "image_shape": (3, 4), "d_state": 4, "shared": True}],
+    "dss": [{"d_state": 8}, {"d_state": 8, "version": "softmax", "l_max": 32},
+            {"d_state": 8, "sep_dt": False, "postact": "glu"}],
+    "gss": [{"d_state": 8}, {"d_state": 4, "expand": 2, "d_ssm": 8}],
+    "h3": [{"d_state": 8}, {"d_state": 4, "head_dim": 4}],
+    "hyena": [{"l_max": 64, "filter_order": 16}, {"l_max": 64, "order": 3, "filter_order": 8, "emb_dim": 5}],
+    "linear-attention": [{}, {"n_heads": 4, "chunk_size": 4}, {"form": "parallel"},
+                         {"feature_map": "relu", "chunk_size": 5}],
+    "liquid-s4": [{"d_state": 8}, {"d_state": 8, "liquid_degree": 3},
+                  {"d_state": 8, "liquid_degree": 3, "liquid_kernel": "kb"},
+                  {"d_state": 8, "liquid_kernel": "kb", "correlation_activation": "lecun"}],
+    "lru": [{}, {"d_state": 8, "r_min": 0.9, "r_max": 0.999, "max_phase": 0.314}],
+    "lssl": [{"d_state": 8}, {"d_state": 6, "learn_A": True, "measure": "legt"},
+             {"d_state": 6, "learn_A": "dense", "measure": "lagt"}],
+    "mamba": [{}, {"d_state": 4, "expand": 1, "d_conv": 2, "dt_rank": 3}],
+    "mamba2": [{"headdim": 8, "d_state": 8, "chunk_size": 4},
+               {"headdim": 4, "d_state": 4, "ngroups": 2, "chunk_size": 3, "d_conv": 2}],
+    "mega": [{"ndim": 4, "max_positions": 64}, {"ndim": 2, "chunk_size": 4, "max_positions": 64}],
+    "retnet": [{}, {"n_heads": 4, "chunk_size": 4}, {"form": "parallel", "n_heads": 2},
+               {"normalize": False, "n_heads": 4, "chunk_size": 3}],
+    "rwkv": [{}, {"channel_mix": True}, {"layer_id": 2, "n_layers": 4, "channel_mix": True, "ffn_mult": 2}],
+    "s4": [{"d_state": 8}, {"d_state": 8, "n_ssm": 2, "rank": 1}, {"d_state": 8, "bidirectional": True}],
+    "s4d": [{}, {"init": "inv", "d_state": 8}, {"init": "legs", "d_state": 8}, {"d_state": 8, "bidirectional": True},
+            {"d_state": 8, "disc": "bilinear", "n_ssm": 2}],
+    "s4nd": [{"image_shape": (4, 4), "d_state": 8}, {"image_shape": (4, 4), "d_state": 8, "n_ssm": 1}],
+    "s5": [{}, {"d_state": 8, "blocks": 2, "discretization": "bilinear", "activation": "full_glu"},
+           {"d_state": 8, "blocks": 4, "bidirectional": True}, {"d_state": 8, "blocks": 1, "activation": None},
+           {"d_state": 16, "c_init": "complex_normal"}],
+    "tnn": [{"rpe_dim": 8}, {"rpe_dim": 8, "bidirectional": True, "expand": 2}],
+}
+
+
+class MissingVariantsError(LookupError):
+    """A registered mixer without an entry in ``VARIANTS``."""
+
+
+def variants(name: str) -> list[dict]:
+    """The test configurations of mixer ``name``; a clear error if it has none."""
+    if name not in VARIANTS:
+        raise MissingVariantsError(
+            f"mixer {name!r} has no test variants: add {name!r}: [{{...}}, ...] to VARIANTS in "
+            f"tests/mixers/variants.py (a list of option dicts; [{{}}] for the defaults)")
+    return VARIANTS[name]
+
+
+def first_variant(name: str) -> dict:
+    """The first (smallest) test configuration of ``name``: what the model tests build."""
+    return dict(variants(name)[0])
+
+
+def sequence_length(options: dict, default: int) -> int:
+    """The length a variant takes: ``H * W`` for one with an ``image_shape``, else ``default``."""
+    if "image_shape" in options:
+        height, width = options["image_shape"]
+        return height * width
+    return default
