@@ -30,8 +30,8 @@ def test_a_planted_pickle_does_not_run_and_is_a_one_line_error(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     task = mqar()
-    torch.save({"model_fingerprint": checkpoint.model_fingerprint(model(task)), "payload": _Payload(flag)},
-               run / checkpoint.FILE)
+    torch.save({"model_fingerprint": checkpoint.model_fingerprint(model(task)), "run_fingerprint": {},
+                "payload": _Payload(flag)}, run / checkpoint.FILE)
     with pytest.raises(CheckpointError) as info:
         train(model(task), task, _config(run))
     assert not flag.exists(), "loading the checkpoint ran the pickled payload"
