@@ -24,6 +24,7 @@ never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -37,6 +38,7 @@ from pathlib import Path
 import torch
 
 FILE = "checkpoint.pt"
+LOCK = "checkpoint.lock"
 FORMAT = "ssmlab-checkpoint/2"
 
 
@@ -160,6 +162,40 @@ def remove(directory) -> None:
     (directory / FILE).unlink(missing_ok=True)
     for tmp in directory.glob(FILE + ".*.tmp"):
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def exclusive(directory):
+    """Hold ``directory`` for one training process: a second one that tries while it is held (the
+    same run started twice at once) gets a :class:`CheckpointError` instead of resuming from, and
+    overwriting, the first one's checkpoints. An advisory ``flock`` on ``LOCK``, released by the
+    operating system when the process dies, and removed when it is done; a no-op where ``fcntl``
+    is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise CheckpointError(f"{directory} is in use by another training process ({holder}); wait for it to "
+                                  f"finish or use another checkpoint directory") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            # Unlinked before it is released: a process that starts later locks a new file, never this one.
+            (directory / LOCK).unlink(missing_ok=True)
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -9,7 +9,7 @@ import torch
 from ssmlab.models import create_model
 from ssmlab.store import ResultStore, environment_fingerprint
 from ssmlab.tasks import create_task
-from ssmlab.train.trainer import TrainConfig, train
+from ssmlab.train.trainer import NOT_IN_FINGERPRINT, TrainConfig, train
 
 
 @dataclass
@@ -74,7 +74,9 @@ def train_spec(spec: RunSpec, config: TrainConfig, checkpoint_root=None, *, stor
     model options included) matches, and is otherwise a ``CheckpointError``.
     """
     managed = checkpoint_root is not None and config.checkpoint_dir is None
-    identity = {"run": run_config(spec, config)}
+    run = run_config(spec, config)
+    # How often checkpoints are written does not change the result: a run may resume with another interval.
+    identity = {"run": {**run, "train": {k: v for k, v in run["train"].items() if k not in NOT_IN_FINGERPRINT}}}
     if managed:
         if store_id is None:
             raise ValueError("train_spec: a checkpoint_root needs the store's id (store_id=store.store_id()), "

@@ -293,16 +293,27 @@ def train(model: nn.Module, task: Task, config: TrainConfig, *, description: str
     ``wall_time_s`` is the training time (the loop, not the final evaluation), summed over the
     segments of a resumed run; ``peak_memory_mb`` is described in :class:`_PeakMemory`.
 
+    While it trains, the run holds its checkpoint directory (:func:`~ssmlab.train.checkpoint.exclusive`):
+    the same run started twice at once fails in the second process instead of sharing checkpoints.
+
     Under ``torchrun`` with several processes, this is distributed data parallel training;
     every rank returns, rank 0 with the evaluated metrics.
     """
     ctx = distributed.setup(config.device)
+    held = config.checkpoint_dir is not None and ctx.is_main
+    with checkpoint.exclusive(config.checkpoint_dir) if held else nullcontext():
+        result = _train(model, task, config, ctx, name=description or "train", identity=identity,
+                        discard_mismatched_checkpoint=discard_mismatched_checkpoint)
+    return result
+
+
+def _train(model: nn.Module, task: Task, config: TrainConfig, ctx: distributed.Context, *, name: str,
+           identity: dict | None, discard_mismatched_checkpoint: bool) -> TrainResult:
     device = ctx.device
     memory = _PeakMemory(device)
     model.to(device).train()
     head = task.head
     metric = getattr(task, "metric", "accuracy")
-    name = description or "train"
     train_split, test_split = task.split("train"), task.split("test")
     try:
         val_split = task.split("val")

@@ -125,3 +125,16 @@ def test_checkpoint_directories_stay_inside_the_root(tmp_path, monkeypatch):
             execute(RunSpec(**{**SPEC.__dict__, "label": "../escape"}), CONFIG, store, suite="s", checkpoint_root=root)
     written = _checkpoints(tmp_path)
     assert written and all(root.resolve() in p.resolve().parents for p in written)
+
+
+def test_one_run_started_twice_at_once_does_not_share_its_checkpoint_directory(tmp_path):
+    """While a process trains in a checkpoint directory (here: this test holds its lock), another fails."""
+    fcntl = pytest.importorskip("fcntl")
+
+    task = mqar()
+    with open(tmp_path / "checkpoint.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(CheckpointError, match="in use by another training process"):
+            train(model(task), task, TrainConfig(**{**CONFIG.__dict__, "checkpoint_dir": str(tmp_path)}))
+    train(model(task), task, TrainConfig(**{**CONFIG.__dict__, "checkpoint_dir": str(tmp_path)}))
+    assert list(tmp_path.iterdir()) == []
