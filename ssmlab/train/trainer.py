@@ -300,11 +300,10 @@ def train(model: nn.Module, task: Task, config: TrainConfig, *, description: str
     every rank returns, rank 0 with the evaluated metrics.
     """
     ctx = distributed.setup(config.device)
-    held = config.checkpoint_dir is not None and ctx.is_main
+    held = bool(config.checkpoint_dir) and ctx.is_main
     with checkpoint.exclusive(config.checkpoint_dir) if held else nullcontext():
-        result = _train(model, task, config, ctx, name=description or "train", identity=identity,
-                        discard_mismatched_checkpoint=discard_mismatched_checkpoint)
-    return result
+        return _train(model, task, config, ctx, name=description or "train", identity=identity,
+                      discard_mismatched_checkpoint=discard_mismatched_checkpoint)
 
 
 def _train(model: nn.Module, task: Task, config: TrainConfig, ctx: distributed.Context, *, name: str,
@@ -387,7 +386,7 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, ctx: distributed.C
                 if not torch.isfinite(loss):
                     before = f"; the loss was {last_loss[1]:.4g} at step {last_loss[0]}" if last_loss else ""
                     raise TrainingDiverged(f"{name}: training loss became {loss.item()} at step {step} "
-                                           f"(lr {scheduler.get_last_lr()[0]:.3g}){before}")
+                                           f"(lr {config.lr * warmup_cosine(step, config):.3g}){before}")
                 with watch(step):
                     weighted.backward()
                 step_loss += weighted.item()
@@ -397,7 +396,7 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, ctx: distributed.C
             norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         if not torch.isfinite(norm):
             raise TrainingDiverged(f"{name}: the gradient norm became {float(norm)} at step {step} "
-                                   f"(loss {step_loss:.4g}, lr {scheduler.get_last_lr()[0]:.3g})")
+                                   f"(loss {step_loss:.4g}, lr {config.lr * warmup_cosine(step, config):.3g})")
         optimizer.step()
         scheduler.step()
         last_loss = (step, step_loss)
