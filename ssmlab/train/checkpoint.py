@@ -116,7 +116,7 @@ def _hash(obj, digest) -> None:
         digest.update(f"L{len(obj)}".encode())
         for item in obj:
             _hash(item, digest)
-    elif obj is None or isinstance(obj, (bool, int, float, str, torch.dtype)):
+    elif obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.dtype, torch.device)):
         digest.update(f"S{type(obj).__name__}:{obj!r}".encode())
     else:
         raise TypeError(f"checkpoints hold tensors and plain values only, not {type(obj).__name__}")
