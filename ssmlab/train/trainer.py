@@ -302,11 +302,11 @@ def train(model: nn.Module, task: Task, config: TrainConfig, *, description: str
     ctx = distributed.setup(config.device)
     held = bool(config.checkpoint_dir) and ctx.is_main
     with checkpoint.exclusive(config.checkpoint_dir) if held else nullcontext():
-        return _train(model, task, config, ctx, name=description or "train", identity=identity,
+        return _train(model, task, config, ctx, label=description or "train", identity=identity,
                       discard_mismatched_checkpoint=discard_mismatched_checkpoint)
 
 
-def _train(model: nn.Module, task: Task, config: TrainConfig, ctx: distributed.Context, *, name: str,
+def _train(model: nn.Module, task: Task, config: TrainConfig, ctx: distributed.Context, *, label: str,
            identity: dict | None, discard_mismatched_checkpoint: bool) -> TrainResult:
     device = ctx.device
     memory = _PeakMemory(device)
@@ -355,7 +355,7 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, ctx: distributed.C
             if not bad:
                 raise
             after = f"after step {last_loss[0]} (loss {last_loss[1]:.4g})" if last_loss else "before training"
-            raise TrainingDiverged(f"{name}: {len(bad)} parameter tensors (first {bad[0]}) became non-finite "
+            raise TrainingDiverged(f"{label}: {len(bad)} parameter tensors (first {bad[0]}) became non-finite "
                                    f"{after}; step {step} then failed with {type(exc).__name__}") from exc
 
     # Positions per example: every token, or every feature vector of real-valued inputs.
@@ -363,7 +363,7 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, ctx: distributed.C
     positions = example.numel() if not example.is_floating_point() else max(1, example.numel() // example.shape[-1])
     tokens_per_step = config.batch_size * positions
     # disable=None: tqdm turns itself off when stderr is not a terminal (logs, CI).
-    bar = tqdm(range(start_step, config.steps), desc=name, initial=start_step,
+    bar = tqdm(range(start_step, config.steps), desc=label, initial=start_step,
                total=config.steps, disable=None if (config.progress and ctx.is_main) else True, leave=False,
                file=sys.stderr, dynamic_ncols=True, unit="step")
     micro = config.batch_size // config.grad_accum_steps
@@ -385,7 +385,7 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, ctx: distributed.C
                 weighted = loss * (int(n) / max(total, 1))
                 if not torch.isfinite(loss):
                     before = f"; the loss was {last_loss[1]:.4g} at step {last_loss[0]}" if last_loss else ""
-                    raise TrainingDiverged(f"{name}: training loss became {loss.item()} at step {step} "
+                    raise TrainingDiverged(f"{label}: training loss became {loss.item()} at step {step} "
                                            f"(lr {config.lr * warmup_cosine(step, config):.3g}){before}")
                 with watch(step):
                     weighted.backward()
@@ -395,7 +395,7 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, ctx: distributed.C
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         if not torch.isfinite(norm):
-            raise TrainingDiverged(f"{name}: the gradient norm became {float(norm)} at step {step} "
+            raise TrainingDiverged(f"{label}: the gradient norm became {float(norm)} at step {step} "
                                    f"(loss {step_loss:.4g}, lr {config.lr * warmup_cosine(step, config):.3g})")
         optimizer.step()
         scheduler.step()
@@ -413,9 +413,9 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, ctx: distributed.C
                 with watch(done):
                     results = evaluate(model, split, head, config.eval_batch_size, device, metric=metric,
                                        precision=config.precision)
-                _check_finite(results, f"{name}: evaluation on the {split_name} split at step {done}")
-                for metric_name, value in results.items():
-                    curves.append((done, split_name, metric_name, value))
+                _check_finite(results, f"{label}: evaluation on the {split_name} split at step {done}")
+                for name, value in results.items():
+                    curves.append((done, split_name, name, value))
                 watched = results.get(metric, results["loss"])
                 watched_name = metric if metric in results else "loss"
                 if _improved(watched, best, watched_name):
@@ -438,14 +438,14 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, ctx: distributed.C
         with watch(final_step):
             final = evaluate(model, test_split, head, config.eval_batch_size, device, metric=metric,
                              precision=config.precision)
-        for metric_name, value in final.items():
-            curves.append((final_step, "test", metric_name, value))
+        for name, value in final.items():
+            curves.append((final_step, "test", name, value))
         metrics = {f"test_{k}": v for k, v in final.items()}
         train_losses = [c[3] for c in curves if c[1] == "train" and c[2] == "loss"]
         metrics["train_loss"] = train_losses[-1] if train_losses else float("nan")
         if stopped_at is not None:
             metrics["stopped_at_step"] = float(stopped_at)
-        _check_finite(metrics, f"{name}: final evaluation after {final_step} steps")
+        _check_finite(metrics, f"{label}: final evaluation after {final_step} steps")
     distributed.barrier(ctx)
     if config.checkpoint_dir and ctx.is_main and not config.keep_checkpoint:
         checkpoint.remove(config.checkpoint_dir)
