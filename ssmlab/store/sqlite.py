@@ -12,6 +12,7 @@ Tables::
          wall_time_s, peak_memory_mb, environment, started_at, finished_at)
     metrics(run_id, name, value)            -- final metrics, one row each
     curves(run_id, step, split, name, value)
+    meta(key, value)                        -- the store's own settings, e.g. its random store_id
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ CREATE TABLE IF NOT EXISTS curves (
     split TEXT NOT NULL,
     name TEXT NOT NULL,
     value REAL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 """
 
@@ -116,6 +121,16 @@ class ResultStore:
 
     def __exit__(self, *exc):
         self.close()
+
+    def store_id(self) -> str:
+        """A random id of this store, made on first use and kept in its ``meta`` table: what a
+        training checkpoint belongs to, so that a fresh store in the same folder never resumes
+        another's."""
+        import uuid
+
+        with self._conn:
+            self._conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+            return self._conn.execute("SELECT value FROM meta WHERE key='store_id'").fetchone()[0]
 
     def start_run(self, *, suite: str, model: str, task: str, seed: int, config: dict,
                   environment: dict | None = None) -> int:

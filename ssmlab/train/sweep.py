@@ -9,7 +9,7 @@ import torch
 from ssmlab.models import create_model
 from ssmlab.store import ResultStore, environment_fingerprint
 from ssmlab.tasks import create_task
-from ssmlab.train.trainer import TrainConfig, train
+from ssmlab.train.trainer import NOT_IN_FINGERPRINT, TrainConfig, train
 
 
 @dataclass
@@ -34,38 +34,75 @@ QUICK_TASKS = {
 
 def run_config(spec: RunSpec, config: TrainConfig) -> dict:
     """The configuration recorded with a run; a sweep skips a run whose configuration is already finished.
-    Display settings (the progress bar) are not part of it."""
+    Display settings (the progress bar) and checkpoint placement are not part of it."""
     train = asdict(config)
-    for key in ("progress", "checkpoint_dir"):  # display and where checkpoints go: not the run's identity
+    for key in ("progress", "checkpoint_dir", "keep_checkpoint"):  # display, checkpoint placement: not identity
         train.pop(key, None)
     return {"run": asdict(spec), "train": train}
 
 
-def checkpoint_dir_for(spec: RunSpec, config: TrainConfig, root) -> str:
-    """A checkpoint directory of its own for each run configuration under ``root``, so that a sweep
-    started again resumes each unfinished run from its last checkpoint."""
+def checkpoint_dir_for(spec: RunSpec, config: TrainConfig, root, store_id: str) -> str:
+    """The checkpoint directory of one run of one store: ``root/<store id>/<label>-<task>-<seed>-<key>``,
+    ``key`` a hash of the run's full configuration (its label included). A sweep started again on
+    the same store resumes each unfinished run from there; another store (a fresh file in the same
+    folder, say) has its own directory and never sees these checkpoints."""
     import hashlib
     import json
+    import re
     from pathlib import Path
 
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", str(store_id)):
+        raise ValueError(f"checkpoint_dir_for: store_id must be letters, digits, - or _, got {store_id!r}")
     key = hashlib.sha256(json.dumps(run_config(spec, config), sort_keys=True).encode()).hexdigest()[:16]
-    return str(Path(root) / f"{model_label(spec)}-{spec.task}-{spec.seed}-{key}")
+    # The readable part never leaves the folder: the hash, not the label, makes the name unique.
+    readable = re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{model_label(spec)}-{spec.task}-{spec.seed}").lstrip(".")
+    return str(Path(root) / str(store_id) / f"{readable[:80]}-{key}")
 
 
-def train_spec(spec: RunSpec, config: TrainConfig, checkpoint_root=None):
+def train_spec(spec: RunSpec, config: TrainConfig, checkpoint_root=None, *, store_id: str | None = None):
     """Build the task and model of ``spec`` and train it; returns the trainer's ``TrainResult``. No store.
 
     With ``checkpoint_root`` (and no ``config.checkpoint_dir``), the run checkpoints to its own
-    directory under it and resumes from there if it was interrupted.
+    directory under it (:func:`checkpoint_dir_for`, which needs the store's ``store_id``) and
+    resumes from there if it was interrupted; the checkpoint's fingerprint then also holds the
+    store's id and the run's configuration, and a checkpoint there that the same code, torch and
+    backends did not write is discarded with a note (the run starts afresh). A finished run's
+    directory is removed unless ``keep_checkpoint``.
+
+    With ``config.checkpoint_dir`` (``ssmlab train --checkpoint-dir``), the directory is the
+    caller's: its checkpoint is resumed only if its fingerprint (the run's full configuration,
+    model options included) matches, and is otherwise a ``CheckpointError``.
     """
-    if checkpoint_root is not None and config.checkpoint_dir is None:
-        config = TrainConfig(**{**asdict(config), "checkpoint_dir": checkpoint_dir_for(spec, config, checkpoint_root)})
+    managed = checkpoint_root is not None and config.checkpoint_dir is None
+    run = run_config(spec, config)
+    # How often checkpoints are written does not change the result: a run may resume with another interval.
+    identity = {"run": {**run, "train": {k: v for k, v in run["train"].items() if k not in NOT_IN_FINGERPRINT}}}
+    if managed:
+        if store_id is None:
+            raise ValueError("train_spec: a checkpoint_root needs the store's id (store_id=store.store_id()), "
+                             "so that checkpoints belong to one store")
+        identity["store"] = str(store_id)
+        config = TrainConfig(**{**asdict(config),
+                                "checkpoint_dir": checkpoint_dir_for(spec, config, checkpoint_root, store_id)})
     task = create_task(spec.task, seed=spec.seed, **spec.task_options)
     torch.manual_seed(spec.seed)
     model = create_model(spec.mixer, head=task.head, d_model=spec.d_model, n_layers=spec.n_layers,
                          **task.model_options(), **spec.model_options)
     cfg = TrainConfig(**{**asdict(config), **spec.train_options, "seed": spec.seed})
-    return train(model, task, cfg, description=f"{model_label(spec)} on {spec.task}")
+    result = train(model, task, cfg, description=f"{model_label(spec)} on {spec.task}", identity=identity,
+                   discard_mismatched_checkpoint=managed)
+    if managed and not cfg.keep_checkpoint:
+        _remove_empty(cfg.checkpoint_dir)
+    return result
+
+
+def _remove_empty(directory) -> None:
+    from pathlib import Path
+
+    try:
+        Path(directory).rmdir()
+    except OSError:  # not empty (kept, or written by something else) or already gone
+        pass
 
 
 def model_label(spec: RunSpec) -> str:
@@ -89,7 +126,7 @@ def execute(spec: RunSpec, config: TrainConfig, store: ResultStore, *, suite: st
     """Train one run in this process and record it; returns the run id. A failure is recorded and re-raised."""
     run_id = _start(store, spec, config, suite, environment)
     try:
-        result = train_spec(spec, config, checkpoint_root)
+        result = train_spec(spec, config, checkpoint_root, store_id=store.store_id())
     except BaseException as exc:
         store.fail_run(run_id, f"{type(exc).__name__}: {exc}")
         raise
@@ -97,9 +134,9 @@ def execute(spec: RunSpec, config: TrainConfig, store: ResultStore, *, suite: st
     return run_id
 
 
-def _train_remote(spec: dict, config: dict, checkpoint_root):
+def _train_remote(spec: dict, config: dict, checkpoint_root, store_id=None):
     """What a Ray worker runs: rebuild the spec and config from plain dicts and train."""
-    return train_spec(RunSpec(**spec), TrainConfig(**config), checkpoint_root)
+    return train_spec(RunSpec(**spec), TrainConfig(**config), checkpoint_root, store_id=store_id)
 
 
 def execute_ray(specs: list[RunSpec], config: TrainConfig, store: ResultStore, *, suite: str,
@@ -122,7 +159,8 @@ def execute_ray(specs: list[RunSpec], config: TrainConfig, store: ResultStore, *
     pending = {}
     for spec in specs:
         run_id = _start(store, spec, config, suite, environment)
-        pending[remote.remote(asdict(spec), cfg, checkpoint_root and str(checkpoint_root))] = (spec, run_id)
+        pending[remote.remote(asdict(spec), cfg, checkpoint_root and str(checkpoint_root),
+                              store.store_id())] = (spec, run_id)
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
