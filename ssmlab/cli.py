@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ssmlab import registry
+from ssmlab.config import ConfigError
 from ssmlab.experiment import suite_names
 from ssmlab.registry import UnknownNameError
 from ssmlab.train.sweep import run_config
@@ -146,8 +147,15 @@ def _cmd_run(args) -> int:
         trainer["progress"] = False
     config = from_dict(TrainConfig, trainer)
     _check_device(config.device)
+    if args.executor == "ray" and args.address:
+        from ssmlab.train.sweep import check_ray_address
+
+        check_ray_address(args.address)
     for spec in specs:  # option types checked before the store is opened
-        check_options(spec)
+        try:
+            check_options(spec)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; fix the options of {exp.name}") from exc
     started = time.perf_counter()
     finished, failures, elsewhere = 0, [], 0
     with ResultStore(args.store) as store:
@@ -214,7 +222,10 @@ def _cmd_train(args) -> int:
                    _key_values(args.model_option, "--model-option"), d_model=args.d_model, n_layers=args.n_layers)
     config = _train_config(args)
     _check_device(config.device)
-    check_options(spec)
+    try:
+        check_options(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}; fix --task-option or --model-option") from exc
     # Build the task and the model once before anything is recorded, so that a bad option is an
     # error here and not a failed run in the store.
     try:

@@ -153,9 +153,9 @@ def _pyplot():
 
 def _mean_curve(store: ResultStore, run_ids: list[int], split: str, name: str):
     by_step = defaultdict(list)
-    for run_id in run_ids:
-        for step, sp, n, value in store.curves(run_id):
-            if sp == split and n == name and value is not None:
+    for curve in store.curves_of(run_ids, split=split, name=name).values():
+        for step, _, _, value in curve:
+            if value is not None:
                 by_step[step].append(value)
     steps = sorted(by_step)
     return steps, [statistics.fmean(by_step[s]) for s in steps]

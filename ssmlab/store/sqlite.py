@@ -237,6 +237,7 @@ class ResultStore:
         self._heartbeat: _Heartbeat | None = None
         self._heartbeat_s = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
         self._conn = None
+        self._cache = None
         self._key = str(self.path.resolve())
         if read_only:
             self._conn = self._open_read_only()
@@ -244,6 +245,10 @@ class ResultStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
+            blocking = next((p for p in self.path.parents if p.exists() and not p.is_dir()), None)
+            if blocking is not None:
+                raise StoreError(f"cannot put the results store at {self.path}: {blocking} is a file, not a folder; "
+                                 f"pass another path with --store") from exc
             raise StoreError(f"cannot create the folder of the results store {self.path} "
                              f"({exc.strerror or exc}); pass another file with --store") from exc
         if self.path.exists() and not self.path.is_file():
@@ -469,25 +474,36 @@ class ResultStore:
     def runs(self, *, suite: str | None = None, status: str | None = "finished", model: str | None = None,
              task: str | None = None) -> list[dict]:
         """Runs in id order, their JSON columns parsed. ``status`` None gives every run; a ``running``
-        row whose process is gone or whose heartbeat is stale has status ``interrupted``."""
-        query, args = "SELECT * FROM runs WHERE 1=1", []
-        for column, value in (("suite", suite), ("model", model), ("task", task)):
-            if value is not None:
-                query, args = query + f" AND {column}=?", args + [value]
-        if status in ("running", "interrupted"):
-            query += " AND status IN ('running', 'interrupted')"
-        elif status is not None:
-            query, args = query + " AND status=?", args + [status]
-        cur = self._conn.execute(query + " ORDER BY id", args)
+        row whose process is gone or whose heartbeat is stale has status ``interrupted``.
+
+        The parsed rows are kept until the file changes (SQLite's ``data_version`` and this
+        connection's changes), so the many reads of one report parse the store once; each call
+        returns fresh row dicts (the parsed JSON values inside are shared: do not modify them)."""
+        out = []
+        for row in self._all_runs():
+            if (suite is not None and row["suite"] != suite or model is not None and row["model"] != model
+                    or task is not None and row["task"] != task):
+                continue
+            row = dict(row)
+            if row["status"] == "running":
+                row["status"] = self._status(row)
+            if status is None or row["status"] == status:
+                out.append(row)
+        return out
+
+    def _all_runs(self) -> list[dict]:
+        version = (self._conn.execute("PRAGMA data_version").fetchone()[0], self._conn.total_changes)
+        if self._cache is not None and self._cache[0] == version:
+            return self._cache[1]
+        cur = self._conn.execute("SELECT * FROM runs ORDER BY id")
         cols = [c[0] for c in cur.description]
         rows = []
         for values in cur.fetchall():
             row = dict(zip(cols, values))
             for key in _JSON_COLUMNS:
                 row[key] = json.loads(row[key]) if row[key] else None
-            row["status"] = self._status(row)
-            if status is None or row["status"] == status:
-                rows.append(row)
+            rows.append(row)
+        self._cache = (version, rows)
         return rows
 
     @_guarded
