@@ -174,8 +174,10 @@ def _explain(path: Path, exc: sqlite3.Error) -> str:
         return f"cannot open the results store {path} ({text}); pass a writable file with --store"
     if "locked" in text or "busy" in text:
         return f"the results store {path} stayed locked by another process ({text}); try again"
+    if "not a database" in text:
+        return f"{path} is not a usable ssmlab results database ({text}); pass the right file with --store"
     if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError) \
-            or "malformed" in text or "not a database" in text:
+            or "malformed" in text:
         return (f"the results store {path} is damaged ({text}); restore it from a copy, or pass another "
                 f"file with --store")
     return f"results store {path}: {text}"
@@ -284,8 +286,7 @@ class ResultStore:
                 if "no such table" in str(exc):
                     raise StoreError(f"{self.path} is not a usable ssmlab results database (it has no runs table); "
                                      f"pass the right file with --store") from exc
-        raise StoreError(f"{self.path} is not a usable ssmlab results database ({last}); "
-                         f"pass the right file with --store") from last
+        raise StoreError(_explain(self.path, last)) from last
 
     def _migrate(self) -> None:
         """Create the tables, or bring a store of an older version up to date, in one transaction."""
