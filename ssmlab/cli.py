@@ -11,7 +11,6 @@ from ssmlab import registry
 from ssmlab.config import ConfigError
 from ssmlab.experiment import suite_names
 from ssmlab.registry import UnknownNameError
-from ssmlab.train.sweep import run_config
 
 
 
