@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -160,13 +161,33 @@ def parse(raw: dict, origin: str = "experiment") -> Experiment:
             t.trainer = {k: getattr(checked, k) for k in t.trainer}
     except ConfigError as exc:
         raise ConfigError(f"{origin}: {exc}") from None
+    if not exp.seeds:
+        raise ConfigError(f"{origin}: seeds is empty; give at least one seed, e.g. seeds: [0]")
+    if len(set(exp.seeds)) != len(exp.seeds):
+        raise ConfigError(f"{origin}: seeds {exp.seeds} repeat a seed; each seed once")
+    check_label(exp.name, f"{origin}: name")
     for m in exp.models:
+        if m.name is not None:
+            check_label(m.name, f"{origin}: model name")
         for name in ([m.mixer] if isinstance(m.mixer, str) else m.mixer):
             if name != "*":
                 registry.get("mixer", name)
     for t in exp.tasks:
         registry.get("task", t.name)
     return exp
+
+
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]{0,99}")
+
+
+def check_label(label: str, what: str = "name") -> str:
+    """A suite or model name becomes part of file names under the store's folder (checkpoints,
+    figures): letters, digits and ``_ . + = -``, starting with a letter or digit, at most 100
+    characters, so that no name reaches outside that folder."""
+    if not isinstance(label, str) or not _LABEL.fullmatch(label) or ".." in label:
+        raise ConfigError(f"{what} {label!r} is not allowed: use letters, digits and _ . + = - (no '/', no '..', "
+                          f"starting with a letter or digit, at most 100 characters)")
+    return label
 
 
 def load(source: str, overrides: list[str] = ()) -> Experiment:

@@ -79,7 +79,7 @@ def train_spec(spec: RunSpec, config: TrainConfig, checkpoint_root=None, *, stor
     identity = {"run": {**run, "train": {k: v for k, v in run["train"].items() if k not in NOT_IN_FINGERPRINT}}}
     if managed:
         if store_id is None:
-            raise ValueError("train_spec: a checkpoint_root needs the store's id (store_id=store.store_id()), "
+            raise ValueError("train_spec: a checkpoint_root needs the store's id (store_id=store.store_id), "
                              "so that checkpoints belong to one store")
         identity["store"] = str(store_id)
         config = TrainConfig(**{**asdict(config),
@@ -111,9 +111,105 @@ def model_label(spec: RunSpec) -> str:
     return spec.mixer if isinstance(spec.mixer, str) else "+".join(spec.mixer)
 
 
+def check_options(spec: RunSpec) -> None:
+    """Type-check the task and model options of ``spec`` against the annotations of the task's,
+    the model head's and the mixers' constructors, without building anything; a ``ConfigError``
+    names the option, so a sweep stops before it writes a run, not at the run."""
+    from ssmlab import registry
+    from ssmlab.config import ConfigError
+
+    task_cls = registry.get("task", spec.task).obj
+    _check_against(task_cls, spec.task_options, f"task {spec.task}")
+    head_cls = registry.get("model", task_cls.head).obj
+    _check_against(head_cls, spec.model_options, f"model {model_label(spec)}")
+    from ssmlab.models.backbone import Backbone
+
+    _check_against(Backbone, spec.model_options, f"model {model_label(spec)}")
+    mixer_options = spec.model_options.get("mixer_options")
+    if mixer_options is None:
+        return
+    if not isinstance(mixer_options, dict):
+        raise ConfigError(f"model {model_label(spec)}: mixer_options must be a mapping of option: value, "
+                          f"got {mixer_options!r}")
+    names = [spec.mixer] if isinstance(spec.mixer, str) else list(dict.fromkeys(spec.mixer))
+    per_name = {spec.mixer: mixer_options} if isinstance(spec.mixer, str) else mixer_options
+    for name in names:
+        options = per_name.get(name) or {}
+        if not isinstance(options, dict):
+            raise ConfigError(f"model {model_label(spec)}: mixer_options.{name} must be a mapping, got {options!r}")
+        _check_against(registry.get("mixer", name).obj, options, f"mixer {name}")
+
+
+def _check_against(cls, options: dict, owner: str) -> None:
+    """Check each option that names an annotated keyword of ``cls.__init__`` (or of a base class
+    it passes ``**kwargs`` to) against its annotation."""
+    import inspect
+    import typing
+
+    from ssmlab.config import _coerce
+
+    hints: dict = {}
+    for klass in reversed(cls.__mro__):
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            found = typing.get_type_hints(init)
+        except Exception:  # an annotation that does not resolve here: leave those options to the constructor
+            continue
+        params = inspect.signature(init).parameters
+        hints.update({k: v for k, v in found.items() if k in params and k != "return"})
+    for key, value in options.items():
+        if key in hints:
+            _coerce(owner, key, value, hints[key])
+
+
+@dataclass
+class Outcome:
+    """What became of one run of a sweep: ``status`` is ``finished``, ``failed`` (``detail`` is the
+    reason, one line) or ``skipped`` (``detail``: ``finished`` or ``running`` elsewhere; ``run_id``
+    is that other run)."""
+
+    spec: RunSpec
+    run_id: int | None
+    status: str
+    detail: str | None = None
+    metrics: dict | None = None
+    wall_time_s: float | None = None
+    n_params: int | None = None
+
+
+def failure_reason(exc: BaseException) -> str:
+    """``Type: first line of the message``, at most 300 characters: how a failed run is recorded."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0] if lines else type(exc).__name__}"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def plan(specs: list[RunSpec], config: TrainConfig, store: ResultStore, *, suite: str):
+    """Split a sweep into the specs still to run and ``(spec, run id)`` of those already finished,
+    with one query for the whole suite."""
+    from ssmlab.store import config_hash
+
+    finished = store.finished_configs(suite)
+    todo, done = [], []
+    for spec in specs:
+        run_id = finished.get(config_hash(run_config(spec, config)))
+        if run_id is None:
+            todo.append(spec)
+        else:
+            done.append((spec, run_id))
+    return todo, done
+
+
 def _start(store: ResultStore, spec: RunSpec, config: TrainConfig, suite: str, environment) -> int:
     return store.start_run(suite=suite, model=model_label(spec), task=spec.task, seed=spec.seed,
                            config=run_config(spec, config), environment=environment or environment_fingerprint())
+
+
+def _claim(store: ResultStore, spec: RunSpec, config: TrainConfig, suite: str, environment):
+    return store.claim_run(suite=suite, model=model_label(spec), task=spec.task, seed=spec.seed,
+                           config=run_config(spec, config), environment=environment)
 
 
 def _finish(store: ResultStore, run_id: int, result) -> None:
@@ -121,17 +217,54 @@ def _finish(store: ResultStore, run_id: int, result) -> None:
                      peak_memory_mb=result.peak_memory_mb, curves=result.curves)
 
 
+def _finished(spec: RunSpec, run_id: int, result) -> Outcome:
+    return Outcome(spec, run_id, "finished", metrics=dict(result.metrics), wall_time_s=result.wall_time_s,
+                   n_params=result.n_params)
+
+
 def execute(spec: RunSpec, config: TrainConfig, store: ResultStore, *, suite: str, environment=None,
             checkpoint_root=None) -> int:
-    """Train one run in this process and record it; returns the run id. A failure is recorded and re-raised."""
+    """Train one run in this process and record it; returns the run id. A failure is recorded
+    (Ctrl-C as ``interrupted``) and re-raised."""
     run_id = _start(store, spec, config, suite, environment)
     try:
-        result = train_spec(spec, config, checkpoint_root, store_id=store.store_id())
-    except BaseException as exc:
-        store.fail_run(run_id, f"{type(exc).__name__}: {exc}")
+        result = train_spec(spec, config, checkpoint_root, store_id=store.store_id)
+    except Exception as exc:
+        store.fail_run(run_id, failure_reason(exc))
+        raise
+    except BaseException:
+        store.interrupt_run(run_id)
         raise
     _finish(store, run_id, result)
     return run_id
+
+
+def execute_sweep(specs: list[RunSpec], config: TrainConfig, store: ResultStore, *, suite: str,
+                  environment=None, checkpoint_root=None):
+    """Train ``specs`` one after another in this process; yields an :class:`Outcome` per spec.
+
+    Each run is claimed in the store just before it trains (a configuration finished meanwhile,
+    or running in another live process, is skipped). A run that raises is recorded as failed
+    with its reason and the sweep goes on; Ctrl-C records the run as interrupted and stops.
+    """
+    environment = environment or environment_fingerprint()
+    for spec in specs:
+        claim = _claim(store, spec, config, suite, environment)
+        if claim.run_id is None:
+            yield Outcome(spec, claim.other, "skipped", claim.reason)
+            continue
+        try:
+            result = train_spec(spec, config, checkpoint_root, store_id=store.store_id)
+        except Exception as exc:
+            reason = failure_reason(exc)
+            store.fail_run(claim.run_id, reason)
+            yield Outcome(spec, claim.run_id, "failed", reason)
+            continue
+        except BaseException:
+            store.interrupt_run(claim.run_id)
+            raise
+        _finish(store, claim.run_id, result)
+        yield _finished(spec, claim.run_id, result)
 
 
 def _train_remote(spec: dict, config: dict, checkpoint_root, store_id=None):
@@ -139,38 +272,82 @@ def _train_remote(spec: dict, config: dict, checkpoint_root, store_id=None):
     return train_spec(RunSpec(**spec), TrainConfig(**config), checkpoint_root, store_id=store_id)
 
 
+def check_ray_address(address: str, timeout: float = 5.0) -> None:
+    """Fail fast, with a message, when nothing listens at a Ray cluster address
+    (``ray://host[:10001]`` or ``host:port``); ``auto`` and ``local`` are left to Ray."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    text = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = text, "10001" if address.startswith("ray://") else "6379"
+    host = host.strip("[]")
+    if not port.isdigit() or not host:
+        raise ValueError(f"--address {address!r} is not a Ray address; expected host:port or ray://host:port")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise RuntimeError(f"cannot reach the Ray cluster at {address} ({reason}); check --address, or start a "
+                           f"cluster there with `ray start --head`") from exc
+
+
 def execute_ray(specs: list[RunSpec], config: TrainConfig, store: ResultStore, *, suite: str,
-                address: str | None = None, num_cpus_per_run: float = 1, environment=None, checkpoint_root=None):
-    """Send every run to a Ray cluster and record the results as they arrive; the driver alone writes the store.
+                address: str | None = None, num_cpus_per_run: float = 1, environment=None, checkpoint_root=None,
+                connect_timeout: float = 5.0):
+    """Train ``specs`` on a Ray cluster; yields an :class:`Outcome` per spec as runs end. The
+    driver alone writes the store, and claims each run just before it sends it to the cluster,
+    keeping at most as many runs in flight as the cluster has room for.
 
     ``address`` is the cluster's (``ray://host:10001`` or ``host:6379``); None starts a local
-    Ray instance. The workers must have ssmlab and its dependencies installed. Yields
-    ``(spec, run_id, error)`` per finished run, ``error`` None or the failure's text.
+    Ray instance. An address where nothing answers within ``connect_timeout`` seconds is an
+    error. The workers must have ssmlab and its dependencies installed.
     """
     try:
         import ray
     except ImportError as exc:
         raise RuntimeError("the Ray executor needs Ray: pip install 'ssmlab[ray]'") from exc
     if not ray.is_initialized():
+        if address:
+            check_ray_address(address, connect_timeout)
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    environment = environment or environment_fingerprint()
     remote = ray.remote(num_cpus=num_cpus_per_run)(_train_remote)
     cfg = {k: v for k, v in asdict(config).items()}
     cfg["progress"] = False  # no progress bars from workers
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1) // num_cpus_per_run))
+    queue = list(specs)
     pending = {}
-    for spec in specs:
-        run_id = _start(store, spec, config, suite, environment)
-        pending[remote.remote(asdict(spec), cfg, checkpoint_root and str(checkpoint_root),
-                              store.store_id())] = (spec, run_id)
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            spec, run_id = pending.pop(ref)
-            try:
-                result = ray.get(ref)
-            except Exception as exc:  # a RayTaskError wrapping the worker's exception
-                error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1]}"
-                store.fail_run(run_id, error)
-                yield spec, run_id, error
+    try:
+        while queue or pending:
+            while queue and len(pending) < slots:
+                spec = queue.pop(0)
+                claim = _claim(store, spec, config, suite, environment)
+                if claim.run_id is None:
+                    yield Outcome(spec, claim.other, "skipped", claim.reason)
+                    continue
+                ref = remote.remote(asdict(spec), cfg, checkpoint_root and str(checkpoint_root), store.store_id)
+                pending[ref] = (spec, claim.run_id)
+            if not pending:
                 continue
-            _finish(store, run_id, result)
-            yield spec, run_id, None
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                spec, run_id = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as exc:  # a RayTaskError wrapping the worker's exception
+                    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+                    error = f"{type(exc).__name__}: {lines[-1] if lines else ''}"
+                    store.fail_run(run_id, error)
+                    yield Outcome(spec, run_id, "failed", error)
+                    continue
+                _finish(store, run_id, result)
+                yield _finished(spec, run_id, result)
+    except BaseException:
+        for ref, (spec, run_id) in pending.items():
+            ray.cancel(ref, force=True)
+            store.interrupt_run(run_id)
+        raise
