@@ -18,9 +18,9 @@ def _inputs(length, batch=2, heads=2, key_dim=3, value_dim=4, seed=0):
     return q, k, v, log_decay, r(batch, heads, key_dim, value_dim)
 
 
-# Chunk sizes: one position, not a multiple of the 16-position sub-chunk, one sub-chunk, the default
-# (four sub-chunks), and L itself.
-@pytest.mark.parametrize("chunk_size", [1, 7, 16, 64, "L"])
+# Chunk sizes: one position, not a multiple of the 8-position sub-chunk, one sub-chunk, the default
+# (eight sub-chunks), and L itself.
+@pytest.mark.parametrize("chunk_size", [1, 7, 8, 64, "L"])
 @pytest.mark.parametrize("gated", [False, True])
 @pytest.mark.parametrize("length", LENGTHS)
 def test_torch_matches_reference(length, gated, chunk_size):

@@ -25,14 +25,15 @@ Backends, computing the same function:
   in the paper's section 4. With cumulative log-decays ``G_i = sum_{r<=i} g_r``
   inside a chunk, position i reads position j <= i through
   ``sum_k q_ik k_jk exp(G_ik - G_jk)``. Only relative decays over a span of
-  positions are formed, never ``exp(-G)``: inside a sub-chunk of 16 positions the
-  (16, 16, K) tensor ``exp(G_i - G_j)`` masked to ``i >= j`` (exponent -inf above
+  positions are formed, never ``exp(-G)``: inside a sub-chunk of 8 positions the
+  (8, 8, K) tensor ``exp(G_i - G_j)`` masked to ``i >= j`` (exponent -inf above
   the diagonal, so nothing overflows); between sub-chunks a and b < a, a matrix
   product of ``q_i exp(G_i - G_r)`` and ``k_j exp(G_r - G_j)`` with ``r`` the last
   position before sub-chunk a, both factors <= 1. The states entering the chunks
   come from ``linear_scan`` over the chunks (decay ``exp(G_C)`` per key). A
-  ``chunk_size`` that is not a multiple of 16 is one sub-chunk. Work
-  O(L C K + L K V), memory O(B H L K (16 + C / 16)) besides the inputs; any L.
+  ``chunk_size`` that is not a multiple of 8 is one sub-chunk. Work
+  O(L C K + L C V + L K V), memory O(B H L (K (8 + C / 8) + C)) besides the
+  inputs; any L.
 """
 
 from __future__ import annotations
