@@ -13,7 +13,8 @@ flash-linear-attention's ``chunk_gla`` and ``naive_recurrent_gla``; ``scale``
 defaults to ``K ** -0.5`` as there (its ``scale=None``); pass ``scale=1.0`` for the
 paper's equations. HGRN2 (arXiv 2404.07904) is this op with a parameterisation:
 its forget gate ``f_t`` gives ``g_t = log f_t`` and its input gate is tied to it,
-``k_t = 1 - f_t`` (flash-linear-attention's HGRN2 layer calls its GLA kernels so).
+``k_t = 1 - f_t`` (flash-linear-attention's HGRN2 layer calls its GLA kernels so, with the
+default scale).
 
 Shapes: q, k, log_decay (B, L, H, K); v (B, L, H, V); state (B, H, K, V).
 ``log_decay`` (g) is expected <= 0 (not checked, as that would need the values).
@@ -21,19 +22,20 @@ Shapes: q, k, log_decay (B, L, H, K); v (B, L, H, V); state (B, H, K, V).
 Backends, computing the same function:
 
 * ``reference``: the recurrence, one position at a time (the specification);
-* ``torch`` (default): the chunkwise form in log space with secondary chunking, as
-  in the paper's section 4. With cumulative log-decays ``G_i = sum_{r<=i} g_r``
-  inside a chunk, position i reads position j <= i through
-  ``sum_k q_ik k_jk exp(G_ik - G_jk)``. Only relative decays over a span of
-  positions are formed, never ``exp(-G)``: inside a sub-chunk of 8 positions the
-  (8, 8, K) tensor ``exp(G_i - G_j)`` masked to ``i >= j`` (exponent -inf above
-  the diagonal, so nothing overflows); between sub-chunks a and b < a, a matrix
+* ``torch`` (default): the chunkwise form in log space (arXiv 2312.06635 section 4),
+  with the secondary chunking taken down to single positions. With cumulative
+  log-decays ``G_i = sum_{r<=i} g_r`` inside a chunk, position i reads position
+  j <= i through ``A_ij = sum_k q_ik k_jk exp(G_ik - G_jk)``. Only decays over a
+  span of positions are formed, never ``exp(-G)``, so nothing overflows: the chunk
+  is halved, the block of second-half rows and first-half columns is the matrix
   product of ``q_i exp(G_i - G_r)`` and ``k_j exp(G_r - G_j)`` with ``r`` the last
-  position before sub-chunk a, both factors <= 1. The states entering the chunks
-  come from ``linear_scan`` over the chunks (decay ``exp(G_C)`` per key). A
-  ``chunk_size`` that is not a multiple of 8 is one sub-chunk. Work
-  O(L C K + L C V + L K V), memory O(B H L (K (8 + C / 8) + C)) besides the
-  inputs; any L.
+  position of the first half (i > r >= j, so both factors are <= 1), and each half
+  is halved again, down to single positions (``A_ii = q_i . k_i``); a chunk whose
+  size is not a power of two is padded at its end for this. The memory each chunk
+  writes, ``sum_j (k_j exp(G_C - G_j)) v_j^T``, is passed between chunks by
+  ``linear_scan`` (decay ``exp(G_C)`` per key), and each position reads the memory
+  entering its chunk as ``(q_i exp(G_i))^T S_0``. Work O(L C (K + V) + L K log C
+  + L K V), memory O(B H L (C + K + K V / C)) besides the inputs; any chunk size, any L.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The chunkwise form of gated linear attention in pure PyTorch: log-space relative decays, secondary chunking."""
+"""The chunkwise form of gated linear attention in pure PyTorch: relative decays in log space, by halving."""
 
 from __future__ import annotations
 
@@ -10,37 +10,36 @@ from ssmlab.ops.gla import gla_op
 from ssmlab.ops.gla.reference import compute_dtype
 from ssmlab.ops.scan.torch import linear_scan_chunked
 
-# Positions per sub-chunk: the (SUB, SUB, K) tensor of relative decays is formed only inside sub-chunks;
-# 8 was fastest in one forward run at L=4096, K=64, chunk 64 on a shared CPU (sub-chunk 4: 0.30 s, 8: 0.12 s,
-# 16: 0.20 s, 32: 0.56 s).
-SUB_CHUNK = 8
 
-
-def _intra_chunk_scores(q, k, cumulative, sub):
+def _intra_chunk_scores(q, k, cumulative):
     """``A[i, j] = sum_k q_ik k_jk exp(G_ik - G_jk)`` for j <= i inside each chunk, 0 above the diagonal.
 
-    q, k, cumulative (G): (B, H, n, C, K) with C a multiple of ``sub``; returns (B, H, n, C, C).
+    Built by halving: the chunk (padded at its end to a power of two) is split into two halves, the
+    block of the second half's rows and the first half's columns is a matrix product of
+    ``q_i exp(G_i - G_r)`` and ``k_j exp(G_r - G_j)`` with ``r`` the last position of the first half
+    (both factors <= 1, as i > r >= j), and each half is split the same way, down to single positions.
+
+    q, k, cumulative (G): (B, H, n, C, K); returns (B, H, n, C, C).
     """
     chunk = q.shape[-2]
-    blocks = chunk // sub
-    qs, ks, gs = (rearrange(t, "... (m s) k -> ... m s k", s=sub) for t in (q, k, cumulative))  # (B, H, n, m, s, K)
-
-    # Diagonal blocks: the relative decays themselves, the exponent -inf where j > i.
-    ones = torch.ones(sub, sub, dtype=torch.bool, device=q.device)
-    gaps = (gs[..., :, None, :] - gs[..., None, :, :]).masked_fill(~ones.tril()[..., None], float("-inf"))
-    diagonal = torch.einsum("...ik,...jk,...ijk->...ij", qs, ks, torch.exp(gaps))  # (B, H, n, m, s, s)
-
-    # Blocks a > b through r(a), the last position before block a: exp(G_i - G_j) = exp(G_i - G_r) exp(G_r - G_j).
-    before = torch.cat([torch.zeros_like(gs[..., :1, -1, :]), gs[..., :-1, -1, :]], dim=-2)  # G_r, (B, H, n, m, K)
-    q_rel = qs * torch.exp(gs - before[..., None, :])  # (B, H, n, m, s, K)
-    earlier = torch.ones(blocks, blocks, dtype=torch.bool, device=q.device).tril(-1)  # b < a
-    spans = (before[..., :, None, None, :] - gs[..., None, :, :, :]).masked_fill(
-        ~earlier[..., None, None], float("-inf"))  # G_r(a) - G_j for j in block b, (B, H, n, m, m, s, K)
-    k_rel = ks[..., None, :, :, :] * torch.exp(spans)
-    scores = torch.einsum("...aik,...abjk->...aibj", q_rel, k_rel)  # (B, H, n, m, s, m, s)
-    eye = torch.eye(blocks, dtype=q.dtype, device=q.device)
-    scores = scores + torch.einsum("...aij,ab->...aibj", diagonal, eye)
-    return rearrange(scores, "... a i b j -> ... (a i) (b j)")
+    pad = (1 << (chunk - 1).bit_length()) - chunk
+    if pad:
+        # Padded positions come last: their rows and columns are cut off at the end.
+        q, k = F.pad(q, (0, 0, 0, pad)), F.pad(k, (0, 0, 0, pad))
+        cumulative = torch.cat([cumulative, cumulative[..., -1:, :].expand(*cumulative.shape[:-2], pad, -1)], dim=-2)
+    scores = (q * k).sum(-1)[..., None, None]  # the blocks of single positions, (B, H, n, C, 1, 1)
+    size = 1
+    while scores.shape[-3] > 1:
+        qs, ks, gs = (rearrange(t, "... (p two s) k -> ... p two s k", two=2, s=size) for t in (q, k, cumulative))
+        last = gs[..., 0, -1:, :]  # G_r, (B, H, n, P, 1, K)
+        q_rel = qs[..., 1, :, :] * torch.exp(gs[..., 1, :, :] - last)  # (B, H, n, P, s, K)
+        k_rel = ks[..., 0, :, :] * torch.exp(last - gs[..., 0, :, :])
+        lower = q_rel @ k_rel.transpose(-1, -2)  # (B, H, n, P, s, s)
+        first, second = rearrange(scores, "... (p two) i j -> ... p two i j", two=2).unbind(-3)
+        scores = torch.cat([torch.cat([first, torch.zeros_like(first)], dim=-1),
+                            torch.cat([lower, second], dim=-1)], dim=-2)  # (B, H, n, P, 2s, 2s)
+        size *= 2
+    return scores[..., 0, :chunk, :chunk]
 
 
 def _chunked(q, k, v, log_decay, scale, chunk_size, initial_state):
@@ -55,8 +54,7 @@ def _chunked(q, k, v, log_decay, scale, chunk_size, initial_state):
     last = cumulative[..., -1:, :]  # G_C, (B, H, n, 1, K)
 
     # 1. Inside each chunk, from a zero state.
-    sub = SUB_CHUNK if chunk_size % SUB_CHUNK == 0 else chunk_size
-    o = _intra_chunk_scores(q, k, cumulative, sub) @ v  # (B, H, n, C, V)
+    o = _intra_chunk_scores(q, k, cumulative) @ v  # (B, H, n, C, V)
 
     # 2. The memory each chunk writes on its own, decayed to the chunk's end.
     written = (k * torch.exp(last - cumulative)).transpose(-1, -2) @ v  # (B, H, n, K, V)
