@@ -1,3 +1,5 @@
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,27 @@ def test_without_initial_state(gated):
     got = gated_delta_rule(q, k, v, beta, **kwargs, chunk_size=16, backend="torch")
     assert_close(got[0], want[0], atol=1e-12, name="o")
     assert_close(got[1], want[1], atol=1e-12, name="final state")
+
+
+def test_chunk_groups(monkeypatch):
+    """Chunks taken a few at a time (groups of 3 chunks, the last of 1) give the same outputs and gradients."""
+    backend_module = importlib.import_module("ssmlab.ops.gated_delta_rule.torch")
+    q, k, v, beta, log_alpha, h0 = _inputs(200)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v, beta, log_alpha, h0)]
+    results = {}
+    for name, group_elements in (("one group", None), ("groups of 3", 3 * 2 * 2 * 16 * 16)):
+        if group_elements is not None:
+            monkeypatch.setattr(backend_module, "GROUP_ELEMENTS", group_elements)
+            assert len(backend_module.chunk_groups(13, 2 * 2 * 16 * 16)) == 5
+        o, state = gated_delta_rule(*leaves[:4], log_alpha=leaves[4], initial_state=leaves[5], chunk_size=16,
+                                    return_final_state=True, backend="torch")
+        grads = torch.autograd.grad(o.sin().sum() + state.square().sum(), leaves)
+        results[name] = [o, state, *grads]
+    for label, got, want in zip(["o", "state", "q", "k", "v", "beta", "log_alpha", "h0"], results["groups of 3"],
+                                results["one group"]):
+        assert_close(got, want, atol=1e-12, rtol=1e-10, name=label)
+    want = gated_delta_rule(q, k, v, beta, log_alpha=log_alpha, initial_state=h0, backend="reference")
+    assert_close(results["groups of 3"][0], want, atol=1e-12, name="o against the reference")
 
 
 @pytest.mark.parametrize("initial_state", [False, True])

@@ -1,3 +1,5 @@
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -50,6 +52,25 @@ def test_equals_decayed_attention():
     want = torch.einsum("bhij,bjhv->bihv", weights, v)
     for backend in BACKENDS:
         assert_close(gla(q, k, v, log_decay, chunk_size=32, backend=backend), want, atol=1e-10, name=backend)
+
+
+def test_chunk_groups(monkeypatch):
+    """Chunks taken a few at a time (groups of 3 chunks, the last of 1) give the same outputs and gradients."""
+    backend_module = importlib.import_module("ssmlab.ops.gla.torch")
+    leaves = [t.clone().requires_grad_(True) for t in _inputs(200)]
+    results = {}
+    for name, group_elements in (("one group", None), ("groups of 3", 3 * 2 * 2 * 16 * 16)):
+        if group_elements is not None:
+            monkeypatch.setattr(backend_module, "GROUP_ELEMENTS", group_elements)
+            assert len(backend_module.chunk_groups(13, 2 * 2 * 16 * 16)) == 5
+        o, state = gla(*leaves[:4], initial_state=leaves[4], chunk_size=16, return_final_state=True, backend="torch")
+        grads = torch.autograd.grad(o.sin().sum() + state.square().sum(), leaves)
+        results[name] = [o, state, *grads]
+    for label, got, want in zip(["o", "state", "q", "k", "v", "log_decay", "h0"], results["groups of 3"],
+                                results["one group"]):
+        assert_close(got, want, atol=1e-12, rtol=1e-10, name=label)
+    want = gla(*(t.detach() for t in leaves[:4]), initial_state=leaves[4].detach(), backend="reference")
+    assert_close(results["groups of 3"][0], want, atol=1e-12, name="o against the reference")
 
 
 @pytest.mark.parametrize("initial_state", [False, True])

@@ -32,12 +32,14 @@ Backends, computing the same function:
   ``u_i = beta_i (v_i - alpha_i S_{i-1}^T k_i)`` satisfy the unit lower triangular
   system ``(I + A) u = diag(beta) V - diag(beta exp(G)) K S_0`` with
   ``A_ij = beta_i (k_i . k_j) exp(G_i - G_j)`` for ``j < i``. One triangular solve
-  per chunk (all chunks at once) gives ``U`` and ``W`` with ``u = U - W S_0``; then a
-  loop over the chunks (not the positions) carries the state:
+  per chunk (batched over a group of chunks) gives ``U`` and ``W`` with
+  ``u = U - W S_0``; then a loop over the chunks (not the positions) carries the state:
   ``o = (Q exp(G)) S_0 + (Q K^T o exp(G_i - G_j))_{j<=i} u`` and
   ``S_C = exp(G_C) S_0 + (K exp(G_C - G))^T u``. Every exponent is a decay over a
   span of positions (<= 0), never its inverse, so nothing overflows. Work
   O(L C (K + V) + L K V), memory O(B H L C) besides the inputs; any chunk size, any L.
+  Chunks are taken in groups of about 2^20 elements per intermediate, so that a
+  short sequence is one group and a large batch stays in cache.
 """
 
 from __future__ import annotations

@@ -31,11 +31,13 @@ Backends, computing the same function:
   product of ``q_i exp(G_i - G_r)`` and ``k_j exp(G_r - G_j)`` with ``r`` the last
   position of the first half (i > r >= j, so both factors are <= 1), and each half
   is halved again, down to single positions (``A_ii = q_i . k_i``); a chunk whose
-  size is not a power of two is padded at its end for this. The memory each chunk
-  writes, ``sum_j (k_j exp(G_C - G_j)) v_j^T``, is passed between chunks by
-  ``linear_scan`` (decay ``exp(G_C)`` per key), and each position reads the memory
-  entering its chunk as ``(q_i exp(G_i))^T S_0``. Work O(L C (K + V) + L K log C
-  + L K V), memory O(B H L (C + K + K V / C)) besides the inputs; any chunk size, any L.
+  size is not a power of two is padded at its end for this. A loop over the chunks
+  (not the positions) carries the memory, ``S_C = diag(exp(G_C)) S_0 +
+  sum_j (k_j exp(G_C - G_j)) v_j^T``, and each position reads the memory entering
+  its chunk as ``(q_i exp(G_i))^T S_0``. Work O(L C (K + V) + L K log C + L K V),
+  memory O(B H L (C + K)) besides the inputs; any chunk size, any L. Chunks are
+  taken in groups of about 2^20 elements per intermediate, so that a short
+  sequence is one group and a large batch stays in cache.
 """
 
 from __future__ import annotations

@@ -8,7 +8,17 @@ from einops import rearrange
 
 from ssmlab.ops.gla import gla_op
 from ssmlab.ops.gla.reference import compute_dtype
-from ssmlab.ops.scan.torch import linear_scan_chunked
+
+
+# Chunks are processed in groups of about this many elements per (C, max(C, K, V)) intermediate, as in
+# the gated delta rule's torch backend: one group for a short sequence, cache-sized groups for a large batch.
+GROUP_ELEMENTS = 1 << 20
+
+
+def chunk_groups(n_chunks: int, per_chunk: int):
+    """Slices of at most ``GROUP_ELEMENTS // per_chunk`` (at least one) chunks covering ``range(n_chunks)``."""
+    size = max(1, GROUP_ELEMENTS // per_chunk)
+    return [slice(start, min(start + size, n_chunks)) for start in range(0, n_chunks, size)]
 
 
 def _intra_chunk_scores(q, k, cumulative):
@@ -44,30 +54,30 @@ def _intra_chunk_scores(q, k, cumulative):
 
 def _chunked(q, k, v, log_decay, scale, chunk_size, initial_state):
     batch, length, heads, key_dim = q.shape
+    value_dim = v.shape[-1]
     pad = -length % chunk_size
     if pad:
         # Padded positions write nothing (k = v = 0) and do not decay (g = 0).
         q, k, v, log_decay = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v, log_decay))
     q, k, v, log_decay = (rearrange(t, "b (n c) h d -> b h n c d", c=chunk_size)
                           for t in (q * scale, k, v, log_decay))  # (B, H, n, C, .)
-    cumulative = log_decay.cumsum(dim=-2)  # G, (B, H, n, C, K)
-    last = cumulative[..., -1:, :]  # G_C, (B, H, n, 1, K)
 
-    # 1. Inside each chunk, from a zero state.
-    o = _intra_chunk_scores(q, k, cumulative) @ v  # (B, H, n, C, V)
-
-    # 2. The memory each chunk writes on its own, decayed to the chunk's end.
-    written = (k * torch.exp(last - cumulative)).transpose(-1, -2) @ v  # (B, H, n, K, V)
-
-    # 3. Between chunks: S_c = exp(G_C) S_{c-1} + written_c, a linear scan over the chunks.
-    decay = torch.exp(last).transpose(-1, -2).expand_as(written)  # (B, H, n, K, V)
-    state = q.new_zeros(batch, heads, key_dim, v.shape[-1]) if initial_state is None else initial_state
-    after = linear_scan_chunked(decay.transpose(1, 2), written.transpose(1, 2), state).transpose(1, 2)
-    entering = torch.cat([state[:, :, None], after[:, :, :-1]], dim=2)  # (B, H, n, K, V)
-
-    # 4. The entering memory, read by each position through its decay since the chunk's start.
-    o = o + (q * torch.exp(cumulative)) @ entering
-    return rearrange(o, "b h n c v -> b (n c) h v")[:, :length], after[:, :, -1]
+    state = q.new_zeros(batch, heads, key_dim, value_dim) if initial_state is None else initial_state
+    outputs = []
+    for group in chunk_groups(q.shape[2], batch * heads * chunk_size * max(chunk_size, key_dim, value_dim)):
+        q_g, k_g, v_g = q[:, :, group], k[:, :, group], v[:, :, group]
+        cumulative = log_decay[:, :, group].cumsum(dim=-2)  # G, (B, H, g, C, K)
+        last = cumulative[..., -1:, :]  # G_C, (B, H, g, 1, K)
+        inside = _intra_chunk_scores(q_g, k_g, cumulative) @ v_g  # from a zero state, (B, H, g, C, V)
+        q_from_start = q_g * torch.exp(cumulative)  # (B, H, g, C, K)
+        written = (k_g * torch.exp(last - cumulative)).transpose(-1, -2) @ v_g  # decayed to the end, (B, H, g, K, V)
+        chunk_decay = torch.exp(last).transpose(-1, -2)  # (B, H, g, K, 1)
+        # The memory passed between chunks, one chunk at a time, and read through the decay since the chunk's start.
+        for c in range(q_g.shape[2]):
+            outputs.append(inside[:, :, c] + q_from_start[:, :, c] @ state)
+            state = chunk_decay[:, :, c] * state + written[:, :, c]
+    o = rearrange(torch.stack(outputs, dim=2), "b h n c v -> b (n c) h v")[:, :length]
+    return o, state
 
 
 @gla_op.register("torch", priority=10)
