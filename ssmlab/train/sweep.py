@@ -52,11 +52,12 @@ def checkpoint_dir_for(spec: RunSpec, config: TrainConfig, root) -> str:
     return str(Path(root) / f"{model_label(spec)}-{spec.task}-{spec.seed}-{key}")
 
 
-def train_spec(spec: RunSpec, config: TrainConfig, checkpoint_root=None):
+def train_spec(spec: RunSpec, config: TrainConfig, checkpoint_root=None, *, save_dir=None):
     """Build the task and model of ``spec`` and train it; returns the trainer's ``TrainResult``. No store.
 
     With ``checkpoint_root`` (and no ``config.checkpoint_dir``), the run checkpoints to its own
-    directory under it and resumes from there if it was interrupted.
+    directory under it and resumes from there if it was interrupted. With ``save_dir``, the
+    trained model is saved there with its task (``model.save_pretrained(save_dir, task=task)``).
     """
     if checkpoint_root is not None and config.checkpoint_dir is None:
         config = TrainConfig(**{**asdict(config), "checkpoint_dir": checkpoint_dir_for(spec, config, checkpoint_root)})
@@ -65,7 +66,10 @@ def train_spec(spec: RunSpec, config: TrainConfig, checkpoint_root=None):
     model = create_model(spec.mixer, head=task.head, d_model=spec.d_model, n_layers=spec.n_layers,
                          **task.model_options(), **spec.model_options)
     cfg = TrainConfig(**{**asdict(config), **spec.train_options, "seed": spec.seed})
-    return train(model, task, cfg, description=f"{model_label(spec)} on {spec.task}")
+    result = train(model, task, cfg, description=f"{model_label(spec)} on {spec.task}")
+    if save_dir is not None:
+        model.save_pretrained(save_dir, task=task)
+    return result
 
 
 def model_label(spec: RunSpec) -> str:
@@ -85,11 +89,12 @@ def _finish(store: ResultStore, run_id: int, result) -> None:
 
 
 def execute(spec: RunSpec, config: TrainConfig, store: ResultStore, *, suite: str, environment=None,
-            checkpoint_root=None) -> int:
-    """Train one run in this process and record it; returns the run id. A failure is recorded and re-raised."""
+            checkpoint_root=None, save_dir=None) -> int:
+    """Train one run in this process and record it; returns the run id. A failure is recorded and re-raised.
+    ``save_dir``: see :func:`train_spec`."""
     run_id = _start(store, spec, config, suite, environment)
     try:
-        result = train_spec(spec, config, checkpoint_root)
+        result = train_spec(spec, config, checkpoint_root, save_dir=save_dir)
     except BaseException as exc:
         store.fail_run(run_id, f"{type(exc).__name__}: {exc}")
         raise
