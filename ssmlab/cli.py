@@ -180,10 +180,16 @@ def _cmd_train(args) -> int:
     from ssmlab.train import distributed
     from ssmlab.train.sweep import QUICK_TASKS, RunSpec, execute, train_spec
 
-    registry.get("mixer", args.mixer)
+    names = _csv(args.mixer)
+    for name in names:
+        registry.get("mixer", name)
     registry.get("task", args.task)
+    mixer = names[0] if len(names) == 1 else names * (args.n_layers // len(names))
+    if len(names) > 1 and args.n_layers % len(names):
+        raise ValueError(f"a hybrid pattern of {len(names)} mixers ({args.mixer}) needs --n-layers a multiple of "
+                         f"{len(names)}, got {args.n_layers}")
     task_options = {**QUICK_TASKS.get(args.task, {}), **_key_values(args.task_option, "--task-option")}
-    spec = RunSpec(args.mixer, args.task, args.seed, task_options,
+    spec = RunSpec(mixer, args.task, args.seed, task_options,
                    _key_values(args.model_option, "--model-option"), d_model=args.d_model, n_layers=args.n_layers)
     config = _train_config(args)
     if distributed.rank() != 0:  # under torchrun only rank 0 records the run
@@ -344,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("train", help="train one mixer on one task and record the run")
-    p.add_argument("mixer")
+    p.add_argument("mixer", help="a mixer, or a hybrid pattern of comma-separated mixers repeated over the layers "
+                                 "(mamba,attention with --n-layers 4: mamba, attention, mamba, attention)")
     p.add_argument("task")
     p.add_argument("--seed", type=int, default=0)
     _add_training_options(p)
