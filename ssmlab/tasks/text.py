@@ -325,8 +325,8 @@ class _ByteLM(Task):
 
     head = "lm"
     metric = "bits_per_byte"
-    tokenizer = "bytes"
     fractions = {"train": (0.0, 0.9), "val": (0.9, 0.95), "test": (0.95, 1.0)}
+    tokenizer = "bytes"
 
     def __init__(self, *, seq_len: int = 256, **kwargs):
         super().__init__(**kwargs)
