@@ -203,7 +203,7 @@ def hf_unsupported(model) -> str | None:
     if names[0] == "mamba2":
         eps |= {layer.mixer.norm.eps for layer in model.backbone.layers}
     if len(eps) > 1:
-        return f"the transformers Mamba formats have one layer_norm_epsilon for every norm, this model has {sorted(eps)}"
+        return f"the transformers Mamba formats have one layer_norm_epsilon for all norms, this model has {sorted(eps)}"
     return None
 
 

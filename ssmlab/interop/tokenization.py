@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 class Tokenizer:
-    """``encode(text) -> ids`` and ``decode(ids) -> text`` of one kind: ``"bytes"``, ``"ids"`` or ``"tokenizer.json"``."""
+    """``encode(text) -> ids`` and ``decode(ids) -> text``; ``kind``: ``"bytes"``, ``"ids"``, ``"tokenizer.json"``."""
 
     def __init__(self, kind: str, file: Path | None = None):
         self.kind = kind
