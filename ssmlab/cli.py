@@ -230,10 +230,16 @@ def _cmd_train(args) -> int:
     from ssmlab.train import distributed
     from ssmlab.train.sweep import QUICK_TASKS, RunSpec, check_options, execute, failure_reason, train_spec
 
-    registry.get("mixer", args.mixer)
+    names = _csv(args.mixer)
+    for name in names:
+        registry.get("mixer", name)
     registry.get("task", args.task)
+    mixer = names[0] if len(names) == 1 else names * (args.n_layers // len(names))
+    if len(names) > 1 and args.n_layers % len(names):
+        raise ValueError(f"a hybrid pattern of {len(names)} mixers ({args.mixer}) needs --n-layers a multiple of "
+                         f"{len(names)}, got {args.n_layers}")
     task_options = {**QUICK_TASKS.get(args.task, {}), **_key_values(args.task_option, "--task-option")}
-    spec = RunSpec(args.mixer, args.task, args.seed, task_options,
+    spec = RunSpec(mixer, args.task, args.seed, task_options,
                    _key_values(args.model_option, "--model-option"), d_model=args.d_model, n_layers=args.n_layers)
     config = _train_config(args)
     _check_device(config.device)
@@ -255,52 +261,61 @@ def _cmd_train(args) -> int:
         return 0
     with ResultStore(args.store) as store:
         try:
-            run_id = execute(spec, config, store, suite="train")
+            run_id = execute(spec, config, store, suite="train", save_dir=args.save)
         except Exception as exc:
             raise RuntimeError(f"the run failed, recorded as failed in {store.path}: {failure_reason(exc)}") from exc
         run = store.run(run_id)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(run["metrics"].items()))
     print(f"run {run_id}: {args.mixer} on {args.task}: {metrics} ({run['wall_time_s']:.1f}s, "
           f"{run['n_params']:,} parameters)")
+    if args.save:
+        print(f"model saved to {args.save} (ssmlab.load_pretrained or ssmlab generate --checkpoint read it)")
     return 0
 
 
 def _cmd_generate(args) -> int:
-    from pathlib import Path
-
     import torch
 
     from ssmlab.interop import load_pretrained
+    from ssmlab.interop.tokenization import tokenizer_for
 
     if not Path(args.checkpoint).is_dir():
-        raise ValueError(f"--checkpoint {args.checkpoint} is not a directory; pass a Hugging Face or mamba_ssm "
-                         f"checkpoint directory (config.json and weights)")
+        raise ValueError(f"--checkpoint {args.checkpoint} is not a directory; pass a directory written by "
+                         f"save_pretrained or ssmlab train --save, or a Hugging Face or mamba_ssm checkpoint")
     try:
-        model = load_pretrained(args.checkpoint).eval()
+        model = load_pretrained(args.checkpoint, device=args.device)
     except (OSError, ValueError, RuntimeError, KeyError, TypeError, EOFError) as exc:
         from ssmlab.train.sweep import failure_reason
 
         raise ValueError(f"{args.checkpoint} is not a checkpoint ssmlab can read ({failure_reason(exc)}); pass a "
-                         f"Hugging Face or mamba_ssm checkpoint directory (config.json and weights)") from exc
-    tokenizer_file = Path(args.checkpoint) / "tokenizer.json"
-    if tokenizer_file.is_file():
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        ids = tokenizer.encode(args.prompt).ids
-        decode = tokenizer.decode
-    else:
-        if model.encoder.vocab_size < 256:
-            raise ValueError(f"{args.checkpoint} has no tokenizer.json and a vocabulary of "
-                             f"{model.encoder.vocab_size} < 256 tokens, too small for byte-level tokens")
-        ids = list(args.prompt.encode("utf-8"))
-        decode = lambda tokens: bytes(t for t in tokens if t < 256).decode("utf-8", errors="replace")  # noqa: E731
+                         f"directory written by save_pretrained or ssmlab train --save, or a Hugging Face or "
+                         f"mamba_ssm checkpoint") from exc
+    if not hasattr(model, "generate_tokens"):
+        raise ValueError(f"{args.checkpoint} holds a {model.config.get('head')!r} model; generate needs a language "
+                         f"model (head 'lm')")
+    if not model.backbone.causal:
+        raise ValueError(f"{args.checkpoint} holds a bidirectional model; generate needs a causal one")
+    tokenizer = tokenizer_for(args.checkpoint, model)
+    ids = tokenizer.encode(args.prompt)
     if not ids:
         raise ValueError("the prompt is empty after tokenisation")
-    generator = torch.Generator().manual_seed(args.seed)
-    out = model.generate(torch.tensor([ids]), args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, generator=generator)
-    print(decode(out[0].tolist()))
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    text = tokenizer.stream(ids)
+    sys.stdout.write(text.start())
+    sys.stdout.flush()
+    started, count = time.perf_counter(), 0
+    tokens = model.generate_tokens(torch.tensor([ids], device=args.device), args.max_new_tokens,
+                                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                   generator=generator)
+    for token in tokens:
+        count += 1
+        sys.stdout.write(text.push(int(token[0])))
+        sys.stdout.flush()
+    elapsed = time.perf_counter() - started
+    sys.stdout.write(text.end() + "\n")
+    sys.stdout.flush()
+    rate = f"{count / elapsed:.1f}" if elapsed > 0 else "inf"
+    print(f"{count} tokens in {elapsed:.2f}s: {rate} tokens/s", file=sys.stderr)
     return 0
 
 
@@ -454,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("train", parents=[debug], help="train one mixer on one task and record the run")
-    p.add_argument("mixer")
+    p.add_argument("mixer", help="a mixer, or a hybrid pattern of comma-separated mixers repeated over the layers "
+                                 "(mamba,attention with --n-layers 4: mamba, attention, mamba, attention)")
     p.add_argument("task")
     p.add_argument("--seed", type=int, default=0)
     _add_training_options(p)
@@ -472,18 +488,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", default=None,
                    help="write checkpoints here and resume from the latest one when started again")
     p.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (and at the end)")
+    p.add_argument("--save", default=None, metavar="DIR",
+                   help="save the trained model to DIR (config.json + model.safetensors, with the task and its "
+                        "tokeniser), for ssmlab.load_pretrained and ssmlab generate")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("generate", parents=[debug], help="continue a prompt with a Mamba / Mamba-2 checkpoint",
-                       description="Load a Hugging Face or mamba_ssm checkpoint directory and continue the prompt. "
-                                   "Uses tokenizer.json from the directory if there is one, else byte-level tokens.")
+    p = sub.add_parser("generate", parents=[debug], help="continue a prompt with a saved language model, streaming the tokens",
+                       description="Load a checkpoint directory (written by save_pretrained or `ssmlab train --save`, "
+                                   "or a transformers / mamba_ssm Mamba checkpoint) and continue the prompt, printing "
+                                   "each token as it is made and the tokens per second (on stderr) at the end. The "
+                                   "text is tokenised by tokenizer.json in the directory if there is one, else by the "
+                                   "tokeniser of the task the model was saved with, else as bytes.")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (config.json + weights)")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=_positive, default=50)
+    p.add_argument("--prompt", required=True, help="the text to continue (token ids '3 17 5' for tasks without text)")
+    p.add_argument("--max-new-tokens", type=_positive, default=50, help="tokens to generate (default 50)")
     p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy decoding (default 1.0)")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set of probability p")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default 0)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("report", parents=[debug], help="tables and figures from the results store: terminal, Markdown, CSV, HTML",

@@ -69,8 +69,24 @@ class _Encoder(nn.Module):
         return self.embed(inputs)
 
 
+class PretrainedMixin:
+    """``save_pretrained`` for every head; the format is :mod:`ssmlab.interop.pretrained`'s."""
+
+    def save_pretrained(self, path, *, format: str = "auto", task=None):
+        """Write this model to the directory ``path``; ``ssmlab.load_pretrained(path)`` reads it back.
+
+        ``format``: ``"auto"`` (default: the transformers format for a pure Mamba or Mamba-2
+        language model without MLP blocks, ssmlab's format otherwise), ``"hf"`` or
+        ``"ssmlab"``. ``task`` (a Task or a task name) records the task and, for a language
+        model, its tokeniser. See :func:`ssmlab.interop.save_pretrained`.
+        """
+        from ssmlab.interop import save_pretrained
+
+        return save_pretrained(self, path, format=format, task=task)
+
+
 @register("model", "lm", description="Causal language model: embedding, backbone, vocabulary head")
-class LanguageModel(nn.Module):
+class LanguageModel(PretrainedMixin, nn.Module):
     """Token-level model: logits (B, L, V) for every position.
 
     Args:
@@ -98,18 +114,11 @@ class LanguageModel(nn.Module):
     def init_state(self, batch_size, *, device=None, dtype=None):
         return self.backbone.init_state(batch_size, device=device, dtype=dtype)
 
-    def save_pretrained(self, path):
-        """Write a Mamba or Mamba-2 LM in the Hugging Face transformers format (see :mod:`ssmlab.interop`)."""
-        from ssmlab.interop import save_pretrained
-
-        return save_pretrained(self, path)
-
     def step(self, token_ids, states):
         """One token per sequence: ids (B,) -> logits (B, V) and the new states."""
         h, states = self.backbone.step(self.encoder(token_ids), states)
         return self.lm_head(h), states
 
-    @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
@@ -120,7 +129,18 @@ class LanguageModel(nn.Module):
         greedy decoding; otherwise tokens are sampled from the softmax at that
         temperature, restricted to the ``top_k`` most likely tokens and to the smallest
         set whose probability reaches ``top_p`` (nucleus sampling, arXiv 1904.09751).
+        :meth:`generate_tokens` yields the same tokens one at a time, as they are made.
         """
+        tokens = list(self.generate_tokens(input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                                           top_p=top_p, generator=generator))
+        return torch.cat([input_ids] + [t[:, None] for t in tokens], dim=1)
+
+    @torch.no_grad()
+    def generate_tokens(self, input_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
+                        top_k: int | None = None, top_p: float | None = None,
+                        generator: torch.Generator | None = None):
+        """Iterator over the ``max_new_tokens`` continuation tokens of ``input_ids`` (B, L), each (B,),
+        yielded as soon as it is sampled (for streaming); the arguments are those of :meth:`generate`."""
         if not self.backbone.causal:
             raise ValueError("generate needs a causal model; this one has a bidirectional mixer")
         if max_new_tokens < 0:
@@ -129,16 +149,16 @@ class LanguageModel(nn.Module):
             raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 1; got {temperature}, {top_p}, {top_k}")
         was_training = self.training
         self.eval()
-        logits, states = self(input_ids, return_state=True)
-        logits = logits[:, -1]
-        out = [input_ids]
-        for i in range(max_new_tokens):
-            token = sample_token(logits, temperature, top_k, top_p, generator)
-            out.append(token[:, None])
-            if i + 1 < max_new_tokens:
-                logits, states = self.step(token, states)
-        self.train(was_training)
-        return torch.cat(out, dim=1)
+        try:
+            logits, states = self(input_ids, return_state=True)
+            logits = logits[:, -1]
+            for i in range(max_new_tokens):
+                token = sample_token(logits, temperature, top_k, top_p, generator)
+                yield token
+                if i + 1 < max_new_tokens:
+                    logits, states = self.step(token, states)
+        finally:
+            self.train(was_training)
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
@@ -160,7 +180,7 @@ def sample_token(logits: torch.Tensor, temperature: float, top_k: int | None, to
 
 
 @register("model", "classify", description="Sequence classifier: encoder, backbone, pooling, linear head")
-class SequenceClassifier(nn.Module):
+class SequenceClassifier(PretrainedMixin, nn.Module):
     """Sequence-level model: logits (B, C).
 
     Args:
@@ -277,7 +297,7 @@ class RevIN(nn.Module):
 
 @register("model", "forecast", description="Time-series forecaster: RevIN, backbone, last position -> horizon",
           paper="2109.12398")
-class Forecaster(nn.Module):
+class Forecaster(PretrainedMixin, nn.Module):
     """Multi-step forecasting: the past ``L`` values (B, L, F) -> the next ``horizon`` values (B, H, F).
 
     The series is normalised by RevIN (arXiv 2109.12398), projected to ``d_model``, run
@@ -325,7 +345,7 @@ class Forecaster(nn.Module):
 
 @register("model", "retrieval", description="Two-tower document matching (LRA retrieval): shared encoder, "
           "[u, v, u*v, u-v], MLP", paper="2011.04006")
-class RetrievalClassifier(nn.Module):
+class RetrievalClassifier(PretrainedMixin, nn.Module):
     """Whether two documents match, as in LRA's retrieval task (Tay et al., arXiv 2011.04006).
 
     One encoder (token embedding, backbone, pooling) is shared by the two towers: it

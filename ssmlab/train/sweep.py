@@ -59,7 +59,8 @@ def checkpoint_dir_for(spec: RunSpec, config: TrainConfig, root, store_id: str) 
     return str(Path(root) / str(store_id) / f"{readable[:80]}-{key}")
 
 
-def train_spec(spec: RunSpec, config: TrainConfig, checkpoint_root=None, *, store_id: str | None = None):
+def train_spec(spec: RunSpec, config: TrainConfig, checkpoint_root=None, *, store_id: str | None = None,
+               save_dir=None):
     """Build the task and model of ``spec`` and train it; returns the trainer's ``TrainResult``. No store.
 
     With ``checkpoint_root`` (and no ``config.checkpoint_dir``), the run checkpoints to its own
@@ -72,6 +73,9 @@ def train_spec(spec: RunSpec, config: TrainConfig, checkpoint_root=None, *, stor
     With ``config.checkpoint_dir`` (``ssmlab train --checkpoint-dir``), the directory is the
     caller's: its checkpoint is resumed only if its fingerprint (the run's full configuration,
     model options included) matches, and is otherwise a ``CheckpointError``.
+
+    With ``save_dir``, the trained model is saved there with its task
+    (``model.save_pretrained(save_dir, task=task)``).
     """
     managed = checkpoint_root is not None and config.checkpoint_dir is None
     run = run_config(spec, config)
@@ -93,6 +97,8 @@ def train_spec(spec: RunSpec, config: TrainConfig, checkpoint_root=None, *, stor
                    discard_mismatched_checkpoint=managed)
     if managed and not cfg.keep_checkpoint:
         _remove_empty(cfg.checkpoint_dir)
+    if save_dir is not None:
+        model.save_pretrained(save_dir, task=task)
     return result
 
 
@@ -223,12 +229,12 @@ def _finished(spec: RunSpec, run_id: int, result) -> Outcome:
 
 
 def execute(spec: RunSpec, config: TrainConfig, store: ResultStore, *, suite: str, environment=None,
-            checkpoint_root=None) -> int:
+            checkpoint_root=None, save_dir=None) -> int:
     """Train one run in this process and record it; returns the run id. A failure is recorded
-    (Ctrl-C as ``interrupted``) and re-raised."""
+    (Ctrl-C as ``interrupted``) and re-raised. ``save_dir``: see :func:`train_spec`."""
     run_id = _start(store, spec, config, suite, environment)
     try:
-        result = train_spec(spec, config, checkpoint_root, store_id=store.store_id)
+        result = train_spec(spec, config, checkpoint_root, store_id=store.store_id, save_dir=save_dir)
     except Exception as exc:
         store.fail_run(run_id, failure_reason(exc))
         raise
