@@ -17,11 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CAUSAL_MIXERS = [n for n in ssmlab.list_mixers() if ssmlab.registry.get("mixer", n).obj.causal]
 
 
-try:
-    from tests.mixers.variants import first_variant as _variant_options
-except ImportError:  # the variants are still in the registry
-    def _variant_options(name):
-        return ssmlab.registry.get("mixer", name).extra.get("variants", [{}])[0]
+from tests.mixers.variants import first_variant as _variant_options
 
 
 def _train_a_little(model, inputs_fn, steps=2):
