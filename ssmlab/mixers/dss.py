@@ -30,8 +30,8 @@ import torch
 
 from ssmlab.layers import GELUGLUOutput
 from ssmlab.mixers.base import Mixer, State, at_least_float32, ssm_dtype, ssm_parameter
-from ssmlab.mixers.s4d import diagonal_state_terms
 from ssmlab.ops import fft_conv, init_log_dt, s4d_legs
+from ssmlab.ops.kernels import diagonal_state_terms, ssm_kernel_diag_discrete
 from ssmlab.registry import register
 
 VERSIONS = ("exp", "softmax")
@@ -99,8 +99,7 @@ class DSS(Mixer):
     def _forward(self, x, state, return_state):
         length = x.shape[1]
         dtl, b_bar, w = self._system()
-        powers = torch.exp(dtl[..., None] * torch.arange(length, device=x.device))  # (H, N, L)
-        kernel = torch.einsum("hn,hnl->hl", w * b_bar, powers).real
+        kernel = ssm_kernel_diag_discrete(dtl, b_bar, w, length).real  # (H, L)
         u = at_least_float32(x)
         y = fft_conv(u, kernel.to(u.dtype), D=self.D.to(u.dtype))
         extra, h = diagonal_state_terms(u, dtl, b_bar, w, None if state is None else state["ssm"], return_state,

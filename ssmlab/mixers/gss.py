@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
+from ssmlab.layers.diagonal_ssm import DiagonalSSM
 from ssmlab.mixers.base import Mixer, State
-from ssmlab.mixers.s4d import DiagonalSSM
 from ssmlab.registry import register
 
 

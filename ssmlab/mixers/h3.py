@@ -21,15 +21,13 @@ zero-order hold.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 from einops import rearrange
 from torch import nn
 
+from ssmlab.layers.conv import causal_conv
+from ssmlab.layers.diagonal_ssm import DiagonalSSM
 from ssmlab.mixers.base import Mixer, State, ssm_dtype, ssm_parameter
-from ssmlab.mixers.mamba import causal_conv_with_state
-from ssmlab.mixers.s4d import DiagonalSSM
 from ssmlab.registry import register
 
 
@@ -97,9 +95,7 @@ class H3(Mixer):
 
     def _shift(self, k, shift_state):
         # As a depthwise conv1d (cross-correlation), tap j multiplies the input j - (N - 1) steps back.
-        conv = SimpleNamespace(weight=self.shift_kernel().flip(-1)[:, None], bias=None, groups=self.d_model,
-                               kernel_size=(self.d_state,))
-        y, shift_state = causal_conv_with_state(k, conv, shift_state)
+        y, shift_state = causal_conv(k, self.shift_kernel().flip(-1)[:, None], None, shift_state)
         return (y + self.shift_D * k).to(k.dtype), shift_state
 
     def _forward(self, x, state, return_state):

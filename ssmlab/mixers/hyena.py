@@ -28,8 +28,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from ssmlab.layers.conv import ShortConvolution
 from ssmlab.mixers.base import Mixer, State, at_least_float32, set_optim, ssm_buffer, ssm_dtype, ssm_parameter
-from ssmlab.mixers.mamba import causal_conv_with_state
 from ssmlab.ops import fft_conv
 from ssmlab.registry import register
 
@@ -133,7 +133,7 @@ class Hyena(Mixer):
         self.order, self.l_max, self.short_width = order, l_max, short_filter
         width = (order + 1) * d_model
         self.in_proj = nn.Linear(d_model, width, **factory)
-        self.short = nn.Conv1d(width, width, short_filter, groups=width, **factory)
+        self.short = ShortConvolution(width, short_filter, **factory)
         self.filter = ImplicitFilter((order - 1) * d_model, l_max, emb_dim, filter_order, fast_decay, slow_decay,
                                      target, inner_layers, pos_emb_lr, filter_lr, filter_wd, **factory)
         self.bias = ssm_parameter(torch.randn(order - 1, d_model, device=device, dtype=ssm_dtype(dtype)), dtype,
@@ -142,7 +142,7 @@ class Hyena(Mixer):
         self.out_proj = nn.Linear(d_model, d_model, **factory)
 
     def _streams(self, x, short_state):
-        u, short_state = causal_conv_with_state(self.in_proj(x), self.short, short_state)
+        u, short_state = self.short(self.in_proj(x), short_state, return_state=True)
         *gates, v = u.split(self.d_model, dim=-1)
         return gates, v, short_state
 

@@ -42,8 +42,8 @@ from __future__ import annotations
 
 import torch
 
+from ssmlab.layers.dplr_ssm import DPLRMixer
 from ssmlab.mixers.base import State
-from ssmlab.mixers.s4 import S4
 from ssmlab.registry import register
 
 # Squashing of the correlation products (the official code's ``lcontract``, with its constants).
@@ -52,7 +52,7 @@ ACTIVATIONS = {None: lambda t: t, "tanh": torch.tanh, "lecun": lambda t: 1.7159 
 
 @register("mixer", "liquid-s4", description="Liquid-S4: S4 plus input-correlation (liquid) terms",
           paper="2209.12951")
-class LiquidS4(S4):
+class LiquidS4(DPLRMixer):
     """Liquid-S4 (arXiv 2209.12951): :class:`~ssmlab.mixers.s4.S4` and its options, plus
 
     Args:

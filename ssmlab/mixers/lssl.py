@@ -17,8 +17,8 @@ from torch import nn
 
 from ssmlab.layers import GELUGLUOutput
 from ssmlab.mixers.base import Mixer, State, at_least_float32, ssm_buffer, ssm_dtype, ssm_parameter
-from ssmlab.mixers.s4 import dense_state_terms
 from ssmlab.ops import discretize_dense, fft_conv, hippo, init_log_dt, ssm_kernel_dense
+from ssmlab.ops.kernels import dense_state_terms
 from ssmlab.registry import register
 
 

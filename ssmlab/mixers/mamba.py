@@ -11,48 +11,13 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
+from ssmlab.layers.conv import ShortConvolution
 from ssmlab.mixers.base import Mixer, padding_mask, State, ssm_dtype, ssm_parameter
 from ssmlab.ops import selective_scan, selective_scan_step
+from ssmlab.ops.discretize import init_dt_bias
 from ssmlab.registry import register
-
-
-def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
-    """``y`` with ``softplus(y) == x`` for ``x > 0``."""
-    return x + torch.log(-torch.expm1(-x))
-
-
-def init_dt_bias(size: int, dt_min: float, dt_max: float, dt_init_floor: float, *, device=None,
-                 dtype=None) -> torch.Tensor:
-    """Bias whose softplus is log-uniform in [dt_min, dt_max] (Mamba's dt initialisation, arXiv 2312.00752)."""
-    if not 0 < dt_min <= dt_max:
-        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-    u = torch.rand(size, device=device, dtype=torch.float64)
-    dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
-    return inverse_softplus(dt).to(dtype or torch.get_default_dtype())
-
-
-def causal_conv_with_state(x: torch.Tensor, conv: nn.Conv1d, conv_state: torch.Tensor | None,
-                           lengths: torch.Tensor | None = None):
-    """Depthwise causal convolution over (B, L, C) continuing from the last ``k - 1`` inputs.
-
-    ``conv_state`` (B, C, k - 1) holds the inputs before this segment (zeros at the start).
-    Returns the output (B, L, C) and the new state (B, C, k - 1): the last ``k - 1`` inputs,
-    or, for a right-padded batch with ``lengths`` (B,), those before each row's padding.
-    """
-    width = conv.kernel_size[0]
-    xt = rearrange(x, "b l c -> b c l")
-    if conv_state is None:
-        conv_state = xt.new_zeros(xt.shape[0], xt.shape[1], width - 1)
-    full = torch.cat([conv_state.to(xt.dtype), xt], dim=-1)  # (B, C, k - 1 + L)
-    y = F.conv1d(full, conv.weight, conv.bias, groups=conv.groups)  # (B, C, L)
-    if lengths is None:
-        return rearrange(y, "b c l -> b l c"), full[..., full.shape[-1] - (width - 1):]
-    # Row b's last k - 1 real inputs sit at [n_b, n_b + k - 1) of ``full``.
-    index = lengths[:, None, None] + torch.arange(width - 1, device=x.device)  # (B, 1, k - 1)
-    return rearrange(y, "b c l -> b l c"), full.gather(-1, index.expand(-1, full.shape[1], -1))
 
 
 @register("mixer", "mamba", description="Mamba selective SSM block (S6 scan, conv, gate)", paper="2312.00752")
@@ -93,7 +58,7 @@ class Mamba(Mixer):
         self.dt_rank = dt_rank or math.ceil(d_model / 16)
         self.backend = backend
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
-        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, bias=conv_bias, **factory)
+        self.conv1d = ShortConvolution(self.d_inner, d_conv, bias=conv_bias, **factory)
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
         with torch.no_grad():
@@ -112,7 +77,7 @@ class Mamba(Mixer):
 
     def _forward(self, x, state, return_state, lengths=None):
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E*D) each
-        xs, conv_state = causal_conv_with_state(xs, self.conv1d, None if state is None else state["conv"], lengths)
+        xs, conv_state = self.conv1d(xs, None if state is None else state["conv"], return_state=True, lengths=lengths)
         xs = F.silu(xs)
         dt, b, c = self._ssm_inputs(xs)
         bias, softplus = self.dt_proj.bias, True
@@ -132,8 +97,8 @@ class Mamba(Mixer):
 
     def _step(self, x_t, state):
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E*D)
-        xs, conv_state = causal_conv_with_state(xs[:, None], self.conv1d, state["conv"])
-        xs = F.silu(xs[:, 0])
+        xs, conv_state = self.conv1d.step(xs, state["conv"])
+        xs = F.silu(xs)
         dt, b, c = self._ssm_inputs(xs)
         y, ssm_state = selective_scan_step(xs, dt, -torch.exp(self.A_log), b, c, state["ssm"], D=self.D, z=z,
                                            delta_bias=self.dt_proj.bias, delta_softplus=True)

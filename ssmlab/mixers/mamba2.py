@@ -8,16 +8,16 @@ RMSNorm ``norm(y * SiLU(z))`` and an output projection follow.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from ssmlab.layers import GatedRMSNorm
+from ssmlab.layers.conv import ShortConvolution
 from ssmlab.mixers.base import Mixer, padding_mask, State, ssm_dtype, ssm_parameter
-from ssmlab.mixers.mamba import causal_conv_with_state, init_dt_bias
 from ssmlab.ops import ssd, ssd_step
+from ssmlab.ops.discretize import init_dt_bias
 from ssmlab.registry import register
 
 
@@ -64,7 +64,7 @@ class Mamba2(Mixer):
         self.chunk_size, self.backend = chunk_size, backend
         self.conv_dim = self.d_inner + 2 * ngroups * d_state
         self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.nheads, bias=bias, **factory)
-        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, bias=conv_bias, **factory)
+        self.conv1d = ShortConvolution(self.conv_dim, d_conv, bias=conv_bias, **factory)
         self.dt_bias = ssm_parameter(init_dt_bias(self.nheads, dt_min, dt_max, dt_init_floor, device=device,
                                                   dtype=ssm_dtype(dtype)), dtype, lr=lr)
         a = torch.empty(self.nheads, device=device, dtype=torch.float64).uniform_(*A_init_range)
@@ -85,7 +85,8 @@ class Mamba2(Mixer):
 
     def _forward(self, x, state, return_state, lengths=None):
         z, xbc, dt = self._split(self.in_proj(x))
-        xbc, conv_state = causal_conv_with_state(xbc, self.conv1d, None if state is None else state["conv"], lengths)
+        xbc, conv_state = self.conv1d(xbc, None if state is None else state["conv"], return_state=True,
+                                      lengths=lengths)
         xh, b, c = self._heads(F.silu(xbc))  # (B, L, H, P), (B, L, G, N), (B, L, G, N)
         dt = F.softplus(dt + self.dt_bias)  # (B, L, H)
         if lengths is not None:
@@ -102,8 +103,8 @@ class Mamba2(Mixer):
 
     def _step(self, x_t, state):
         z, xbc, dt = self._split(self.in_proj(x_t))
-        xbc, conv_state = causal_conv_with_state(xbc[:, None], self.conv1d, state["conv"])
-        xh, b, c = self._heads(F.silu(xbc[:, 0]))  # (B, H, P), (B, G, N), (B, G, N)
+        xbc, conv_state = self.conv1d.step(xbc, state["conv"])
+        xh, b, c = self._heads(F.silu(xbc))  # (B, H, P), (B, G, N), (B, G, N)
         dt = F.softplus(dt + self.dt_bias)  # (B, H)
         y, ssm_state = ssd_step(xh, dt, -torch.exp(self.A_log), b, c, state["ssm"], D=self.D)
         y = self.norm(rearrange(y, "b h p -> b (h p)"), z)

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmlab.mixers.base import Mixer, State, at_least_float32, ssm_parameter
-from ssmlab.mixers.s4d import diagonal_state_terms
 from ssmlab.ops import fft_conv
+from ssmlab.ops.kernels import diagonal_state_terms, ssm_kernel_diag_discrete
 from ssmlab.registry import register
 
 
@@ -103,8 +103,7 @@ class Mega(Mixer):
     def _ema(self, x, h0, return_state):
         log_q, b_bar, c = self._ema_system()
         u = at_least_float32(x)
-        powers = torch.exp(log_q[..., None] * torch.arange(x.shape[1], device=x.device, dtype=u.dtype))
-        kernel = torch.einsum("dn,dnl->dl", c * b_bar, powers)  # (d, L)
+        kernel = ssm_kernel_diag_discrete(log_q, b_bar, c, x.shape[1])  # (d, L)
         y = fft_conv(u, kernel.to(u.dtype), D=self.omega.to(u.dtype))
         extra, h = diagonal_state_terms(u, log_q, b_bar, c, h0, return_state, scale=1.0)
         return (y if extra is None else y + extra).to(x.dtype), h

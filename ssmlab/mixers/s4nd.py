@@ -18,8 +18,8 @@ import torch
 from einops import rearrange
 
 from ssmlab.layers import GELUGLUOutput
+from ssmlab.layers.diagonal_ssm import DiagonalSSM
 from ssmlab.mixers.base import Mixer, State, at_least_float32, ssm_parameter
-from ssmlab.mixers.s4d import DiagonalSSM
 from ssmlab.registry import register
 
 
