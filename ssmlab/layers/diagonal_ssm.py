@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from ssmlab.mixers.base import at_least_float32, ssm_dtype, ssm_parameter
+from ssmlab.mixers.base import at_least_float32, complex_dtype, ssm_dtype, ssm_parameter
 from ssmlab.ops import fft_conv, init_log_dt, s4d_legs, ssm_kernel_diag
 from ssmlab.ops.kernels import diagonal_state_terms
 
@@ -140,7 +140,7 @@ class DiagonalSSM(nn.Module):
         return (y if self.D is None else y + self.D * x_t).to(x_t.dtype), h
 
     def init_state(self, batch_size, *, device=None, dtype=None):
+        """Zeros (B, H, N/2), complex (complex128 for float64, else complex64)."""
         device = device if device is not None else self.log_dt.device
-        dtype = dtype or self.log_dt.dtype
-        cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-        return torch.zeros(batch_size, self.channels, self.d_state // 2, device=device, dtype=cdtype)
+        return torch.zeros(batch_size, self.channels, self.d_state // 2, device=device,
+                           dtype=complex_dtype(dtype or self.log_dt.dtype))

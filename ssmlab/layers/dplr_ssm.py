@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ssmlab.layers.mlp import GELUGLUOutput
-from ssmlab.mixers.base import Mixer, State, at_least_float32, ssm_dtype, ssm_parameter
+from ssmlab.mixers.base import Mixer, State, at_least_float32, complex_dtype, ssm_dtype, ssm_parameter
 from ssmlab.ops import discretize_dplr, dplr, fft_conv, init_log_dt, ssm_kernel_dplr
 from ssmlab.ops.kernels import apply_transition, dense_state_terms
 
@@ -31,17 +31,14 @@ class DPLRMixer(Mixer):
     def __init__(self, d_model: int, d_state: int = 64, *, n_ssm: int | None = None, rank: int = 1,
                  dt_min: float = 0.001, dt_max: float = 0.1, lr: float | None = 0.001, dropout: float = 0.0,
                  bidirectional: bool = False, device=None, dtype=None):
-        super().__init__(d_model)
+        super().__init__(d_model, bidirectional=bidirectional, device=device, dtype=dtype)
         if d_state < 2 or d_state % 2:
             raise ValueError(f"s4: d_state must be an even number >= 2, got {d_state}")
         n_ssm = n_ssm or d_model
         if d_model % n_ssm or rank < 1:
             raise ValueError(f"s4: n_ssm={n_ssm} must divide d_model={d_model} and rank must be >= 1")
-        dtype = dtype or torch.get_default_dtype()
-        factory = {"device": device, "dtype": dtype}
+        dtype = self.factory["dtype"]
         self.d_state, self.n_ssm, self.rank = d_state, n_ssm, rank
-        self.bidirectional = bidirectional
-        self.causal = not bidirectional
         half = d_state // 2
         Lambda, P, B, _ = dplr("legs", d_state, conj_sym=True)
         P = torch.cat([P, torch.zeros(rank - 1, half, dtype=P.dtype)]) if rank > 1 else P
@@ -58,7 +55,7 @@ class DPLRMixer(Mixer):
         self.log_dt = ssm_parameter(init_log_dt(d_model, dt_min, dt_max, device=device, dtype=ssm_dtype(dtype)),
                                     dtype, lr=lr)
         self.D = ssm_parameter(torch.randn(d_model, device=device, dtype=ssm_dtype(dtype)), dtype, weight_decay=None)
-        self.output = GELUGLUOutput(d_model, dropout, **factory)
+        self.output = GELUGLUOutput(d_model, dropout, **self.factory)
 
     def _system(self):
         """Per-channel Lambda (H, N/2), P (H, r, N/2), B (H, N/2), C (n, H, N/2) and dt (H,)."""
@@ -73,8 +70,6 @@ class DPLRMixer(Mixer):
         lam, p, b, c, dt = self._system()
         kernel = ssm_kernel_dplr(lam, p, b, c[0], dt, length, conj_sym=True)  # (H, L)
         if self.bidirectional:
-            if return_state:
-                raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True has no state to return")
             kernel = torch.cat([kernel, ssm_kernel_dplr(lam, p, b, c[1], dt, length, conj_sym=True)], dim=-1)
         u = at_least_float32(self._ssm_input(x, state))
         y = fft_conv(u, kernel.to(u.dtype), bidirectional=self.bidirectional) + self.D * x
@@ -104,8 +99,6 @@ class DPLRMixer(Mixer):
         return x
 
     def _step(self, x_t, state):
-        if self.bidirectional:
-            raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True cannot step")
         lam, p, b, c, dt = self._system()
         a_bar, b_bar = self._discrete_half(lam, p, b, dt)
         u_t = self._ssm_input(x_t[:, None], state)[:, 0]
@@ -114,8 +107,6 @@ class DPLRMixer(Mixer):
         extra = self._extra_terms(x_t[:, None], state)
         return self.output((y if extra is None else y + extra[:, 0]).to(x_t.dtype)), {"ssm": h}
 
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        device = device if device is not None else self.D.device
-        dtype = dtype or self.D.dtype
-        cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-        return {"ssm": torch.zeros(batch_size, self.d_model, self.d_state // 2, device=device, dtype=cdtype)}
+    def _init_state(self, batch_size, *, device, dtype) -> State:
+        return {"ssm": torch.zeros(batch_size, self.d_model, self.d_state // 2, device=device,
+                                   dtype=complex_dtype(dtype or self.D.dtype))}

@@ -56,23 +56,22 @@ class H3(Mixer):
 
     def __init__(self, d_model: int, d_state: int = 64, *, head_dim: int = 1, lr: float | None = 0.001,
                  dt_min: float = 0.001, dt_max: float = 0.1, device=None, dtype=None):
-        super().__init__(d_model)
+        super().__init__(d_model, device=device, dtype=dtype)
         if d_model % head_dim:
             raise ValueError(f"h3: head_dim={head_dim} must divide d_model={d_model}")
         if d_state < 2 or d_state % 2:
             raise ValueError(f"h3: d_state must be an even number >= 2, got {d_state}")
-        factory = {"device": device, "dtype": dtype}
         self.d_state, self.head_dim = d_state, head_dim
-        self.qkv = nn.Linear(d_model, 3 * d_model, **factory)
-        b = torch.zeros(d_model, d_state, **factory)
+        self.qkv = nn.Linear(d_model, 3 * d_model, **self.factory)
+        b = torch.zeros(d_model, d_state, **self.factory)
         b[:, 0] = 1.0
         self.shift_B = nn.Parameter(b)
-        self.shift_C = nn.Parameter(torch.randn(d_model, d_state, **factory))
+        self.shift_C = nn.Parameter(torch.randn(d_model, d_state, **self.factory))
         self.shift_D = ssm_parameter(torch.randn(d_model, device=device, dtype=ssm_dtype(dtype)), dtype,
                                      weight_decay=None)
         self.ssm = DiagonalSSM(d_model * head_dim, d_state, lr=lr, dt_min=dt_min, dt_max=dt_max, learn_B=True,
-                               disc="bilinear", **factory)
-        self.out_proj = nn.Linear(d_model, d_model, **factory)
+                               disc="bilinear", **self.factory)
+        self.out_proj = nn.Linear(d_model, d_model, **self.factory)
 
     def _mix(self, q, k, v):
         """(..., D) each -> the inputs of the diagonal SSM (..., D * head_dim)."""
@@ -110,8 +109,7 @@ class H3(Mixer):
         kv, h = self.ssm.step(self._mix(q, k[:, 0], v), state["ssm"])
         return self._read(q, kv), {"shift": shift_state, "ssm": h}
 
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        device = device if device is not None else self.qkv.weight.device
+    def _init_state(self, batch_size, *, device, dtype) -> State:
         dtype = dtype or self.qkv.weight.dtype
         return {"shift": torch.zeros(batch_size, self.d_model, self.d_state - 1, device=device, dtype=dtype),
                 "ssm": self.ssm.init_state(batch_size, device=device, dtype=dtype)}

@@ -137,9 +137,8 @@ class LiquidS4(DPLRMixer):
         new_state["inputs"] = history[..., 1:]
         return y, new_state
 
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        state = super().init_state(batch_size, device=device, dtype=dtype)
-        device = device if device is not None else self.D.device
+    def _init_state(self, batch_size, *, device, dtype) -> State:
+        state = super()._init_state(batch_size, device=device, dtype=dtype)
         state["inputs"] = torch.zeros(batch_size, self.d_model, self.liquid_degree - 1, device=device,
                                       dtype=dtype or self.D.dtype)
         return state

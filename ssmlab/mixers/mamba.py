@@ -14,14 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmlab.layers.conv import ShortConvolution
-from ssmlab.mixers.base import Mixer, padding_mask, State, ssm_dtype, ssm_parameter
+from ssmlab.mixers.base import LengthsInForward, Mixer, padding_mask, State, ssm_dtype, ssm_parameter
 from ssmlab.ops import selective_scan, selective_scan_step
 from ssmlab.ops.discretize import init_dt_bias
 from ssmlab.registry import register
 
 
 @register("mixer", "mamba", description="Mamba selective SSM block (S6 scan, conv, gate)", paper="2312.00752")
-class Mamba(Mixer):
+class Mamba(LengthsInForward, Mixer):
     """The Mamba block (Gu and Dao, arXiv 2312.00752).
 
     Args (defaults as in the paper's code):
@@ -49,27 +49,26 @@ class Mamba(Mixer):
                  *, dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4, dt_scale: float = 1.0,
                  conv_bias: bool = True, bias: bool = False, lr: float | None = None, backend: str | None = None,
                  device=None, dtype=None):
-        super().__init__(d_model)
+        super().__init__(d_model, device=device, dtype=dtype)
         if d_state < 1 or d_conv < 1 or expand < 1:
             raise ValueError(f"mamba: d_state, d_conv and expand must be positive, got {d_state}, {d_conv}, {expand}")
-        factory = {"device": device, "dtype": dtype}
         self.d_state, self.d_conv = d_state, d_conv
         self.d_inner = expand * d_model
         self.dt_rank = dt_rank or math.ceil(d_model / 16)
         self.backend = backend
-        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
-        self.conv1d = ShortConvolution(self.d_inner, d_conv, bias=conv_bias, **factory)
-        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
-        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **self.factory)
+        self.conv1d = ShortConvolution(self.d_inner, d_conv, bias=conv_bias, **self.factory)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **self.factory)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **self.factory)
         with torch.no_grad():
             std = self.dt_rank ** -0.5 * dt_scale
             self.dt_proj.weight.uniform_(-std, std)
         self.dt_proj.bias = ssm_parameter(init_dt_bias(self.d_inner, dt_min, dt_max, dt_init_floor, device=device,
                                                        dtype=ssm_dtype(dtype)), dtype, weight_decay=None)
         a = torch.arange(1, d_state + 1, device=device, dtype=torch.float64).repeat(self.d_inner, 1)
-        self.A_log = ssm_parameter(torch.log(a), dtype or torch.get_default_dtype(), lr=lr)
-        self.D = ssm_parameter(torch.ones(self.d_inner, device=device), dtype or torch.get_default_dtype(), lr=lr)
-        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+        self.A_log = ssm_parameter(torch.log(a), self.factory["dtype"], lr=lr)
+        self.D = ssm_parameter(torch.ones(self.d_inner, device=device), self.factory["dtype"], lr=lr)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **self.factory)
 
     def _ssm_inputs(self, x: torch.Tensor):
         dt, b, c = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -92,9 +91,6 @@ class Mamba(Mixer):
         out = self.out_proj(y)
         return out, ({"conv": conv_state, "ssm": ssm_state} if return_state else None)
 
-    def _forward_varlen(self, x, state, return_state, lengths):
-        return self._forward(x, state, return_state, lengths)
-
     def _step(self, x_t, state):
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E*D)
         xs, conv_state = self.conv1d.step(xs, state["conv"])
@@ -104,9 +100,8 @@ class Mamba(Mixer):
                                            delta_bias=self.dt_proj.bias, delta_softplus=True)
         return self.out_proj(y), {"conv": conv_state, "ssm": ssm_state}
 
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        device = device if device is not None else self.D.device
+    def _init_state(self, batch_size, *, device, dtype) -> State:
         dtype = dtype or self.out_proj.weight.dtype
-        return {"conv": torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
+        return {"conv": self.conv1d.init_state(batch_size, device=device, dtype=dtype),
                 "ssm": torch.zeros(batch_size, self.d_inner, self.d_state, device=device,
                                    dtype=torch.promote_types(dtype, torch.float32))}

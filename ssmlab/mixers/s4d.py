@@ -48,31 +48,24 @@ class S4D(Mixer):
     def __init__(self, d_model: int, d_state: int = 64, *, init: str = "lin", dt_min: float = 0.001,
                  dt_max: float = 0.1, lr: float | None = 0.001, dropout: float = 0.0, bidirectional: bool = False,
                  disc: str = "zoh", n_ssm: int | None = None, device=None, dtype=None):
-        super().__init__(d_model)
+        super().__init__(d_model, bidirectional=bidirectional, device=device, dtype=dtype)
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"s4d: need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
         try:
             self.ssm = DiagonalSSM(d_model, d_state, init=init, dt_min=dt_min, dt_max=dt_max, lr=lr,
-                                   bidirectional=bidirectional, disc=disc, n_ssm=n_ssm, device=device,
-                                   dtype=dtype)
+                                   bidirectional=bidirectional, disc=disc, n_ssm=n_ssm, **self.factory)
         except ValueError as exc:
             raise ValueError(f"s4d: {exc}") from exc
         self.d_state, self.init = d_state, init
-        self.bidirectional = bidirectional
-        self.causal = not bidirectional
-        self.output = GELUGLUOutput(d_model, dropout, device=device, dtype=dtype)
+        self.output = GELUGLUOutput(d_model, dropout, **self.factory)
 
     def _forward(self, x, state, return_state):
-        if self.bidirectional and return_state:
-            raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True has no state to return")
         y, h = self.ssm(x, None if state is None else state["ssm"], return_state)
         return self.output(y), ({"ssm": h} if return_state else None)
 
     def _step(self, x_t, state):
-        if self.bidirectional:
-            raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True cannot step")
         y, h = self.ssm.step(x_t, state["ssm"])
         return self.output(y), {"ssm": h}
 
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
+    def _init_state(self, batch_size, *, device, dtype) -> State:
         return {"ssm": self.ssm.init_state(batch_size, device=device, dtype=dtype)}
