@@ -46,7 +46,8 @@ def s4d_init(init: str, d_model: int, half_state: int, *, device=None) -> tuple[
 class DiagonalSSM(nn.Module):
     """The SSM core of S4D, ``(B, L, H) -> (B, L, H)``: H independent diagonal SSMs with N/2
     conjugate pairs each, ZOH, kernel ``K[l] = 2 Re(sum_n C_n B_bar_n A_bar_n^l)`` applied by FFT,
-    plus the skip ``D u``. Used by S4D and, as the "diagonal SSM" of their designs, by H3 and GSS.
+    plus the skip ``D u``. Used by S4D and, as the "diagonal SSM" of their designs, by H3 and GSS;
+    S4ND runs one per axis of an image.
 
     ``disc`` is the discretisation: ``"zoh"`` (zero-order hold, default) or ``"bilinear"``.
     ``n_ssm`` copies of A (default: one per channel) are shared by consecutive groups of channels,

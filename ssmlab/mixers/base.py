@@ -382,4 +382,3 @@ class LengthsInForward:
 
     def _forward_varlen(self, x: torch.Tensor, state: State | None, return_state: bool, lengths: torch.Tensor):
         return self._forward(x, state, return_state, lengths)
-

@@ -179,4 +179,5 @@ class S5(Mixer):
         return self._output((2 * (h @ c[0].T).real.to(x_t.dtype) + self.D * x_t).to(x_t.dtype)), {"h": h}
 
     def _init_state(self, batch_size, *, device, dtype) -> State:
-        return {"h": torch.zeros(batch_size, self.d_state // 2, device=device, dtype=complex_dtype(dtype or self.D.dtype))}
+        return {"h": torch.zeros(batch_size, self.d_state // 2, device=device,
+                                 dtype=complex_dtype(dtype or self.D.dtype))}
