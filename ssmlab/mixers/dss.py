@@ -29,9 +29,9 @@ import math
 import torch
 
 from ssmlab.layers import GELUGLUOutput
-from ssmlab.mixers.base import Mixer, State, at_least_float32, ssm_dtype, ssm_parameter
-from ssmlab.mixers.s4d import diagonal_state_terms
+from ssmlab.mixers.base import Mixer, State, at_least_float32, complex_dtype, ssm_dtype, ssm_parameter
 from ssmlab.ops import fft_conv, init_log_dt, s4d_legs
+from ssmlab.ops.kernels import diagonal_state_terms, ssm_kernel_diag_discrete
 from ssmlab.registry import register
 
 VERSIONS = ("exp", "softmax")
@@ -60,14 +60,14 @@ class DSS(Mixer):
     def __init__(self, d_model: int, d_state: int = 64, *, version: str = "exp", l_max: int = 1024,
                  dt_min: float = 0.001, dt_max: float = 0.1, lr: float | None = 0.001, dropout: float = 0.0,
                  sep_dt: bool = True, postact: str | None = None, device=None, dtype=None):
-        super().__init__(d_model)
+        super().__init__(d_model, device=device, dtype=dtype)
         if version not in VERSIONS:
             raise ValueError(f"dss: version must be one of {VERSIONS}, got {version!r}")
         if postact not in (None, "glu"):
             raise ValueError(f"dss: postact must be None or 'glu', got {postact!r}")
         if d_state < 1 or l_max < 1:
             raise ValueError(f"dss: d_state and l_max must be positive, got {d_state}, {l_max}")
-        dtype = dtype or torch.get_default_dtype()
+        dtype = self.factory["dtype"]
         self.d_state, self.version, self.l_max = d_state, version, l_max
         eig = s4d_legs(2 * d_state).to(device)  # N eigenvalues with positive imaginary part
         self.log_Lambda_real = ssm_parameter(torch.log(-eig.real), dtype, lr=lr)
@@ -79,7 +79,7 @@ class DSS(Mixer):
             log_dt = log_dt[:, None].repeat(1, 2)  # (H, 2): real and imaginary parts start from one step
         self.log_dt = ssm_parameter(log_dt, dtype, lr=lr)
         self.D = ssm_parameter(torch.randn(d_model, device=device, dtype=ssm_dtype(dtype)), dtype, weight_decay=None)
-        self.output = GELUGLUOutput(d_model, dropout, glu=postact == "glu", device=device, dtype=dtype)
+        self.output = GELUGLUOutput(d_model, dropout, glu=postact == "glu", **self.factory)
 
     def _system(self):
         """dt * Lambda (H, N), the input weights B_bar (H, N) and W (H, N), complex."""
@@ -99,8 +99,7 @@ class DSS(Mixer):
     def _forward(self, x, state, return_state):
         length = x.shape[1]
         dtl, b_bar, w = self._system()
-        powers = torch.exp(dtl[..., None] * torch.arange(length, device=x.device))  # (H, N, L)
-        kernel = torch.einsum("hn,hnl->hl", w * b_bar, powers).real
+        kernel = ssm_kernel_diag_discrete(dtl, b_bar, w, length).real  # (H, L)
         u = at_least_float32(x)
         y = fft_conv(u, kernel.to(u.dtype), D=self.D.to(u.dtype))
         extra, h = diagonal_state_terms(u, dtl, b_bar, w, None if state is None else state["ssm"], return_state,
@@ -114,8 +113,6 @@ class DSS(Mixer):
         y = (torch.einsum("hn,bhn->bh", w, h).real.to(x_t.dtype) + self.D * x_t).to(x_t.dtype)
         return self.output(y), {"ssm": h}
 
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        device = device if device is not None else self.D.device
-        dtype = dtype or self.D.dtype
-        cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-        return {"ssm": torch.zeros(batch_size, self.d_model, self.d_state, device=device, dtype=cdtype)}
+    def _init_state(self, batch_size, *, device, dtype) -> State:
+        return {"ssm": torch.zeros(batch_size, self.d_model, self.d_state, device=device,
+                                   dtype=complex_dtype(dtype or self.D.dtype))}
