@@ -403,9 +403,13 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--d-model", type=_positive, default=32, help="model width (default 32)")
     p.add_argument("--n-layers", type=_positive, default=2, help="number of blocks (default 2)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    _add_store_option(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_store_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default=None, help="results database (default ssmlab-results/results.sqlite "
                                                   "or $SSMLAB_STORE)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _positive(text: str) -> int:
@@ -463,8 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--d-model", type=_positive, default=None, help="width of models that do not set one (defaults.d_model)")
     p.add_argument("--n-layers", type=_positive, default=None, help="depth of models that do not set one (defaults.n_layers)")
     p.add_argument("--device", default=None, help="torch device (default cpu)")
-    p.add_argument("--store", default=None, help="results database (default ssmlab-results/results.sqlite "
-                                                  "or $SSMLAB_STORE)")
+    _add_store_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_run)
 
@@ -512,8 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", parents=[debug], help="tables and figures from the results store: terminal, Markdown, CSV, HTML",
                        description="Build the leaderboards (mean and std over seeds, best marked), learning curves, "
                                    "metric against length and efficiency plots from the results store alone.")
-    p.add_argument("--store", default=None, help="results database (default ssmlab-results/results.sqlite "
-                                                  "or $SSMLAB_STORE)")
+    _add_store_option(p)
     p.add_argument("--out", default=None, help="output folder (default: 'report' beside the store)")
     p.add_argument("--no-figures", action="store_true", help="tables only")
     p.set_defaults(func=_cmd_report)
@@ -531,8 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--mixer-option", action="append", metavar="MIXER.OPTION=VALUE",
                    help="an option of one mixer, e.g. hyena.l_max=8192 (repeatable)")
-    p.add_argument("--store", default=None, help="results database (default ssmlab-results/results.sqlite "
-                                                  "or $SSMLAB_STORE)")
+    _add_store_option(p)
     p.set_defaults(func=_cmd_efficiency)
     return parser
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -263,7 +263,3 @@ def _expand(exp: Experiment) -> tuple[list[Any], dict[tuple[int, str, str], list
                                         n_layers=m.n_layers or exp.defaults.n_layers, label=m.name,
                                         train_options=dict(t.trainer)))
     return runs, skipped
-
-
-def describe(exp: Experiment) -> dict:
-    return asdict(exp)

@@ -451,7 +451,3 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, ctx: distributed.C
         checkpoint.remove(config.checkpoint_dir)
     return TrainResult(metrics=metrics, curves=curves, n_params=sum(p.numel() for p in model.parameters()),
                        wall_time_s=wall, peak_memory_mb=memory.megabytes())
-
-
-def config_dict(config: TrainConfig) -> dict:
-    return asdict(config)
