@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from ssmlab import registry
-from ssmlab.config import check_options, constructor_options
+from ssmlab.config import ConfigError, check_options, constructor_options
 from ssmlab.layers import GatedMLP, RMSNorm
 from ssmlab.mixers.base import Mixer
 
@@ -53,6 +53,11 @@ def create_mixer(name: str, d_model: int, **options) -> Mixer:
     return registry.get("mixer", name).obj(d_model, **options)
 
 
+# Mixer options with one name across mixers since ssmlab 0.1 (old name -> new); the old names are
+# an error that names the new one.
+RENAMED_OPTIONS = {"head_dim": "headdim", "disc": "discretization", "postact": "activation"}
+
+
 def check_mixer_options(name: str, options: dict) -> None:
     """Check ``options`` against the constructor of mixer ``name`` before it is built: an unknown
     option is a ``ConfigError`` listing the valid ones, an annotated one of the wrong type too.
@@ -62,6 +67,9 @@ def check_mixer_options(name: str, options: dict) -> None:
     valid = constructor_options(cls)
     valid.pop("d_model", None)
     owner = f"mixer {name!r}"
+    for old in options:
+        if old not in valid and RENAMED_OPTIONS.get(old) in valid:
+            raise ConfigError(f"{owner}: option {old} is now called {RENAMED_OPTIONS[old]}")
     if "mixer" not in valid:
         check_options(options, valid, owner)
         return
