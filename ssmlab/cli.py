@@ -389,7 +389,7 @@ def _cmd_efficiency(args) -> int:
     for name in mixers:  # every option checked by building each mixer once, before the store is opened
         try:
             create_mixer(name, args.d_model, **options.get(name, {}))
-        except (TypeError, ValueError, RuntimeError) as exc:
+        except ValueError as exc:
             raise ValueError(f"{name} cannot be built with d_model={args.d_model} and options "
                              f"{options.get(name, {})} ({failure_reason(exc)}); check --mixer-option and "
                              f"--d-model") from exc

@@ -52,15 +52,16 @@ def constructor_options(cls: type) -> dict[str, Any]:
     return options
 
 
-def check_options(values: Mapping[str, Any], valid: Mapping[str, Any], owner: str) -> None:
+def check_options(values: Mapping[str, Any], valid: Mapping[str, Any], owner: str, *, types: bool = True) -> None:
     """Reject options of ``values`` that are not in ``valid`` (name -> annotation, e.g. from
-    :func:`constructor_options`), in one line that lists the valid ones, and type-check the others,
-    before anything is built. A ``ConfigError``, a ``ValueError``."""
+    :func:`constructor_options`), in one line that lists the valid ones, and with ``types``
+    type-check the others against their annotations (for values read from a config file), before
+    anything is built. A ``ConfigError``, a ``ValueError``."""
     unknown = sorted(set(values) - set(valid))
     if unknown:
         raise ConfigError(f"{owner}: bad options: unknown {', '.join(unknown)}; valid options: "
                           f"{', '.join(sorted(valid)) or 'none'}")
-    for key, value in values.items():
+    for key, value in values.items() if types else ():
         _coerce(owner, key, value, valid[key])
 
 

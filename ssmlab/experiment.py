@@ -262,9 +262,10 @@ def _not_causal(mixer: str | list[str], d_model: int, options: dict) -> bool:
     per_name = {mixer: given} if isinstance(mixer, str) else given
     for name in names:
         try:
+            check_mixer_options(name, per_name.get(name, {}))
             if not is_causal(registry.get("mixer", name).obj, d_model, **per_name.get(name, {})):
                 return True
-        except (TypeError, ValueError):
+        except ValueError:
             continue
     return False
 

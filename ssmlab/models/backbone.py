@@ -49,7 +49,7 @@ from ssmlab.mixers.base import Mixer
 def create_mixer(name: str, d_model: int, **options) -> Mixer:
     """Build the registered mixer ``name`` with width ``d_model`` and its own ``options``; an
     option it does not take is a ``ConfigError`` that lists those it does (:func:`check_mixer_options`)."""
-    check_mixer_options(name, options)
+    check_mixer_options(name, options, types=False)
     return registry.get("mixer", name).obj(d_model, **options)
 
 
@@ -58,9 +58,10 @@ def create_mixer(name: str, d_model: int, **options) -> Mixer:
 RENAMED_OPTIONS = {"head_dim": "headdim", "disc": "discretization", "postact": "activation"}
 
 
-def check_mixer_options(name: str, options: dict) -> None:
+def check_mixer_options(name: str, options: dict, *, types: bool = True) -> None:
     """Check ``options`` against the constructor of mixer ``name`` before it is built: an unknown
-    option is a ``ConfigError`` listing the valid ones, an annotated one of the wrong type too.
+    option is a ``ConfigError`` listing the valid ones, and with ``types`` an annotated one of the
+    wrong type too (see :func:`ssmlab.config.check_options`).
     A mixer that wraps another (it takes ``mixer``: the bidirectional wrapper, cross-scan) passes
     the options it does not take to the wrapped mixer, and they are checked against that one's."""
     cls = registry.get("mixer", name).obj
@@ -71,13 +72,13 @@ def check_mixer_options(name: str, options: dict) -> None:
         if old not in valid and RENAMED_OPTIONS.get(old) in valid:
             raise ConfigError(f"{owner}: option {old} is now called {RENAMED_OPTIONS[old]}")
     if "mixer" not in valid:
-        check_options(options, valid, owner)
+        check_options(options, valid, owner, types=types)
         return
-    check_options({k: v for k, v in options.items() if k in valid}, valid, owner)
+    check_options({k: v for k, v in options.items() if k in valid}, valid, owner, types=types)
     param = inspect.signature(cls).parameters.get("mixer")
     inner = options.get("mixer", param.default if param is not None else None)
     if isinstance(inner, str) and inner in registry.names("mixer"):
-        check_mixer_options(inner, {k: v for k, v in options.items() if k not in valid})
+        check_mixer_options(inner, {k: v for k, v in options.items() if k not in valid}, types=types)
 
 
 RESIDUAL_OUTPUTS = ("out_proj", "output_linear", "output")

@@ -19,7 +19,7 @@ globals().update(_TASK_CLASSES)
 def create_task(name: str, **options) -> Task:
     """Build the registered task ``name``; an unknown option is a ``ConfigError`` listing the valid ones."""
     cls = registry.get("task", name).obj
-    check_options(options, constructor_options(cls), f"task {name!r}")
+    check_options(options, constructor_options(cls), f"task {name!r}", types=False)
     return cls(**options)
 
 
