@@ -90,14 +90,18 @@ class PretrainedMixin:
         return save_pretrained(self, path, format=format, task=task)
 
 
-class ClassifierObjective:
-    """Cross-entropy over class logits (B, C) against class indices (B,); the metric is ``accuracy``."""
+class _EveryTarget:
+    """A loss averaged over every target; the trainer gives a padded batch's lengths."""
 
     takes_lengths = True
 
     @staticmethod
     def count(targets: torch.Tensor) -> int:
         return targets.numel()
+
+
+class ClassifierObjective(_EveryTarget):
+    """Cross-entropy over class logits (B, C) against class indices (B,); the metric is ``accuracy``."""
 
     @staticmethod
     def loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -327,7 +331,7 @@ class RevIN(nn.Module):
 
 @register("model", "forecast", description="Time-series forecaster: RevIN, backbone, last position -> horizon",
           paper="2109.12398")
-class Forecaster(PretrainedMixin, nn.Module):
+class Forecaster(_EveryTarget, PretrainedMixin, nn.Module):
     """Multi-step forecasting: the past ``L`` values (B, L, F) -> the next ``horizon`` values (B, H, F).
 
     The series is normalised by RevIN (arXiv 2109.12398), projected to ``d_model``, run
@@ -374,12 +378,6 @@ class Forecaster(PretrainedMixin, nn.Module):
 
     # Mean squared error over every value of predictions and targets (B, H, F); the metrics are
     # ``mse`` and ``mae``.
-    takes_lengths = True
-
-    @staticmethod
-    def count(targets: torch.Tensor) -> int:
-        return targets.numel()
-
     @staticmethod
     def loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return _forecast_error(outputs, targets).square().mean()
