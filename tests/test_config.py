@@ -34,7 +34,6 @@ def test_wrong_type(key, value):
 
 def test_unknown_options_list_the_valid_ones_before_anything_is_built():
     import ssmlab
-    from ssmlab.experiment import RunSpec, check_options
     from ssmlab.tasks import create_task
 
     with pytest.raises(ConfigError, match=r"mixer 'attention': bad options: unknown n_head; valid options: .*n_heads"):
@@ -43,6 +42,8 @@ def test_unknown_options_list_the_valid_ones_before_anything_is_built():
         create_task("mqar", colour="red")
     with pytest.raises(ConfigError, match=r"mixer 'mamba': .*unknown d_stat; valid options: .*d_state"):
         ssmlab.create_mixer("cross-scan", 16, image_shape=(4, 4), mixer="mamba", d_stat=4)
+    from ssmlab.experiment import RunSpec, check_options
+
     spec = RunSpec("s4d", "mqar", model_options={"poolin": "last"})
     with pytest.raises(ConfigError, match=r"model s4d: bad options: unknown poolin; valid options: .*mixer_options"):
         check_options(spec)
