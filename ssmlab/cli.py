@@ -57,15 +57,6 @@ def _direction(cls) -> str:
     return "  causal"
 
 
-def _train_config(args):
-    from ssmlab.train import TrainConfig
-
-    return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, progress=not args.no_progress,
-                       device=args.device, grad_accum_steps=args.grad_accum, precision=args.precision,
-                       schedule=args.schedule, eval_every=args.eval_every, early_stopping_patience=args.patience,
-                       checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every)
-
-
 def _key_values(items, flag: str) -> dict:
     import yaml
 
@@ -132,13 +123,11 @@ def _check_device(device: str | None) -> None:
 
 def _cmd_run(args) -> int:
     from ssmlab import experiment
-    from ssmlab.tasks import create_task, missing_source
-    from ssmlab.config import from_dict
     from ssmlab.report import build_report, format_table, leaderboard
-    from ssmlab.tasks.base import task_metric
     from ssmlab.store import ResultStore
-    from ssmlab.train.sweep import check_options, execute_sweep, plan
-    from ssmlab.train.trainer import TrainConfig
+    from ssmlab.tasks import create_task, missing_source
+    from ssmlab.tasks.base import task_metric
+    from ssmlab.train.sweep import execute_sweep, plan
 
     exp = _experiment_from_args(args)
     # A task whose data source is not installed is left out with the command that installs it.
@@ -152,25 +141,13 @@ def _cmd_run(args) -> int:
     if not available:
         raise ValueError(f"none of the tasks of {exp.name} can be read here; install their sources (above)")
     exp.tasks = available
-    specs = experiment.expand(exp)
     for line in experiment.left_out(exp):
         print(line, file=sys.stderr, flush=True)
-    trainer = dict(exp.trainer)
-    if args.device is not None:
-        trainer["device"] = args.device
-    if args.no_progress:
-        trainer["progress"] = False
-    config = from_dict(TrainConfig, trainer)
-    _check_device(config.device)
     if args.executor == "ray" and args.address:
         from ssmlab.train.sweep import check_ray_address
 
         check_ray_address(args.address)
-    for spec in specs:  # option types checked before the store is opened
-        try:
-            check_options(spec)
-        except ConfigError as exc:
-            raise ConfigError(f"{exc}; fix the options of {exp.name}") from exc
+    specs, config = _runs(exp, args, f"fix the options of {exp.name}")
     started = time.perf_counter()
     finished, failures, elsewhere = 0, [], 0
     with ResultStore(args.store) as store:
@@ -218,43 +195,92 @@ def _cmd_run(args) -> int:
 
 
 def _label(spec) -> str:
-    from ssmlab.train.sweep import model_label
+    from ssmlab.experiment import model_label
 
     return f"{model_label(spec)} on {spec.task} (seed {spec.seed})"
 
 
+def _runs(exp, args, fix: str):
+    """The runs of experiment ``exp`` and their trainer config, every option checked before anything
+    is built or recorded: the one path of ``ssmlab run`` and ``ssmlab train`` from an experiment to
+    runs. ``--device`` and ``--no-progress`` go over the experiment's trainer settings; ``fix`` says
+    where to fix a bad option."""
+    from ssmlab import experiment
+    from ssmlab.config import from_dict
+    from ssmlab.train.trainer import TrainConfig
+
+    specs = experiment.expand(exp)
+    trainer = dict(exp.trainer)
+    if args.device is not None:
+        trainer["device"] = args.device
+    if args.no_progress:
+        trainer["progress"] = False
+    config = from_dict(TrainConfig, trainer)
+    _check_device(config.device)
+    for spec in specs:
+        try:
+            experiment.check_options(spec)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; {fix}") from exc
+    return specs, config
+
+
+# `ssmlab train`'s options that are TrainConfig fields, by their names there.
+_TRAIN_FLAGS = {"steps": "steps", "batch_size": "batch_size", "lr": "lr", "grad_accum": "grad_accum_steps",
+                "precision": "precision", "schedule": "schedule", "eval_every": "eval_every",
+                "patience": "early_stopping_patience", "checkpoint_dir": "checkpoint_dir",
+                "checkpoint_every": "checkpoint_every"}
+
+
+def _train_experiment(args):
+    """``ssmlab train``'s one run as an experiment of one model, one task and one seed: the quick
+    suite's trainer settings, model width and depth, and its options for the tasks it has, with
+    the command line's over them."""
+    from ssmlab import experiment
+
+    names = _csv(args.mixer)
+    quick, _ = experiment.load_raw("quick")
+    defaults = dict(quick.get("defaults") or {})
+    for key in ("d_model", "n_layers"):
+        if getattr(args, key) is not None:
+            defaults[key] = getattr(args, key)
+    n_layers = defaults.get("n_layers", experiment.Defaults.n_layers)
+    if len(names) > 1 and n_layers % len(names):
+        raise ValueError(f"a hybrid pattern of {len(names)} mixers ({args.mixer}) needs --n-layers a multiple of "
+                         f"{len(names)}, got {n_layers}")
+    quick_options = {t["name"]: t.get("options", {}) for t in quick["tasks"] if isinstance(t, dict)}
+    task = {"name": args.task,
+            "options": {**quick_options.get(args.task, {}), **_key_values(args.task_option, "--task-option")}}
+    model = {"mixer": names[0] if len(names) == 1 else names * (n_layers // len(names)),
+             "options": _key_values(args.model_option, "--model-option")}
+    trainer = dict(quick.get("trainer") or {})
+    trainer.update({field: getattr(args, flag) for flag, field in _TRAIN_FLAGS.items()
+                    if getattr(args, flag) is not None})
+    return experiment.parse({"name": "train", "models": [model], "tasks": [task], "seeds": [args.seed],
+                             "trainer": trainer, "defaults": defaults}, "ssmlab train")
+
+
 def _cmd_train(args) -> int:
+    from ssmlab import experiment
     from ssmlab.models import create_model
     from ssmlab.store import ResultStore
     from ssmlab.tasks import create_task
     from ssmlab.train import distributed
-    from ssmlab.train.sweep import QUICK_TASKS, RunSpec, check_options, execute, failure_reason, train_spec
+    from ssmlab.train.sweep import execute, failure_reason, train_spec
 
-    names = _csv(args.mixer)
-    for name in names:
-        registry.get("mixer", name)
-    registry.get("task", args.task)
-    mixer = names[0] if len(names) == 1 else names * (args.n_layers // len(names))
-    if len(names) > 1 and args.n_layers % len(names):
-        raise ValueError(f"a hybrid pattern of {len(names)} mixers ({args.mixer}) needs --n-layers a multiple of "
-                         f"{len(names)}, got {args.n_layers}")
-    task_options = {**QUICK_TASKS.get(args.task, {}), **_key_values(args.task_option, "--task-option")}
-    spec = RunSpec(mixer, args.task, args.seed, task_options,
-                   _key_values(args.model_option, "--model-option"), d_model=args.d_model, n_layers=args.n_layers)
-    config = _train_config(args)
-    _check_device(config.device)
-    try:
-        check_options(spec)
-    except ConfigError as exc:
-        raise ConfigError(f"{exc}; fix --task-option or --model-option") from exc
-    # Build the task and the model once before anything is recorded, so that a bad option is an
-    # error here and not a failed run in the store.
+    exp = _train_experiment(args)
+    specs, config = _runs(exp, args, "fix --task-option or --model-option")
+    if not specs:
+        raise ValueError("; ".join(experiment.left_out(exp)).replace("leaving out", "cannot train", 1))
+    (spec,) = specs
+    # The task and the model built once before anything is recorded, so that a value a constructor
+    # rejects is an error here and not a failed run in the store.
     try:
         task = create_task(spec.task, seed=spec.seed, **spec.task_options)
         create_model(spec.mixer, head=task.head, d_model=spec.d_model, n_layers=spec.n_layers,
                      **task.model_options(), **spec.model_options)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"{args.mixer} on {args.task} cannot be built with these options ({failure_reason(exc)}); "
+    except ValueError as exc:
+        raise ValueError(f"{args.mixer} on {args.task} cannot be built with these options ({exc}); "
                          f"check --model-option and --task-option") from exc
     if distributed.rank() != 0:  # under torchrun only rank 0 records the run
         train_spec(spec, config)
@@ -363,7 +389,7 @@ def _cmd_efficiency(args) -> int:
     for name in mixers:  # every option checked by building each mixer once, before the store is opened
         try:
             create_mixer(name, args.d_model, **options.get(name, {}))
-        except (TypeError, ValueError, RuntimeError) as exc:
+        except ValueError as exc:
             raise ValueError(f"{name} cannot be built with d_model={args.d_model} and options "
                              f"{options.get(name, {})} ({failure_reason(exc)}); check --mixer-option and "
                              f"--d-model") from exc
@@ -397,15 +423,41 @@ def _cmd_efficiency(args) -> int:
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=_positive, default=200, help="optimiser steps per run (default 200)")
-    p.add_argument("--batch-size", type=_positive, default=32, help="batch size (default 32)")
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
-    p.add_argument("--d-model", type=_positive, default=32, help="model width (default 32)")
-    p.add_argument("--n-layers", type=_positive, default=2, help="number of blocks (default 2)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    """``ssmlab train``'s options. Their defaults are not repeated here: what is not given comes from
+    the quick suite (steps, batch size, lr, width, depth) or from ``TrainConfig`` (the rest)."""
+    from ssmlab.experiment import load_raw
+    from ssmlab.train.trainer import PRECISIONS, SCHEDULES, TrainConfig
+
+    quick, _ = load_raw("quick")
+    trainer, defaults = quick.get("trainer") or {}, quick.get("defaults") or {}
+    p.add_argument("--steps", type=_positive,
+                   help=f"optimiser steps (default {trainer.get('steps')}, the quick suite's)")
+    p.add_argument("--batch-size", type=_positive, help=f"batch size (default {trainer.get('batch_size')})")
+    p.add_argument("--lr", type=float, help=f"peak learning rate (default {trainer.get('lr')})")
+    p.add_argument("--d-model", type=_positive, help=f"model width (default {defaults.get('d_model')})")
+    p.add_argument("--n-layers", type=_positive, help=f"number of blocks (default {defaults.get('n_layers')})")
+    p.add_argument("--device", help=f"torch device (default {TrainConfig.device})")
+    _add_store_option(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
+                   help="a task option, e.g. n_train=512 or seq_len=128 (repeatable)")
+    p.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                   help="a model option, e.g. pooling=last or mixer_options={d_state: 8} (repeatable)")
+    p.add_argument("--grad-accum", type=_positive,
+                   help=f"micro-batches per optimiser step (default {TrainConfig.grad_accum_steps})")
+    p.add_argument("--precision", choices=PRECISIONS, help=f"bf16: autocast (default {TrainConfig.precision})")
+    p.add_argument("--schedule", choices=SCHEDULES,
+                   help=f"learning rate after warmup (default {TrainConfig.schedule})")
+    p.add_argument("--eval-every", type=int, help="evaluate every N steps (default: at the end)")
+    p.add_argument("--patience", type=int,
+                   help="stop after N evaluations without improvement (needs --eval-every; default: never)")
+    p.add_argument("--checkpoint-dir", help="write checkpoints here and resume from the latest one when started again")
+    p.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps (and at the end)")
+
+
+def _add_store_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", default=None, help="results database (default ssmlab-results/results.sqlite "
                                                   "or $SSMLAB_STORE)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _positive(text: str) -> int:
@@ -463,8 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--d-model", type=_positive, default=None, help="width of models that do not set one (defaults.d_model)")
     p.add_argument("--n-layers", type=_positive, default=None, help="depth of models that do not set one (defaults.n_layers)")
     p.add_argument("--device", default=None, help="torch device (default cpu)")
-    p.add_argument("--store", default=None, help="results database (default ssmlab-results/results.sqlite "
-                                                  "or $SSMLAB_STORE)")
+    _add_store_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_run)
 
@@ -474,20 +525,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task")
     p.add_argument("--seed", type=int, default=0)
     _add_training_options(p)
-    p.add_argument("--task-option", action="append", metavar="KEY=VALUE",
-                   help="a task option, e.g. n_train=512 or seq_len=128 (repeatable)")
-    p.add_argument("--model-option", action="append", metavar="KEY=VALUE",
-                   help="a model option, e.g. pooling=last or mixer_options={d_state: 8} (repeatable)")
-    p.add_argument("--grad-accum", type=_positive, default=1, help="micro-batches per optimiser step (default 1)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: autocast (default fp32)")
-    p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
-                   help="learning rate after warmup (default cosine)")
-    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: at the end)")
-    p.add_argument("--patience", type=int, default=0,
-                   help="stop after N evaluations without improvement (needs --eval-every; default: never)")
-    p.add_argument("--checkpoint-dir", default=None,
-                   help="write checkpoints here and resume from the latest one when started again")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (and at the end)")
     p.add_argument("--save", default=None, metavar="DIR",
                    help="save the trained model to DIR (config.json + model.safetensors, with the task and its "
                         "tokeniser), for ssmlab.load_pretrained and ssmlab generate")
@@ -512,8 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", parents=[debug], help="tables and figures from the results store: terminal, Markdown, CSV, HTML",
                        description="Build the leaderboards (mean and std over seeds, best marked), learning curves, "
                                    "metric against length and efficiency plots from the results store alone.")
-    p.add_argument("--store", default=None, help="results database (default ssmlab-results/results.sqlite "
-                                                  "or $SSMLAB_STORE)")
+    _add_store_option(p)
     p.add_argument("--out", default=None, help="output folder (default: 'report' beside the store)")
     p.add_argument("--no-figures", action="store_true", help="tables only")
     p.set_defaults(func=_cmd_report)
@@ -531,8 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--mixer-option", action="append", metavar="MIXER.OPTION=VALUE",
                    help="an option of one mixer, e.g. hyena.l_max=8192 (repeatable)")
-    p.add_argument("--store", default=None, help="results database (default ssmlab-results/results.sqlite "
-                                                  "or $SSMLAB_STORE)")
+    _add_store_option(p)
     p.set_defaults(func=_cmd_efficiency)
     return parser
 

@@ -30,13 +30,16 @@ from __future__ import annotations
 import copy
 import functools
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from ssmlab import registry
-from ssmlab.config import ConfigError, from_dict
+from ssmlab.config import ConfigError, check_options as check_against, constructor_options, from_dict
+from ssmlab.mixers import is_causal
+from ssmlab.models.backbone import Backbone, check_mixer_options
+from ssmlab.tasks import create_task
+from ssmlab.train.trainer import TrainConfig
 
 
 @dataclass
@@ -59,8 +62,25 @@ class TaskSpec:
 
 @dataclass
 class Defaults:
+    """Width and depth of the models of an experiment that do not set their own."""
+
     d_model: int = 64
     n_layers: int = 2
+
+
+@dataclass
+class RunSpec:
+    """One run of an experiment: one model on one task with one seed (what :func:`expand` makes)."""
+
+    mixer: str | list[str]  # a list is a hybrid stack, one mixer per layer
+    task: str
+    seed: int = 0
+    task_options: dict = field(default_factory=dict)
+    model_options: dict = field(default_factory=dict)
+    d_model: int = Defaults.d_model
+    n_layers: int = Defaults.n_layers
+    label: str | None = None  # the model's name in the results (default: the mixer, or mixers joined by +)
+    train_options: dict = field(default_factory=dict)  # trainer settings of this run over the sweep's
 
 
 @dataclass
@@ -142,8 +162,6 @@ def _normalise_list(raw: dict, key: str, name_field: str) -> list:
 
 def parse(raw: dict, origin: str = "experiment") -> Experiment:
     """Type-check a raw mapping into an :class:`Experiment`; names are checked against the registry."""
-    from ssmlab.train.trainer import TrainConfig
-
     raw = dict(raw)
     raw["models"] = _normalise_list(raw, "models", "mixer")
     raw["tasks"] = _normalise_list(raw, "tasks", "name")
@@ -195,29 +213,64 @@ def load(source: str, overrides: list[str] = ()) -> Experiment:
     return parse(apply_overrides(raw, list(overrides)), origin)
 
 
-def model_label(mixer: str | list[str]) -> str:
-    return mixer if isinstance(mixer, str) else "+".join(mixer)
+def model_label(spec: RunSpec) -> str:
+    """How results name the model of ``spec``: its label, else the mixer, or the mixers joined by +."""
+    if spec.label:
+        return spec.label
+    return spec.mixer if isinstance(spec.mixer, str) else "+".join(spec.mixer)
+
+
+def check_options(spec: RunSpec) -> None:
+    """Check the task, model and mixer options of ``spec`` against the constructors' signatures
+    before anything is built: an unknown option is a ``ConfigError`` that lists the valid ones in
+    one line, and an annotated option of the wrong type is one too. So a sweep stops before it
+    writes a run, not at the run, and an error inside a constructor stays that error."""
+    task_cls = registry.get("task", spec.task).obj
+    task_options = constructor_options(task_cls)
+    task_options.pop("seed")  # the run's seed
+    check_against(spec.task_options, task_options, f"task {spec.task}")
+    owner = f"model {model_label(spec)}"
+    from_task = create_task(spec.task, seed=spec.seed, **spec.task_options).model_options()
+    given_by_task = sorted(set(spec.model_options) & set(from_task))
+    if given_by_task:
+        raise ConfigError(f"{owner}: task {spec.task} sets {', '.join(given_by_task)}; leave it out of the model "
+                          f"options")
+    valid = {**constructor_options(Backbone), **constructor_options(registry.get("model", task_cls.head).obj)}
+    for key in ("mixer", "d_model", "n_layers", *from_task):
+        valid.pop(key, None)
+    check_against(spec.model_options, valid, owner)
+    mixer_options = spec.model_options.get("mixer_options")
+    if mixer_options is None:
+        return
+    if not isinstance(mixer_options, dict):
+        raise ConfigError(f"{owner}: mixer_options must be a mapping of option: value, got {mixer_options!r}")
+    names = [spec.mixer] if isinstance(spec.mixer, str) else list(dict.fromkeys(spec.mixer))
+    per_name = {spec.mixer: mixer_options} if isinstance(spec.mixer, str) else mixer_options
+    for name in names:
+        options = per_name.get(name) or {}
+        if not isinstance(options, dict):
+            raise ConfigError(f"{owner}: mixer_options.{name} must be a mapping, got {options!r}")
+        check_mixer_options(name, options)
 
 
 def _not_causal(mixer: str | list[str], d_model: int, options: dict) -> bool:
     """Whether a mixer of the model, built with its ``mixer_options`` (keyed by name for a hybrid
     stack, as :class:`~ssmlab.models.Backbone` reads them), is not causal. A mixer that cannot be
     built with those options is not judged here: its run reports the error."""
-    from ssmlab.mixers import is_causal
-
     names = [mixer] if isinstance(mixer, str) else list(dict.fromkeys(mixer))
     given = options.get("mixer_options") or {}
     per_name = {mixer: given} if isinstance(mixer, str) else given
     for name in names:
         try:
+            check_mixer_options(name, per_name.get(name, {}))
             if not is_causal(registry.get("mixer", name).obj, d_model, **per_name.get(name, {})):
                 return True
-        except (TypeError, ValueError):
+        except ValueError:
             continue
     return False
 
 
-def expand(exp: Experiment) -> list[Any]:
+def expand(exp: Experiment) -> list[RunSpec]:
     """The runs of an experiment: tasks x models x seeds, in that order.
 
     ``"*"`` stands for every registered mixer that can run on the task. A model that is not
@@ -237,10 +290,7 @@ def left_out(exp: Experiment) -> list[str]:
             for (_, task, reason), mixers in _expand(exp)[1].items()]
 
 
-def _expand(exp: Experiment) -> tuple[list[Any], dict[tuple[int, str, str], list[str]]]:
-    from ssmlab.tasks import create_task
-    from ssmlab.train.sweep import RunSpec
-
+def _expand(exp: Experiment) -> tuple[list[RunSpec], dict[tuple[int, str, str], list[str]]]:
     runs, skipped = [], {}
     for i, t in enumerate(exp.tasks):
         task_cls = registry.get("task", t.name).obj
@@ -263,7 +313,3 @@ def _expand(exp: Experiment) -> tuple[list[Any], dict[tuple[int, str, str], list
                                         n_layers=m.n_layers or exp.defaults.n_layers, label=m.name,
                                         train_options=dict(t.trainer)))
     return runs, skipped
-
-
-def describe(exp: Experiment) -> dict:
-    return asdict(exp)

@@ -35,7 +35,9 @@ from ssmlab.models.heads import LanguageModel
 
 
 class CheckpointError(ValueError):
-    """A checkpoint directory that cannot be read, or a model that cannot be written in the format asked for."""
+    """A checkpoint that cannot be read or trusted, or does not belong to this model or run (a model
+    directory here, a training checkpoint in :mod:`ssmlab.train.checkpoint`), or a model that cannot
+    be written in the format asked for."""
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:

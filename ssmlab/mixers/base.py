@@ -192,8 +192,6 @@ class Mixer(nn.Module):
         self.bidirectional = not self.causal
         self.factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
 
-    # The contract -------------------------------------------------------
-
     def forward(self, x: torch.Tensor, state: State | None = None, *, return_state: bool = False,
                 lengths: torch.Tensor | None = None):
         """Mix ``x`` (B, L, D) along L, optionally continuing from ``state``.
@@ -292,8 +290,6 @@ class Mixer(nn.Module):
         if bool((lengths < 0).any()) or bool((lengths > length).any()):
             raise ValueError(f"{self.registry_name}: lengths must lie in [0, L={length}], got {lengths.tolist()}")
         return lengths.to(device=x.device, dtype=torch.long)
-
-    # Validation ---------------------------------------------------------
 
     def _check_input(self, x: Any, ndim: int) -> None:
         expected = "(B, L, D)" if ndim == 3 else "(B, D)"

@@ -60,7 +60,7 @@ class LSSL(Mixer):
         dt_min, dt_max: per-channel step initialised log-uniform in [0.001, 0.1].
         lr: learning rate for A, B and dt (0.001), which get no weight decay.
         dropout: dropout after the activation (0.0).
-        postact: ``None`` (default: a linear H -> H output, as the official Platypus layer) or
+        activation: ``None`` (default: a linear H -> H output, as the official Platypus layer) or
             ``"glu"`` (H -> 2H and a GLU, S4's output stage).
 
     The structured learnt A of the official code, shared by the channels, is
@@ -79,10 +79,10 @@ class LSSL(Mixer):
 
     def __init__(self, d_model: int, d_state: int = 64, *, measure: str = "legs", learn_A: bool = False,
                  dt_min: float = 0.001, dt_max: float = 0.1, lr: float | None = 0.001, dropout: float = 0.0,
-                 postact: str | None = None, device=None, dtype=None):
+                 activation: str | None = None, device=None, dtype=None):
         super().__init__(d_model, device=device, dtype=dtype)
-        if postact not in (None, "glu"):
-            raise ValueError(f"lssl: postact must be None or 'glu', got {postact!r}")
+        if activation not in (None, "glu"):
+            raise ValueError(f"lssl: activation must be None or 'glu', got {activation!r}")
         dtype = self.factory["dtype"]
         self.d_state = d_state
         if learn_A not in (False, True, "tridiagonal", "dense"):
@@ -104,7 +104,7 @@ class LSSL(Mixer):
         self.log_dt = ssm_parameter(init_log_dt(d_model, dt_min, dt_max, device=device, dtype=ssm_dtype(dtype)),
                                     dtype, lr=lr)
         self.D = ssm_parameter(torch.randn(d_model, device=device, dtype=ssm_dtype(dtype)), dtype, weight_decay=None)
-        self.output = GELUGLUOutput(d_model, dropout, glu=postact == "glu", **self.factory)
+        self.output = GELUGLUOutput(d_model, dropout, glu=activation == "glu", **self.factory)
 
     def system(self):
         """The continuous A (N, N) and B (N,)."""

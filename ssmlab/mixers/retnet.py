@@ -110,8 +110,6 @@ class RetNet(Mixer):
             nn.init.xavier_uniform_(proj.weight, gain=2 ** -2.5)
         nn.init.xavier_uniform_(self.out_proj.weight)
 
-    # Projections and the output stage, shared by the three forms -------------
-
     def _log_gamma(self, like: torch.Tensor) -> torch.Tensor:
         """``log(1 - 2^(-5 - h))`` (H,), computed in float64 and cast to ``like``'s dtype."""
         heads = torch.arange(self.n_heads, device=like.device, dtype=torch.float64)
@@ -161,8 +159,6 @@ class RetNet(Mixer):
         if self.normalize:
             return {"kv": kv[..., :-1], "z": kv[..., -1], "pos": pos}
         return {"kv": kv, "pos": pos}
-
-    # The three forms ----------------------------------------------------------
 
     def _forward(self, x, state, return_state):
         if self.form == "recurrent":

@@ -27,7 +27,7 @@ class S4D(Mixer):
         dt_min, dt_max: the step is initialised log-uniform in [0.001, 0.1].
         lr: learning rate for log_dt and A (0.001; ``None`` uses the trainer's); these get no weight decay.
         dropout: dropout after the activation (0.0).
-        disc: discretisation, ``"zoh"`` (zero-order hold, default) or ``"bilinear"``, the two the
+        discretization: ``"zoh"`` (zero-order hold, default) or ``"bilinear"``, the two the
             S4D paper compares (section 3 / appendix of arXiv 2206.11893).
         n_ssm: number of distinct A (default D, one per channel); D / n_ssm channels share each.
         bidirectional: a second C gives a kernel over the following positions (lag 1, 2, ...),
@@ -47,13 +47,13 @@ class S4D(Mixer):
 
     def __init__(self, d_model: int, d_state: int = 64, *, init: str = "lin", dt_min: float = 0.001,
                  dt_max: float = 0.1, lr: float | None = 0.001, dropout: float = 0.0, bidirectional: bool = False,
-                 disc: str = "zoh", n_ssm: int | None = None, device=None, dtype=None):
+                 discretization: str = "zoh", n_ssm: int | None = None, device=None, dtype=None):
         super().__init__(d_model, bidirectional=bidirectional, device=device, dtype=dtype)
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"s4d: need 0 < dt_min <= dt_max, got {dt_min}, {dt_max}")
         try:
             self.ssm = DiagonalSSM(d_model, d_state, init=init, dt_min=dt_min, dt_max=dt_max, lr=lr,
-                                   bidirectional=bidirectional, disc=disc, n_ssm=n_ssm, **self.factory)
+                                   bidirectional=bidirectional, disc=discretization, n_ssm=n_ssm, **self.factory)
         except ValueError as exc:
             raise ValueError(f"s4d: {exc}") from exc
         self.d_state, self.init = d_state, init

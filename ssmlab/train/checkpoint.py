@@ -37,13 +37,11 @@ from pathlib import Path
 
 import torch
 
+from ssmlab.interop.checkpoints import CheckpointError
+
 FILE = "checkpoint.pt"
 LOCK = "checkpoint.lock"
 FORMAT = "ssmlab-checkpoint/2"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be trusted or does not belong to this model or run."""
 
 
 def model_fingerprint(model: torch.nn.Module) -> dict:

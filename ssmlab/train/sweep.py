@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 
+from ssmlab.experiment import RunSpec, model_label
 from ssmlab.models import create_model
 from ssmlab.store import ResultStore, environment_fingerprint
 from ssmlab.tasks import create_task
 from ssmlab.train.trainer import NOT_IN_FINGERPRINT, TrainConfig, train
-
-
-@dataclass
-class RunSpec:
-    mixer: str | list[str]  # a list is a hybrid stack, one mixer per layer
-    task: str
-    seed: int = 0
-    task_options: dict = field(default_factory=dict)
-    model_options: dict = field(default_factory=dict)
-    d_model: int = 64
-    n_layers: int = 2
-    label: str | None = None  # the model's name in the results (default: the mixer, or mixers joined by +)
-    train_options: dict = field(default_factory=dict)  # trainer settings of this run over the sweep's
-
-
-# Task options of the quick suite (ssmlab/suites/quick.yaml), used by `ssmlab train` for those tasks.
-QUICK_TASKS = {
-    "mqar": {"vocab_size": 64, "seq_len": 64, "num_kv_pairs": 4, "n_train": 4096, "n_test": 256},
-    "selective-copying": {"vocab_size": 16, "seq_len": 32, "num_tokens": 4, "n_train": 4096, "n_test": 256},
-}
 
 
 def run_config(spec: RunSpec, config: TrainConfig) -> dict:
@@ -109,65 +90,6 @@ def _remove_empty(directory) -> None:
         Path(directory).rmdir()
     except OSError:  # not empty (kept, or written by something else) or already gone
         pass
-
-
-def model_label(spec: RunSpec) -> str:
-    if spec.label:
-        return spec.label
-    return spec.mixer if isinstance(spec.mixer, str) else "+".join(spec.mixer)
-
-
-def check_options(spec: RunSpec) -> None:
-    """Type-check the task and model options of ``spec`` against the annotations of the task's,
-    the model head's and the mixers' constructors, without building anything; a ``ConfigError``
-    names the option, so a sweep stops before it writes a run, not at the run."""
-    from ssmlab import registry
-    from ssmlab.config import ConfigError
-
-    task_cls = registry.get("task", spec.task).obj
-    _check_against(task_cls, spec.task_options, f"task {spec.task}")
-    head_cls = registry.get("model", task_cls.head).obj
-    _check_against(head_cls, spec.model_options, f"model {model_label(spec)}")
-    from ssmlab.models.backbone import Backbone
-
-    _check_against(Backbone, spec.model_options, f"model {model_label(spec)}")
-    mixer_options = spec.model_options.get("mixer_options")
-    if mixer_options is None:
-        return
-    if not isinstance(mixer_options, dict):
-        raise ConfigError(f"model {model_label(spec)}: mixer_options must be a mapping of option: value, "
-                          f"got {mixer_options!r}")
-    names = [spec.mixer] if isinstance(spec.mixer, str) else list(dict.fromkeys(spec.mixer))
-    per_name = {spec.mixer: mixer_options} if isinstance(spec.mixer, str) else mixer_options
-    for name in names:
-        options = per_name.get(name) or {}
-        if not isinstance(options, dict):
-            raise ConfigError(f"model {model_label(spec)}: mixer_options.{name} must be a mapping, got {options!r}")
-        _check_against(registry.get("mixer", name).obj, options, f"mixer {name}")
-
-
-def _check_against(cls, options: dict, owner: str) -> None:
-    """Check each option that names an annotated keyword of ``cls.__init__`` (or of a base class
-    it passes ``**kwargs`` to) against its annotation."""
-    import inspect
-    import typing
-
-    from ssmlab.config import _coerce
-
-    hints: dict = {}
-    for klass in reversed(cls.__mro__):
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        try:
-            found = typing.get_type_hints(init)
-        except Exception:  # an annotation that does not resolve here: leave those options to the constructor
-            continue
-        params = inspect.signature(init).parameters
-        hints.update({k: v for k, v in found.items() if k in params and k != "return"})
-    for key, value in options.items():
-        if key in hints:
-            _coerce(owner, key, value, hints[key])
 
 
 @dataclass

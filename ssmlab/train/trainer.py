@@ -10,8 +10,9 @@ Parameter groups come from the model alone: a parameter with an ``_optim`` dict
 (set by a mixer with :func:`ssmlab.mixers.set_optim`, e.g. no weight decay and a
 lower learning rate for S4's A and dt) gets those settings; other matrices get
 ``weight_decay``; vectors (biases, norm weights) get none. The trainer has no
-per-model special cases: the loss and metrics of each model head come from
-:func:`ssmlab.models.heads.head_loss`.
+per-model special cases: the loss and metrics are the model head's own (``count``, ``loss``,
+``metrics`` and ``takes_lengths``, see :mod:`ssmlab.models.heads`); a model that has none gets
+those of the registered head its task names.
 
 A run that diverges (a non-finite training loss or gradient norm, parameters
 that became non-finite and broke a kernel, non-finite evaluation metrics) stops
@@ -33,8 +34,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ssmlab.models.heads import head_loss
-from ssmlab.tasks.base import IGNORE_INDEX, Split, Task
+from ssmlab import registry
+from ssmlab.tasks.base import Split, Task
 from ssmlab.train import checkpoint, distributed
 
 SCHEDULES = ("cosine", "constant")
@@ -154,26 +155,29 @@ def _autocast(config: TrainConfig, device: str):
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
-def _forward(model: nn.Module, split: Split, idx: torch.Tensor, head: str, device: str):
+def objective(model: nn.Module, task: Task):
+    """What the trainer asks for the loss and metrics: the model head itself (``count``, ``loss``,
+    ``metrics``, ``takes_lengths``; see :mod:`ssmlab.models.heads`), or, for a model that has none,
+    the registered head of the task (``task.head``)."""
+    if all(hasattr(model, name) for name in ("count", "loss", "metrics", "takes_lengths")):
+        return model
+    return registry.get("model", task.head).obj
+
+
+def _forward(model: nn.Module, split: Split, idx: torch.Tensor, takes_lengths: bool, device: str):
     """Outputs and targets of examples ``idx``; lengths go to the heads that take them."""
     x = split.inputs[idx].to(device)
     y = split.targets[idx].to(device)
-    if split.lengths is not None and head != "lm":
+    if split.lengths is not None and takes_lengths:
         return model(x, lengths=split.lengths[idx].to(device)), y
     return model(x), y
 
 
-def _count(head: str, targets: torch.Tensor) -> int:
-    """The number of targets ``head_loss`` averages over."""
-    if head == "lm":
-        return int((targets != IGNORE_INDEX).sum())
-    return targets.numel() if head == "forecast" else targets.shape[0]
-
-
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, head: str, batch_size: int, device: str, *,
+def evaluate(model: nn.Module, split: Split, head, batch_size: int, device: str, *,
              metric: str | None = None, precision: str = "fp32") -> dict[str, float]:
-    """Loss and the head's metrics over a split (``bits_per_byte`` too when the task's metric is it)."""
+    """Loss and the head's metrics over a split (``bits_per_byte`` too when the task's metric is it).
+    ``head``: what :func:`objective` gives (the model itself, for ssmlab's heads)."""
     was_training = model.training
     model.eval()
     total_loss, sums, count = 0.0, {}, 0
@@ -181,12 +185,11 @@ def evaluate(model: nn.Module, split: Split, head: str, batch_size: int, device:
     for i in range(0, len(split), batch_size):
         idx = torch.arange(i, min(i + batch_size, len(split)))
         with _autocast(config, device):
-            out, y = _forward(model, split, idx, head, device)
-        loss, batch_sums, n = head_loss(head, out, y)
-        n = int(n)
-        total_loss += loss.item() * n
+            out, y = _forward(model, split, idx, head.takes_lengths, device)
+        n = head.count(y)
+        total_loss += head.loss(out, y).item() * n
         count += n
-        for k, v in batch_sums.items():
+        for k, v in head.metrics(out, y).items():
             sums[k] = sums.get(k, 0.0) + float(v)
     model.train(was_training)
     results = {"loss": total_loss / max(count, 1)}
@@ -309,7 +312,7 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, ctx: distributed.C
     device = ctx.device
     memory = _PeakMemory(device)
     model.to(device).train()
-    head = task.head
+    head = objective(model, task)
     metric = getattr(task, "metric", "accuracy")
     train_split, test_split = task.split("train"), task.split("test")
     try:
@@ -369,7 +372,7 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, ctx: distributed.C
     for step in bar:
         idx = torch.randint(0, len(train_split), (config.batch_size,), generator=generator)
         chunks = distributed.shard(idx, ctx).split(micro // ctx.world_size if ctx.enabled else micro)
-        total = sum(_count(head, train_split.targets[c]) for c in chunks)
+        total = sum(head.count(train_split.targets[c]) for c in chunks)
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         for i, chunk in enumerate(chunks):
@@ -378,9 +381,9 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, ctx: distributed.C
             with sync:
                 with watch(step):
                     with _autocast(config, device):
-                        out, y = _forward(net, train_split, chunk, head, device)
-                    loss, _, n = head_loss(head, out, y)
-                weighted = loss * (int(n) / max(total, 1))
+                        out, y = _forward(net, train_split, chunk, head.takes_lengths, device)
+                    loss = head.loss(out, y)
+                weighted = loss * (head.count(y) / max(total, 1))
                 if not torch.isfinite(loss):
                     before = f"; the loss was {last_loss[1]:.4g} at step {last_loss[0]}" if last_loss else ""
                     raise TrainingDiverged(f"{label}: training loss became {loss.item()} at step {step} "
@@ -451,7 +454,3 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, ctx: distributed.C
         checkpoint.remove(config.checkpoint_dir)
     return TrainResult(metrics=metrics, curves=curves, n_params=sum(p.numel() for p in model.parameters()),
                        wall_time_s=wall, peak_memory_mb=memory.megabytes())
-
-
-def config_dict(config: TrainConfig) -> dict:
-    return asdict(config)
