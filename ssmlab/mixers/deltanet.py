@@ -41,21 +41,21 @@ class _DeltaRule(LengthsInForward, Mixer):
 
     causal = True
 
-    def _build(self, num_heads: int, head_k_dim: int, head_v_dim: int, *, use_gate: bool, conv_size: int,
+    def _build(self, n_heads: int, head_k_dim: int, head_v_dim: int, *, use_gate: bool, conv_size: int,
                conv_bias: bool, norm_eps: float, allow_neg_eigval: bool, chunk_size: int, backend: str | None):
         if conv_size < 1:
             raise ValueError(f"{self.registry_name}: conv_size must be >= 1, got {conv_size}")
         if head_k_dim < 1 or head_v_dim < 1:
             raise ValueError(f"{self.registry_name}: head sizes must be >= 1, got K={head_k_dim}, V={head_v_dim}")
-        self.num_heads, self.head_k_dim, self.head_v_dim = num_heads, head_k_dim, head_v_dim
-        self.key_dim, self.value_dim = num_heads * head_k_dim, num_heads * head_v_dim
+        self.n_heads, self.head_k_dim, self.head_v_dim = n_heads, head_k_dim, head_v_dim
+        self.key_dim, self.value_dim = n_heads * head_k_dim, n_heads * head_v_dim
         self.use_gate, self.allow_neg_eigval = use_gate, allow_neg_eigval
         self.chunk_size, self.backend = chunk_size, backend
         d, f = self.d_model, self.factory
         self.q_proj = nn.Linear(d, self.key_dim, bias=False, **f)
         self.k_proj = nn.Linear(d, self.key_dim, bias=False, **f)
         self.v_proj = nn.Linear(d, self.value_dim, bias=False, **f)
-        self.b_proj = nn.Linear(d, num_heads, bias=False, **f)
+        self.b_proj = nn.Linear(d, n_heads, bias=False, **f)
         self.q_conv1d = ShortConvolution(self.key_dim, conv_size, bias=conv_bias, **f)
         self.k_conv1d = ShortConvolution(self.key_dim, conv_size, bias=conv_bias, **f)
         self.v_conv1d = ShortConvolution(self.value_dim, conv_size, bias=conv_bias, **f)
@@ -117,7 +117,7 @@ class _DeltaRule(LengthsInForward, Mixer):
         dtype = dtype or self.out_proj.weight.dtype
         state = {name: conv.init_state(batch_size, device=device, dtype=dtype)
                  for name, conv in (("conv_q", self.q_conv1d), ("conv_k", self.k_conv1d), ("conv_v", self.v_conv1d))}
-        state["memory"] = torch.zeros(batch_size, self.num_heads, self.head_k_dim, self.head_v_dim, device=device,
+        state["memory"] = torch.zeros(batch_size, self.n_heads, self.head_k_dim, self.head_v_dim, device=device,
                                       dtype=torch.promote_types(dtype, torch.float32))
         return state
 
@@ -129,7 +129,7 @@ class DeltaNet(_DeltaRule):
 
     Args (defaults as fla's):
         d_model: width D.
-        num_heads: heads H (4); K = expand_k * D / H and V = expand_v * D / H.
+        n_heads: heads H (4); K = expand_k * D / H and V = expand_v * D / H.
         expand_k, expand_v: key and value widths over D (1.0, 1.0).
         use_gate: output gate ``silu(g_proj(x))`` after the per-head RMSNorm (False).
         conv_size: width of the short convolutions on q, k, v (4); conv_bias (False).
@@ -145,15 +145,15 @@ class DeltaNet(_DeltaRule):
     "memory": (B, H, K, V)}``.
     """
 
-    def __init__(self, d_model: int, num_heads: int = 4, expand_k: float = 1.0, expand_v: float = 1.0, *,
+    def __init__(self, d_model: int, n_heads: int = 4, expand_k: float = 1.0, expand_v: float = 1.0, *,
                  use_gate: bool = False, conv_size: int = 4, conv_bias: bool = False, allow_neg_eigval: bool = False,
                  norm_eps: float = 1e-5, chunk_size: int = 64, backend: str | None = None, device=None, dtype=None):
         super().__init__(d_model, device=device, dtype=dtype)
         key_dim, value_dim = int(d_model * expand_k), int(d_model * expand_v)
-        if num_heads < 1 or key_dim % num_heads or value_dim % num_heads:
+        if n_heads < 1 or key_dim % n_heads or value_dim % n_heads:
             raise ValueError(f"deltanet: key width {key_dim} and value width {value_dim} must be divisible by "
-                             f"num_heads={num_heads}")
-        self._build(num_heads, key_dim // num_heads, value_dim // num_heads, use_gate=use_gate, conv_size=conv_size,
+                             f"n_heads={n_heads}")
+        self._build(n_heads, key_dim // n_heads, value_dim // n_heads, use_gate=use_gate, conv_size=conv_size,
                     conv_bias=conv_bias, norm_eps=norm_eps, allow_neg_eigval=allow_neg_eigval,
                     chunk_size=chunk_size, backend=backend)
 
@@ -166,8 +166,8 @@ class GatedDeltaNet(_DeltaRule):
 
     Args (defaults as fla's, whose head sizes at ``hidden_size=2048`` are 6 heads of 256):
         d_model: width D.
-        num_heads: heads H (6).
-        head_dim: key size K per head (None: ``0.75 * D / H`` rounded down, 256 at D = 2048, fla's
+        n_heads: heads H (6).
+        headdim: key size K per head (None: ``0.75 * D / H`` rounded down, 256 at D = 2048, fla's
             rule ``H * K = 0.75 D``).
         expand_v: value size V = expand_v * K per head (2.0).
         use_gate: output gate ``silu(g_proj(x))`` after the per-head RMSNorm (True).
@@ -184,26 +184,26 @@ class GatedDeltaNet(_DeltaRule):
     State: as DeltaNet's.
     """
 
-    def __init__(self, d_model: int, num_heads: int = 6, head_dim: int | None = None, expand_v: float = 2.0, *,
+    def __init__(self, d_model: int, n_heads: int = 6, headdim: int | None = None, expand_v: float = 2.0, *,
                  use_gate: bool = True, conv_size: int = 4, conv_bias: bool = False, allow_neg_eigval: bool = False,
                  norm_eps: float = 1e-5, A_init_range: tuple[float, float] = (0.0, 16.0), dt_min: float = 0.001,
                  dt_max: float = 0.1, dt_init_floor: float = 1e-4, lr: float | None = None, chunk_size: int = 64,
                  backend: str | None = None, device=None, dtype=None):
         super().__init__(d_model, device=device, dtype=dtype)
-        if num_heads < 1:
-            raise ValueError(f"gated-deltanet: num_heads must be >= 1, got {num_heads}")
-        head_dim = int(0.75 * d_model) // num_heads if head_dim is None else head_dim
-        head_v_dim = int(head_dim * expand_v)
-        if head_v_dim != head_dim * expand_v:
-            raise ValueError(f"gated-deltanet: expand_v={expand_v} times head_dim={head_dim} must be an integer")
+        if n_heads < 1:
+            raise ValueError(f"gated-deltanet: n_heads must be >= 1, got {n_heads}")
+        headdim = int(0.75 * d_model) // n_heads if headdim is None else headdim
+        head_v_dim = int(headdim * expand_v)
+        if head_v_dim != headdim * expand_v:
+            raise ValueError(f"gated-deltanet: expand_v={expand_v} times headdim={headdim} must be an integer")
         if not 0 <= A_init_range[0] <= A_init_range[1]:
             raise ValueError(f"gated-deltanet: A_init_range must be non-negative and ordered, got {A_init_range}")
-        self._build(num_heads, head_dim, head_v_dim, use_gate=use_gate, conv_size=conv_size, conv_bias=conv_bias,
+        self._build(n_heads, headdim, head_v_dim, use_gate=use_gate, conv_size=conv_size, conv_bias=conv_bias,
                     norm_eps=norm_eps, allow_neg_eigval=allow_neg_eigval, chunk_size=chunk_size, backend=backend)
-        self.a_proj = nn.Linear(d_model, num_heads, bias=False, **self.factory)
-        a = torch.empty(num_heads, device=device, dtype=torch.float64).uniform_(*A_init_range)
+        self.a_proj = nn.Linear(d_model, n_heads, bias=False, **self.factory)
+        a = torch.empty(n_heads, device=device, dtype=torch.float64).uniform_(*A_init_range)
         self.A_log = ssm_parameter(torch.log(a), self.factory["dtype"], lr=lr)
-        self.dt_bias = ssm_parameter(init_dt_bias(num_heads, dt_min, dt_max, dt_init_floor, device=device,
+        self.dt_bias = ssm_parameter(init_dt_bias(n_heads, dt_min, dt_max, dt_init_floor, device=device,
                                                   dtype=ssm_dtype(dtype)), dtype, lr=lr)
 
     def _log_alpha(self, x: torch.Tensor) -> torch.Tensor:

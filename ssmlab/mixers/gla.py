@@ -83,7 +83,7 @@ class _GLARecurrence(LengthsInForward, Mixer):
         if self.convs is not None:
             state = {f"conv_{name}": conv.init_state(batch_size, device=device, dtype=dtype)
                      for name, conv in self.convs.items()}
-        state["memory"] = torch.zeros(batch_size, self.num_heads, self.head_k_dim, self.head_v_dim, device=device,
+        state["memory"] = torch.zeros(batch_size, self.n_heads, self.head_k_dim, self.head_v_dim, device=device,
                                       dtype=torch.promote_types(dtype, torch.float32))
         return state
 
@@ -96,7 +96,7 @@ class GLA(_GLARecurrence):
 
     Args (defaults as fla's):
         d_model: width D.
-        num_heads: heads H (4); K = expand_k * D / H, V = expand_v * D / H.
+        n_heads: heads H (4); K = expand_k * D / H, V = expand_v * D / H.
         expand_k, expand_v: key and value widths over D (0.5, 1.0).
         gate_low_rank_dim: rank of the forget-gate projection ``gk_proj`` (16): Linear(D, r) without
             bias, then Linear(r, H*K) with bias.
@@ -107,7 +107,7 @@ class GLA(_GLARecurrence):
         norm_eps: epsilon of the per-head output RMSNorm (1e-5).
         chunk_size, backend: of ``ssmlab.ops.gla`` (64, None).
 
-    Kept from fla's defaults only: ``feature_map=None``, ``num_kv_heads=num_heads``,
+    Kept from fla's defaults only: ``feature_map=None``, ``num_kv_heads=n_heads``,
     ``gate_fn="swish"``, ``elementwise_affine=True``. ``out_proj`` is fla's ``o_proj`` and ``norm``
     its ``g_norm_swish_gate``; the convolutions are ``convs.q/k/v`` (fla's ``q_conv1d`` ...), and their
     states keep ``conv_size - 1`` inputs.
@@ -115,17 +115,17 @@ class GLA(_GLARecurrence):
     State: ``{"memory": (B, H, K, V)}``, plus ``"conv_q"``, ``"conv_k"``, ``"conv_v"`` with short convolutions.
     """
 
-    def __init__(self, d_model: int, num_heads: int = 4, expand_k: float = 0.5, expand_v: float = 1.0, *,
+    def __init__(self, d_model: int, n_heads: int = 4, expand_k: float = 0.5, expand_v: float = 1.0, *,
                  gate_low_rank_dim: int = 16, gate_logit_normalizer: float = 16, clamp_min: float | None = None,
                  use_output_gate: bool = True, use_short_conv: bool = False, conv_size: int = 4,
                  conv_bias: bool = False, norm_eps: float = 1e-5, chunk_size: int = 64, backend: str | None = None,
                  device=None, dtype=None):
         super().__init__(d_model, device=device, dtype=dtype)
         key_dim, value_dim = int(d_model * expand_k), int(d_model * expand_v)
-        if num_heads < 1 or key_dim < num_heads or key_dim % num_heads or value_dim % num_heads:
+        if n_heads < 1 or key_dim < n_heads or key_dim % n_heads or value_dim % n_heads:
             raise ValueError(f"gla: key width {key_dim} and value width {value_dim} must be positive multiples of "
-                             f"num_heads={num_heads}")
-        self.num_heads, self.head_k_dim, self.head_v_dim = num_heads, key_dim // num_heads, value_dim // num_heads
+                             f"n_heads={n_heads}")
+        self.n_heads, self.head_k_dim, self.head_v_dim = n_heads, key_dim // n_heads, value_dim // n_heads
         self.gate_logit_normalizer, self.clamp_min = gate_logit_normalizer, clamp_min
         self.chunk_size, self.backend = chunk_size, backend
         f = self.factory
@@ -171,8 +171,8 @@ class HGRN2(_GLARecurrence):
     Args (defaults as fla's):
         d_model: width D.
         expand_ratio: state expansion, the key size K per head (128); the number of heads is
-            ``D // expand_ratio``, as fla. Pass ``expand_ratio=None`` and ``num_heads`` for K = D / H.
-        num_heads: used only when ``expand_ratio`` is None.
+            ``D // expand_ratio``, as fla. Pass ``expand_ratio=None`` and ``n_heads`` for K = D / H.
+        n_heads: used only when ``expand_ratio`` is None.
         use_short_conv: short convolutions without activation on q, f, i (False); conv_size (4),
             conv_bias (False).
         norm_eps: epsilon of the output RMSNorm (1e-5).
@@ -187,22 +187,22 @@ class HGRN2(_GLARecurrence):
     convolutions.
     """
 
-    def __init__(self, d_model: int, expand_ratio: int | None = 128, num_heads: int | None = None, *,
+    def __init__(self, d_model: int, expand_ratio: int | None = 128, n_heads: int | None = None, *,
                  use_short_conv: bool = False, conv_size: int = 4, conv_bias: bool = False, norm_eps: float = 1e-5,
                  chunk_size: int = 64, backend: str | None = None, device=None, dtype=None):
         super().__init__(d_model, device=device, dtype=dtype)
         if expand_ratio is not None:
-            num_heads = d_model // expand_ratio
-        elif num_heads is not None:
-            expand_ratio = d_model // num_heads
+            n_heads = d_model // expand_ratio
+        elif n_heads is not None:
+            expand_ratio = d_model // n_heads
         else:
-            raise ValueError("hgrn2: one of expand_ratio or num_heads must be given")
-        if num_heads < 1 or expand_ratio < 1 or d_model % num_heads:
-            raise ValueError(f"hgrn2: d_model={d_model} must be a multiple of the number of heads {num_heads} "
+            raise ValueError("hgrn2: one of expand_ratio or n_heads must be given")
+        if n_heads < 1 or expand_ratio < 1 or d_model % n_heads:
+            raise ValueError(f"hgrn2: d_model={d_model} must be a multiple of the number of heads {n_heads} "
                              f"(d_model // expand_ratio), and both >= 1")
-        self.num_heads, self.head_k_dim, self.head_v_dim = num_heads, expand_ratio, d_model // num_heads
+        self.n_heads, self.head_k_dim, self.head_v_dim = n_heads, expand_ratio, d_model // n_heads
         self.chunk_size, self.backend = chunk_size, backend
-        forget_dim, f = num_heads * expand_ratio, self.factory
+        forget_dim, f = n_heads * expand_ratio, self.factory
         self.q_proj = nn.Linear(d_model, forget_dim, bias=False, **f)
         self.f_proj = nn.Linear(d_model, forget_dim, bias=False, **f)
         self.i_proj = nn.Linear(d_model, d_model, bias=False, **f)

@@ -23,7 +23,7 @@ def _first_position(mixer, x):
         u = proj(x) * c.weight[:, 0, -1] + (0 if c.bias is None else c.bias)
         return F.silu(u)
 
-    H, K, V = mixer.num_heads, mixer.head_k_dim, mixer.head_v_dim
+    H, K, V = mixer.n_heads, mixer.head_k_dim, mixer.head_v_dim
     def l2(u):  # fla's l2norm: u / sqrt(|u|^2 + 1e-6)
         return u / (u.pow(2).sum(-1, keepdim=True) + 1e-6).sqrt()
 
@@ -39,9 +39,9 @@ def _first_position(mixer, x):
 
 
 @pytest.mark.parametrize("name, options", [
-    ("deltanet", dict(num_heads=2)),
-    ("deltanet", dict(num_heads=2, use_gate=True, conv_bias=True)),
-    ("gated-deltanet", dict(num_heads=2, head_dim=4)),
+    ("deltanet", dict(n_heads=2)),
+    ("deltanet", dict(n_heads=2, use_gate=True, conv_bias=True)),
+    ("gated-deltanet", dict(n_heads=2, headdim=4)),
 ])
 def test_first_position_closed_form(name, options):
     torch.manual_seed(0)
@@ -56,9 +56,9 @@ def test_first_position_closed_form(name, options):
 
 def test_gated_deltanet_without_decay_is_deltanet():
     torch.manual_seed(0)
-    gated = ssmlab.create_mixer("gated-deltanet", 8, num_heads=2, head_dim=4, expand_v=2.0, chunk_size=4,
+    gated = ssmlab.create_mixer("gated-deltanet", 8, n_heads=2, headdim=4, expand_v=2.0, chunk_size=4,
                                 dtype=torch.float64)
-    plain = ssmlab.create_mixer("deltanet", 8, num_heads=2, expand_k=1.0, expand_v=2.0, use_gate=True, chunk_size=4,
+    plain = ssmlab.create_mixer("deltanet", 8, n_heads=2, expand_k=1.0, expand_v=2.0, use_gate=True, chunk_size=4,
                                 dtype=torch.float64)
     with torch.no_grad():
         gated.A_log.fill_(-math.inf)  # A = 0: alpha = 1 at every position
@@ -74,7 +74,7 @@ def test_gated_deltanet_without_decay_is_deltanet():
 
 def test_gated_deltanet_init_as_fla():
     torch.manual_seed(0)
-    mixer = ssmlab.create_mixer("gated-deltanet", 64, num_heads=256, head_dim=1, dtype=torch.bfloat16)
+    mixer = ssmlab.create_mixer("gated-deltanet", 64, n_heads=256, headdim=1, dtype=torch.bfloat16)
     a = mixer.A_log.exp()
     dt = F.softplus(mixer.dt_bias)
     assert mixer.A_log.dtype == mixer.dt_bias.dtype == torch.float32
@@ -90,4 +90,4 @@ def test_gated_deltanet_init_as_fla():
 ])
 def test_default_sizes_are_fla_defaults(name, d_model, heads, k, v):
     mixer = ssmlab.create_mixer(name, d_model, device="meta")
-    assert (mixer.num_heads, mixer.head_k_dim, mixer.head_v_dim) == (heads, k, v)
+    assert (mixer.n_heads, mixer.head_k_dim, mixer.head_v_dim) == (heads, k, v)

@@ -30,7 +30,7 @@ def _rms(x, weight, eps):
 
 def _gla_by_hand(m, x):
     B, L, _ = x.shape
-    H = m.num_heads
+    H = m.n_heads
     q = m.q_proj(x).view(B, L, H, -1)
     k = m.k_proj(x).view(B, L, H, -1)
     v = m.v_proj(x).view(B, L, H, -1)
@@ -43,7 +43,7 @@ def _gla_by_hand(m, x):
 
 def _hgrn2_by_hand(m, x):
     B, L, D = x.shape
-    H = m.num_heads
+    H = m.n_heads
     q = F.silu(m.q_proj(x)).view(B, L, H, -1)
     f = torch.sigmoid(m.f_proj(x)).view(B, L, H, -1)  # forget gate
     o = _two_positions(q, 1 - f, m.i_proj(x).view(B, L, H, -1), f.log())
@@ -51,7 +51,7 @@ def _hgrn2_by_hand(m, x):
 
 
 @pytest.mark.parametrize("name, options, by_hand", [
-    ("gla", dict(num_heads=2, gate_low_rank_dim=4), _gla_by_hand),
+    ("gla", dict(n_heads=2, gate_low_rank_dim=4), _gla_by_hand),
     ("hgrn2", dict(expand_ratio=4), _hgrn2_by_hand),
 ])
 def test_two_positions_closed_form(name, options, by_hand):
@@ -73,6 +73,6 @@ def test_two_positions_closed_form(name, options, by_hand):
     ("hgrn2", 64, 4, 16, 16),
 ])
 def test_default_sizes_are_fla_defaults(name, d_model, heads, k, v):
-    options = {} if d_model > 64 else dict(expand_ratio=None, num_heads=4)
+    options = {} if d_model > 64 else dict(expand_ratio=None, n_heads=4)
     mixer = ssmlab.create_mixer(name, d_model, **options, device="meta")
-    assert (mixer.num_heads, mixer.head_k_dim, mixer.head_v_dim) == (heads, k, v)
+    assert (mixer.n_heads, mixer.head_k_dim, mixer.head_v_dim) == (heads, k, v)
