@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
@@ -13,13 +13,21 @@ from ssmlab.tasks import create_task
 from ssmlab.train.trainer import NOT_IN_FINGERPRINT, TrainConfig, train
 
 
-def run_config(spec: RunSpec, config: TrainConfig) -> dict:
-    """The configuration recorded with a run; a sweep skips a run whose configuration is already finished.
-    Display settings (the progress bar) and checkpoint placement are not part of it."""
+def _train_identity(config: TrainConfig) -> dict:
+    """The trainer settings that belong to a run's identity: all but display and checkpoint placement."""
     train = asdict(config)
-    for key in ("progress", "checkpoint_dir", "keep_checkpoint"):  # display, checkpoint placement: not identity
+    for key in ("progress", "checkpoint_dir", "keep_checkpoint"):
         train.pop(key, None)
-    return {"run": asdict(spec), "train": train}
+    return train
+
+
+def run_config(spec: RunSpec, config: TrainConfig, *, train: dict | None = None) -> dict:
+    """The configuration recorded with a run; a sweep skips a run whose configuration is already finished.
+    Display settings (the progress bar) and checkpoint placement are not part of it. ``train`` is
+    ``_train_identity(config)`` when the caller has it already (a sweep computes it once); the spec's
+    fields are read as they are (it holds only JSON values), not deep-copied."""
+    train = _train_identity(config) if train is None else train
+    return {"run": {f.name: getattr(spec, f.name) for f in fields(spec)}, "train": train}
 
 
 def checkpoint_dir_for(spec: RunSpec, config: TrainConfig, root, store_id: str) -> str:
@@ -120,9 +128,10 @@ def plan(specs: list[RunSpec], config: TrainConfig, store: ResultStore, *, suite
     from ssmlab.store import config_hash
 
     finished = store.finished_configs(suite)
+    train = _train_identity(config)
     todo, done = [], []
     for spec in specs:
-        run_id = finished.get(config_hash(run_config(spec, config)))
+        run_id = finished.get(config_hash(run_config(spec, config, train=train)))
         if run_id is None:
             todo.append(spec)
         else:
