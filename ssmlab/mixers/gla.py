@@ -171,7 +171,8 @@ class HGRN2(_GLARecurrence):
     Args (defaults as fla's):
         d_model: width D.
         expand_ratio: state expansion, the key size K per head (128); the number of heads is
-            ``D // expand_ratio``, as fla. Pass ``expand_ratio=None`` and ``n_heads`` for K = D / H.
+            ``D // expand_ratio``, as fla, and at least 1 (fla's layer has none below
+            D = expand_ratio). Pass ``expand_ratio=None`` and ``n_heads`` for K = D / H.
         n_heads: used only when ``expand_ratio`` is None.
         use_short_conv: short convolutions without activation on q, f, i (False); conv_size (4),
             conv_bias (False).
@@ -192,7 +193,7 @@ class HGRN2(_GLARecurrence):
                  chunk_size: int = 64, backend: str | None = None, device=None, dtype=None):
         super().__init__(d_model, device=device, dtype=dtype)
         if expand_ratio is not None:
-            n_heads = d_model // expand_ratio
+            n_heads = max(1, d_model // expand_ratio)
         elif n_heads is not None:
             expand_ratio = d_model // n_heads
         else:
