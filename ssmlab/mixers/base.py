@@ -120,6 +120,13 @@ def complex_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
+def matrix_memory(batch_size: int, heads: int, key_dim: int, value_dim: int, *, device, dtype) -> torch.Tensor:
+    """The empty (B, H, K, V) memory of a linear-attention-like recurrence, at least float32 (the
+    state of the ``linear_attention``, ``gated_delta_rule`` and ``gla`` ops)."""
+    return torch.zeros(batch_size, heads, key_dim, value_dim, device=device,
+                       dtype=torch.promote_types(dtype, torch.float32))
+
+
 def padding_mask(lengths: torch.Tensor, length: int) -> torch.Tensor:
     """(B, L) boolean: True at the real positions ``t < lengths[b]`` of a right-padded batch."""
     return torch.arange(length, device=lengths.device) < lengths[:, None]

@@ -21,7 +21,8 @@ from torch import nn
 
 from ssmlab.layers.conv import ShortConvolution
 from ssmlab.layers.norm import RMSNorm
-from ssmlab.mixers.base import LengthsInForward, Mixer, padding_mask, State, ssm_dtype, ssm_parameter
+from ssmlab.mixers.base import (LengthsInForward, Mixer, State, matrix_memory, padding_mask, ssm_dtype,
+                                ssm_parameter)
 from ssmlab.ops import gated_delta_rule, gated_delta_rule_step
 from ssmlab.ops.discretize import init_dt_bias
 from ssmlab.registry import register
@@ -115,11 +116,10 @@ class _DeltaRule(LengthsInForward, Mixer):
 
     def _init_state(self, batch_size, *, device, dtype) -> State:
         dtype = dtype or self.out_proj.weight.dtype
-        state = {name: conv.init_state(batch_size, device=device, dtype=dtype)
-                 for name, conv in (("conv_q", self.q_conv1d), ("conv_k", self.k_conv1d), ("conv_v", self.v_conv1d))}
-        state["memory"] = torch.zeros(batch_size, self.n_heads, self.head_k_dim, self.head_v_dim, device=device,
-                                      dtype=torch.promote_types(dtype, torch.float32))
-        return state
+        convs = {"conv_q": self.q_conv1d, "conv_k": self.k_conv1d, "conv_v": self.v_conv1d}
+        memory = matrix_memory(batch_size, self.n_heads, self.head_k_dim, self.head_v_dim, device=device, dtype=dtype)
+        return {**{name: conv.init_state(batch_size, device=device, dtype=dtype) for name, conv in convs.items()},
+                "memory": memory}
 
 
 @register("mixer", "deltanet", description="DeltaNet: linear attention with the delta rule (fla's layer)",

@@ -18,7 +18,7 @@ from torch import nn
 
 from ssmlab.layers.conv import ShortConvolution
 from ssmlab.layers.norm import RMSNorm
-from ssmlab.mixers.base import LengthsInForward, Mixer, padding_mask, State
+from ssmlab.mixers.base import LengthsInForward, Mixer, State, matrix_memory, padding_mask
 from ssmlab.ops import gla, gla_step
 from ssmlab.registry import register
 
@@ -83,8 +83,8 @@ class _GLARecurrence(LengthsInForward, Mixer):
         if self.convs is not None:
             state = {f"conv_{name}": conv.init_state(batch_size, device=device, dtype=dtype)
                      for name, conv in self.convs.items()}
-        state["memory"] = torch.zeros(batch_size, self.n_heads, self.head_k_dim, self.head_v_dim, device=device,
-                                      dtype=torch.promote_types(dtype, torch.float32))
+        state["memory"] = matrix_memory(batch_size, self.n_heads, self.head_k_dim, self.head_v_dim, device=device,
+                                        dtype=dtype)
         return state
 
 

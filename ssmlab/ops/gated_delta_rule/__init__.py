@@ -44,36 +44,18 @@ Backends, computing the same function:
 
 from __future__ import annotations
 
-from numbers import Real
-
-from ssmlab.ops._checks import check_tensor
+from ssmlab.ops._checks import check_heads, check_keys_values, check_tensor, resolve_scale
 from ssmlab.ops._dispatch import Op
 
 gated_delta_rule_op = Op("gated_delta_rule")
 
 
 def check_inputs(q, k, v, beta, log_alpha=None, initial_state=None, scale=None, *, step=False):
-    seq = () if step else ("L",)
-    check_tensor("q", q, ("B",) + seq + ("H", "K"), allow_complex=False)
-    batch, heads, key_dim = q.shape[0], q.shape[-2], q.shape[-1]
-    if not step and q.shape[1] == 0:
-        raise ValueError("gated_delta_rule needs at least one position (L >= 1)")
-    lead = (batch,) + (() if step else (q.shape[1],))
-    check_tensor("k", k, lead + (heads, key_dim), allow_complex=False)
-    check_tensor("v", v, lead + (heads, "V"), allow_complex=False)
+    heads, key_dim, lead = check_heads("gated_delta_rule", "q", q, "K", step=step)
+    check_keys_values(k, v, initial_state, scale, lead, heads, key_dim, step=step)
     check_tensor("beta", beta, lead + (heads,), allow_complex=False)
     if log_alpha is not None:
         check_tensor("log_alpha", log_alpha, lead + (heads,), allow_complex=False)
-    if initial_state is not None:
-        check_tensor("state" if step else "initial_state", initial_state, (batch, heads, key_dim, v.shape[-1]),
-                     allow_complex=False)
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, Real)):
-        raise ValueError(f"scale must be a real number or None, got {scale!r}")
-
-
-def resolve_scale(scale, key_dim: int) -> float:
-    """``K ** -0.5`` when ``scale`` is None (flash-linear-attention's default), else ``scale``."""
-    return key_dim ** -0.5 if scale is None else float(scale)
 
 
 def gated_delta_rule(q, k, v, beta, *, log_alpha=None, scale: float | None = None, initial_state=None,

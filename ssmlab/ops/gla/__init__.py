@@ -42,53 +42,27 @@ Backends, computing the same function:
 
 from __future__ import annotations
 
-from numbers import Real
-
-from ssmlab.ops._checks import check_tensor
+from ssmlab.ops._checks import check_heads, check_keys_values, check_tensor, resolve_scale
 from ssmlab.ops._dispatch import Op
 
 gla_op = Op("gla")
 
 
 def check_inputs(q, k, v, log_decay, initial_state=None, scale=None, *, step=False):
-    seq = () if step else ("L",)
-    check_tensor("q", q, ("B",) + seq + ("H", "K"), allow_complex=False)
-    batch, heads, key_dim = q.shape[0], q.shape[-2], q.shape[-1]
-    if not step and q.shape[1] == 0:
-        raise ValueError("gla needs at least one position (L >= 1)")
-    lead = (batch,) + (() if step else (q.shape[1],))
-    check_tensor("k", k, lead + (heads, key_dim), allow_complex=False)
-    check_tensor("v", v, lead + (heads, "V"), allow_complex=False)
+    heads, key_dim, lead = check_heads("gla", "q", q, "K", step=step)
+    check_keys_values(k, v, initial_state, scale, lead, heads, key_dim, step=step)
     check_tensor("log_decay", log_decay, lead + (heads, key_dim), allow_complex=False)
-    if initial_state is not None:
-        check_tensor("state" if step else "initial_state", initial_state, (batch, heads, key_dim, v.shape[-1]),
-                     allow_complex=False)
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, Real)):
-        raise ValueError(f"scale must be a real number or None, got {scale!r}")
-
-
-def resolve_scale(scale, key_dim: int) -> float:
-    """``K ** -0.5`` when ``scale`` is None (flash-linear-attention's default), else ``scale``."""
-    return key_dim ** -0.5 if scale is None else float(scale)
 
 
 def gla(q, k, v, log_decay, *, scale: float | None = None, initial_state=None, return_final_state: bool = False,
         chunk_size: int = 64, backend: str | None = None):
     """Run gated linear attention over a sequence.
 
-    Args:
-        q, k: (B, L, H, K) queries and keys.
-        v: (B, L, H, V) values.
-        log_decay: (B, L, H, K) per-key log forget gates g, <= 0.
-        scale: multiplies q; ``K ** -0.5`` when None, as in flash-linear-attention.
-        initial_state: (B, H, K, V) memory before the first position; zeros when None.
-        return_final_state: also return the memory after the last position.
-        chunk_size: positions per chunk of the ``torch`` backend (any L works).
-        backend: "reference" or "torch"; see the module docstring.
-
-    Returns:
-        ``o`` (B, L, H, V) in ``v``'s dtype, or ``(o, final_state)`` with state
-        (B, H, K, V) in the computation dtype (float32 at least).
+    ``q``, ``k`` (B, L, H, K), ``v`` (B, L, H, V) and ``log_decay`` (B, L, H, K), the per-key log
+    forget gates g <= 0. ``scale``, ``initial_state`` (B, H, K, V), ``return_final_state``,
+    ``chunk_size`` (of the ``torch`` backend) and ``backend`` ("reference" or "torch") are as in
+    :func:`ssmlab.ops.gated_delta_rule`; so is what it returns: ``o`` (B, L, H, V) in ``v``'s
+    dtype, and with ``return_final_state`` the memory after the last position, float32 at least.
     """
     check_inputs(q, k, v, log_decay, initial_state, scale)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:

@@ -23,19 +23,15 @@ Backends, all computing the same function:
 
 from __future__ import annotations
 
-from ssmlab.ops._checks import check_tensor
+from ssmlab.ops._checks import check_heads, check_tensor
 from ssmlab.ops._dispatch import Op
 
 ssd_op = Op("ssd")
 
 
 def check_inputs(x, dt, A, B, C, D=None, initial_state=None, *, step=False):
-    seq = () if step else ("L",)
-    check_tensor("x", x, ("B",) + seq + ("H", "P"), allow_complex=False)
-    batch, heads, head_dim = x.shape[0], x.shape[-2], x.shape[-1]
-    if not step and x.shape[1] == 0:
-        raise ValueError("ssd needs at least one position (L >= 1)")
-    lead = (batch,) + (() if step else (x.shape[1],))
+    heads, head_dim, lead = check_heads("ssd", "x", x, "P", step=step)
+    batch = lead[0]
     check_tensor("dt", dt, lead + (heads,), allow_complex=False)
     check_tensor("A", A, (heads,), allow_complex=False)
     check_tensor("B", B, lead + ("G", "N"), allow_complex=False)
