@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -36,3 +36,17 @@ def check_sequence(name: str, t: torch.Tensor, *, allow_complex: bool = True) ->
         got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
         raise ValueError(f"{name} must have shape (B, L, ...), got {got}")
     check_tensor(name, t, ("B", "L") + ("...",) * (t.dim() - 2), allow_complex=allow_complex)
+
+
+
+def check_values(ok: torch.Tensor, message: str, detail: Callable[[], str] | None = None) -> None:
+    """Raise ``ValueError(message + detail())`` unless every element of the boolean tensor ``ok``
+    is true; ``detail`` (optional) quotes the offending values and runs only on failure.
+
+    Under ``torch.compile`` and ``torch.export`` the values are not on the host while tracing:
+    the check stays in the graph as an assertion, which raises ``RuntimeError(message)``.
+    """
+    if torch.compiler.is_compiling():
+        torch._assert_async(ok.all(), message)
+    elif not bool(ok.all()):
+        raise ValueError(message + (detail() if detail is not None else ""))
