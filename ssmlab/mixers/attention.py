@@ -106,8 +106,8 @@ class Attention(StepFromForward, Mixer):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         else:
             mask = self._mask(length, past, x.device)
-            if not bool(valid.all()):
-                mask = mask & valid[:, None, None, :]  # (B, 1, L, T + L)
+            # (B, 1, L, T + L); unconditional, so that no branch depends on the values of ``valid``.
+            mask = mask & valid[:, None, None, :]
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         y = self.out_proj(rearrange(y, "b h l e -> b l (h e)"))
         if not return_state:

@@ -30,6 +30,7 @@ from torch import nn
 
 from ssmlab.mixers.base import Mixer, State, StepFromForward, at_least_float32, ssm_parameter
 from ssmlab.ops import fft_conv
+from ssmlab.ops._checks import check_values
 from ssmlab.ops.kernels import diagonal_state_terms, ssm_kernel_diag_discrete
 from ssmlab.registry import register
 
@@ -115,9 +116,10 @@ class Mega(StepFromForward, Mixer):
         """
         length, total = q.shape[1], k.shape[1]
         real = valid.sum(1)  # (B,) positions seen, the new ones included
-        if int(real.max()) > self.max_positions:
-            raise ValueError(f"mega: context of {int(real.max())} positions exceeds max_positions="
-                             f"{self.max_positions}")
+        # At most ``total`` positions are real, so only a longer cache needs a check of the values.
+        if total > self.max_positions:
+            check_values(real <= self.max_positions, f"mega: the context exceeds max_positions={self.max_positions}",
+                         lambda: f" ({int(real.max())} positions)")
         i = torch.arange(total - length, total, device=q.device)[:, None]
         j = torch.arange(total, device=q.device)[None]
         allowed = (j <= i) & valid[:, None, :]  # (B, L, T + L)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from numbers import Real
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -64,3 +64,15 @@ def check_keys_values(k, v, initial_state, scale, lead: tuple, heads: int, key_d
 def resolve_scale(scale, key_dim: int) -> float:
     """``K ** -0.5`` when ``scale`` is None (flash-linear-attention's default), else ``scale``."""
     return key_dim ** -0.5 if scale is None else float(scale)
+
+def check_values(ok: torch.Tensor, message: str, detail: Callable[[], str] | None = None) -> None:
+    """Raise ``ValueError(message + detail())`` unless every element of the boolean tensor ``ok``
+    is true; ``detail`` (optional) quotes the offending values and runs only on failure.
+
+    Under ``torch.compile`` and ``torch.export`` the values are not on the host while tracing:
+    the check stays in the graph as an assertion, which raises ``RuntimeError(message)``.
+    """
+    if torch.compiler.is_compiling():
+        torch._assert_async(ok.all(), message)
+    elif not bool(ok.all()):
+        raise ValueError(message + (detail() if detail is not None else ""))

@@ -117,7 +117,12 @@ class Op:
             usable = [b for b in self.backends.values() if b.alias_of is None and b.available(device)]
             if not usable:
                 raise BackendUnavailableError(f"{self.name}: no backend available for device {device}")
-            chosen = max(usable, key=lambda b: b.priority)
+            # The first of the highest priority, as max(key=) would pick, in a loop that
+            # torch.compile traces (it has no handler for max's key argument).
+            chosen = usable[0]
+            for candidate in usable[1:]:
+                if candidate.priority > chosen.priority:
+                    chosen = candidate
         if chosen.fn is None:
             chosen.fn = chosen.loader()
         return chosen.fn

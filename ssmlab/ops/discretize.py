@@ -31,6 +31,8 @@ import math
 
 import torch
 
+from ssmlab.ops._checks import check_values
+
 METHODS = ("zoh", "bilinear", "euler")
 
 
@@ -44,8 +46,7 @@ def _check_dt(dt) -> torch.Tensor:
     dt = dt if isinstance(dt, torch.Tensor) else torch.tensor(dt, dtype=torch.float64)
     if dt.is_complex():
         raise ValueError("the discretisation step dt must be real")
-    if not bool((dt > 0).all()):
-        raise ValueError(f"the discretisation step dt must be positive, got min {dt.min().item():g}")
+    check_values(dt > 0, "the discretisation step dt must be positive", lambda: f", got min {dt.min().item():g}")
     return dt
 
 

@@ -26,6 +26,7 @@ import math
 
 import torch
 
+from ssmlab.ops._checks import check_values
 from ssmlab.ops.discretize import _check_dt, conj_sym_full, discretize_diag, discretize_dplr
 
 
@@ -192,9 +193,8 @@ def ssm_kernel_dplr(Lambda, P, B, C, dt, L: int, *, Q=None, c_tilde: bool = Fals
     and LegT; not of FouT, whose normal part is skew-symmetric).
     """
     _check_length(L)
-    if not bool((Lambda.real < 0).all()):
-        raise ValueError("ssm_kernel_dplr needs Re(Lambda) < 0: the Cauchy kernel has poles on the imaginary "
-                         "axis, where the roots of unity are mapped (use the dense kernel for such systems)")
+    check_values(Lambda.real < 0, "ssm_kernel_dplr needs Re(Lambda) < 0: the Cauchy kernel has poles on the "
+                 "imaginary axis, where the roots of unity are mapped (use the dense kernel for such systems)")
     Q = P if Q is None else Q
     dt = _check_dt(dt).to(Lambda.device)
     if conj_sym:
