@@ -101,6 +101,10 @@ def _experiment_from_args(args):
         if getattr(args, flag) is not None:
             for t in exp.tasks:
                 t.trainer.pop(flag, None)
+    if args.lr is not None:  # one learning rate given: no sweep
+        exp.lr_grid = None
+        for t in exp.tasks:
+            t.lr_grid = None
     if args.tasks:
         wanted = _csv(args.tasks)
         for name in wanted:
@@ -189,7 +193,8 @@ def _cmd_run(args) -> int:
 def _label(spec) -> str:
     from ssmlab.train.sweep import model_label
 
-    return f"{model_label(spec)} on {spec.task} (seed {spec.seed})"
+    trial = f", lr {spec.train_options['lr']:g}" if spec.lr_grid else ""
+    return f"{model_label(spec)} on {spec.task} (seed {spec.seed}{trial})"
 
 
 def _cmd_train(args) -> int:
@@ -343,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps per run (trainer.steps)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (trainer.batch_size)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (trainer.lr)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (trainer.lr); replaces the suite's learning-rate grid")
     p.add_argument("--d-model", type=int, default=None, help="width of models that do not set one (defaults.d_model)")
     p.add_argument("--n-layers", type=int, default=None, help="depth of models that do not set one (defaults.n_layers)")
     p.add_argument("--device", default=None, help="torch device (default cpu)")

@@ -157,3 +157,38 @@ def test_direction_is_read_from_the_instance(tmp_path, capsys):
         cls = registry.get("mixer", name).obj
         assert cls.causal and is_causal(cls, 16) and not is_causal(cls, 16, bidirectional=True), name
         assert not create_mixer(name, 16, bidirectional=True).causal
+
+
+def test_param_budget_gives_each_model_the_largest_width_that_fits():
+    task = {"name": "mqar", "options": {"vocab_size": 16, "seq_len": 16, "num_kv_pairs": 2}}
+    grid = [8, 16, 24, 32, 48]
+    exp = experiment.parse({"models": ["attention", "mamba", {"mixer": "s4d", "d_model": 8}], "tasks": [task],
+                            "seeds": [0], "param_budget": 20000, "d_model_grid": grid, "defaults": {"n_layers": 2}})
+    specs = {s.mixer: s for s in experiment.expand(exp)}
+    for mixer in ("attention", "mamba"):
+        count = lambda d: experiment.parameter_count(mixer, "mqar", task["options"], {}, d_model=d,  # noqa: E731
+                                                     n_layers=2)
+        d = specs[mixer].d_model
+        assert count(d) <= 20000 and specs[mixer].param_budget == 20000
+        assert all(count(larger) > 20000 for larger in grid if larger > d)
+    # Mamba's block holds more parameters per width than attention's: the budget gives it a smaller width.
+    assert specs["mamba"].d_model < specs["attention"].d_model
+    # A model that sets its own width keeps it, outside the budget.
+    assert specs["s4d"].d_model == 8 and specs["s4d"].param_budget is None
+    with pytest.raises(ConfigError, match="param_budget"):
+        experiment.parse({"models": ["s4d"], "tasks": ["mqar"], "param_budget": 0})
+
+
+def test_rows_matched_to_a_budget_are_named_by_it(tmp_path):
+    from ssmlab.report import leaderboard
+    from ssmlab.store import ResultStore
+
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        for task, d_model, acc in (("mqar", 48, 0.5), ("selective-copying", 32, 0.7)):
+            run = {"task": task, "task_options": {}, "train_options": {}, "d_model": d_model, "param_budget": 50000}
+            run_id = store.start_run(suite="s", model="mamba", task=task, seed=0, config={"run": run, "train": {}},
+                                     environment={})
+            store.finish_run(run_id, metrics={"test_accuracy": acc}, n_params=49000, wall_time_s=1.0,
+                             peak_memory_mb=None)
+        (row,) = leaderboard(store, suite="s")["rows"]
+    assert row["key"] == "mamba" and set(row["cells"]) == {"mqar", "selective-copying"}

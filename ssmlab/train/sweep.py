@@ -23,6 +23,10 @@ class RunSpec:
     n_layers: int = 2
     label: str | None = None  # the model's name in the results (default: the mixer, or mixers joined by +)
     train_options: dict = field(default_factory=dict)  # trainer settings of this run over the sweep's
+    # The learning-rate grid this run is one trial of (its own lr is train_options["lr"]); None: no sweep.
+    # The report chooses among the trials of one grid on the validation split (ssmlab.report.leaderboard).
+    lr_grid: list[float] | None = None
+    param_budget: int | None = None  # the parameter budget d_model was chosen for (ssmlab.experiment)
 
 
 # Task options of the quick suite (ssmlab/suites/quick.yaml), used by `ssmlab train` for those tasks.

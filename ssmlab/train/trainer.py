@@ -178,6 +178,9 @@ def _run_fingerprint(task: Task, config: TrainConfig) -> dict:
 def train(model: nn.Module, task: Task, config: TrainConfig, *, description: str = "") -> TrainResult:
     """Train ``model`` on ``task`` and evaluate on its test split; returns metrics and curves.
 
+    The final model is also evaluated on the validation split when the task has one
+    (``val_<name>`` metrics), so that a learning-rate sweep can choose on it.
+
     With ``config.checkpoint_dir`` holding a checkpoint of this run, training resumes from it.
     Under ``torchrun`` with several processes, this is distributed data parallel training;
     every rank returns, rank 0 with the evaluated metrics.
@@ -286,6 +289,13 @@ def train(model: nn.Module, task: Task, config: TrainConfig, *, description: str
         for name, value in final.items():
             curves.append((final_step, "test", name, value))
         metrics = {f"test_{k}": v for k, v in final.items()}
+        if val_split is not None:
+            # The validation metrics of the final model: what a learning-rate sweep chooses by, never test.
+            validation = evaluate(model, val_split, head, config.eval_batch_size, device, metric=metric,
+                                  precision=config.precision)
+            for name, value in validation.items():
+                curves.append((final_step, "val", name, value))
+            metrics.update({f"val_{k}": v for k, v in validation.items()})
         train_losses = [c[3] for c in curves if c[1] == "train" and c[2] == "loss"]
         metrics["train_loss"] = train_losses[-1] if train_losses else float("nan")
         if stopped_at is not None:
