@@ -7,16 +7,44 @@ from ssmlab.cli import main
 from ssmlab.config import ConfigError
 
 
+PANEL = {"attention", "s4d", "s4", "h3", "hyena", "retnet", "rwkv", "mamba", "mamba2"}
+
+
 def test_shipped_suites_load_and_expand():
-    assert {"quick", "synthetic"} <= set(experiment.suite_names())
+    assert {"quick", "synthetic", "zoo"} <= set(experiment.suite_names())
     for name in experiment.suite_names():
         exp = experiment.load(name)
         assert exp.name == name and exp.models and exp.tasks
-    quick = experiment.expand(experiment.load("quick"))
+    zoo = experiment.expand(experiment.load("zoo"))
     causal = [n for n in registry.names("mixer") if registry.get("mixer", n).obj.causal]
     # Token-level tasks: every causal mixer, and no bidirectional one.
-    assert sorted({s.mixer for s in quick if s.task == "mqar"}) == sorted(causal)
+    assert sorted({s.mixer for s in zoo if s.task == "mqar"}) == sorted(causal)
+    assert {s.mixer for s in zoo if s.task == "ucr-gunpoint"} == set(registry.names("mixer")) - {"s4nd", "cross-scan"}
+    quick = experiment.expand(experiment.load("quick"))
+    # The default is the panel on every task, and one bidirectional model on the real data set.
+    for task in ("mqar", "selective-copying", "ucr-gunpoint"):
+        assert {s.mixer for s in quick if s.task == task} == PANEL
+    not_causal = [s for s in quick if experiment._not_causal(s.mixer, s.d_model, s.model_options)]
+    assert not_causal and {s.task for s in not_causal} == {"ucr-gunpoint"}
     assert all(s.d_model == 32 and s.n_layers == 2 for s in quick)
+
+
+@pytest.mark.parametrize("suite", ["quick", "zoo"])
+def test_every_model_of_a_suite_gets_the_same_protocol(suite):
+    """Zoology's protocol (arXiv 2312.04927): per task, every model the same data, trainer settings and
+    learning-rate grid; the zoo is the quick suite with every mixer."""
+    specs = experiment.expand(experiment.load(suite))
+    for task in {s.task for s in specs}:
+        on_task = [s for s in specs if s.task == task]
+        trials = {}
+        for s in on_task:
+            trials.setdefault(s.label or experiment.model_label(s.mixer), set()).add(
+                (repr(sorted(s.task_options.items())), repr(sorted(s.train_options.items())), repr(s.lr_grid), s.seed))
+        assert len({frozenset(t) for t in trials.values()}) == 1, task
+    quick, zoo = (experiment.load(name) for name in ("quick", "zoo"))
+    assert [(t.name, t.options, t.trainer, t.lr_grid) for t in quick.tasks] == \
+        [(t.name, t.options, t.trainer, t.lr_grid) for t in zoo.tasks]
+    assert quick.trainer == zoo.trainer and quick.lr_grid == zoo.lr_grid and quick.lr_grid
 
 
 def test_star_runs_image_mixers_on_image_tasks_only():
@@ -122,10 +150,11 @@ def test_run_leaves_out_tasks_whose_source_is_missing(tmp_path, capsys, monkeypa
 
 
 def test_per_task_trainer_settings_and_command_line_precedence():
-    exp = experiment.load("quick")
+    exp = experiment.parse({"models": ["s4d"], "seeds": [0], "trainer": {"lr_grid": [1e-3, 1e-2]},
+                            "tasks": ["mqar", {"name": "ucr-gunpoint", "trainer": {"steps": 100, "batch_size": 16}}]})
     gunpoint = [s for s in experiment.expand(exp) if s.task == "ucr-gunpoint"]
-    assert gunpoint and all(s.train_options == {"steps": 100, "batch_size": 16} for s in gunpoint)
-    assert all(s.train_options == {} for s in experiment.expand(exp) if s.task == "mqar")
+    assert [s.train_options for s in gunpoint] == [{"steps": 100, "batch_size": 16, "lr": lr} for lr in (1e-3, 1e-2)]
+    assert [s.train_options for s in experiment.expand(exp) if s.task == "mqar"] == [{"lr": 1e-3}, {"lr": 1e-2}]
     with pytest.raises(ConfigError, match="stepz"):
         experiment.parse({"models": ["s4d"], "tasks": [{"name": "mqar", "trainer": {"stepz": 1}}]})
 

@@ -29,11 +29,16 @@ class RunSpec:
     param_budget: int | None = None  # the parameter budget d_model was chosen for (ssmlab.experiment)
 
 
-# Task options of the quick suite (ssmlab/suites/quick.yaml), used by `ssmlab train` for those tasks.
-QUICK_TASKS = {
-    "mqar": {"vocab_size": 64, "seq_len": 64, "num_kv_pairs": 4, "n_train": 4096, "n_test": 256},
-    "selective-copying": {"vocab_size": 16, "seq_len": 32, "num_tokens": 4, "n_train": 4096, "n_test": 256},
-}
+def _quick_tasks() -> dict[str, dict]:
+    """The task options of the quick suite (``ssmlab/suites/quick.yaml``), which ``ssmlab train`` uses for those
+    tasks, read from the suite itself so that the two never disagree."""
+    from ssmlab.experiment import load_raw
+
+    tasks = load_raw("quick")[0].get("tasks", [])
+    return {t["name"]: dict(t.get("options", {})) for t in tasks if isinstance(t, dict) and t.get("options")}
+
+
+QUICK_TASKS = _quick_tasks()
 
 
 def run_config(spec: RunSpec, config: TrainConfig) -> dict:
