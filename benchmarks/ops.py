@@ -1,7 +1,10 @@
-"""Time and peak memory of every backend of the selective scan and SSD, with ratios to the reference.
+"""Time and peak memory of every backend of the recurrence ops, with ratios to the reference.
 
-Shapes as in the Mamba papers' 1.3B-scale layers: B=4, D=1536, N=16 for the
+The selective scan and SSD in shapes as in the Mamba papers' 1.3B-scale layers: B=4, D=1536, N=16 for the
 selective scan; B=4, H=24, P=64 (D = 1536), N=16, G=1 for SSD; L in {1024, 4096}.
+The gated delta rule (Gated DeltaNet, arXiv 2412.06464) and GLA (arXiv 2312.06635)
+run B=4, H=8 heads of K=V=64 with chunk size 64 by default; ``--batch`` and
+``--heads`` change B and H of these two, and ``--ops`` picks the ops to time.
 
 Time is the median of ``--repeats`` runs (``--reference-repeats`` for the slow
 reference loop), forward only by default, forward and backward with
@@ -24,7 +27,7 @@ chunked form at L=4096 runs about 2.5x faster with
 table is measured with the allocator's defaults.
 
     python benchmarks/ops.py [--lengths 1024 4096] [--repeats 5] [--reference-repeats 2]
-                             [--backward] [--dtype float32]
+                             [--backward] [--dtype float32] [--ops gla ...] [--batch 4] [--heads 8]
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ import torch
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
-from ssmlab.ops import selective_scan, ssd
+from ssmlab.ops import gated_delta_rule, gla, selective_scan, ssd
+from ssmlab.ops.gated_delta_rule import gated_delta_rule_op
+from ssmlab.ops.gla import gla_op
 from ssmlab.ops.selective_scan import selective_scan_op
 from ssmlab.ops.ssd import ssd_op
 
@@ -66,6 +71,29 @@ def ssd_case(length, dtype, grad):
     C = torch.randn(b, length, 1, n, generator=g, dtype=dtype, requires_grad=grad)
     D = torch.ones(h, dtype=dtype, requires_grad=grad)
     return lambda backend: ssd(x, dt, A, B, C, D=D, chunk_size=64, backend=backend)
+
+
+def gated_delta_rule_case(length, dtype, grad, batch=4, heads=8):
+    k_dim = v_dim = 64
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(batch, length, heads, k_dim, generator=g, dtype=dtype, requires_grad=grad)
+    k = torch.nn.functional.normalize(torch.randn(batch, length, heads, k_dim, generator=g, dtype=dtype), dim=-1)
+    k.requires_grad_(grad)
+    v = torch.randn(batch, length, heads, v_dim, generator=g, dtype=dtype, requires_grad=grad)
+    beta = torch.rand(batch, length, heads, generator=g, dtype=dtype).requires_grad_(grad)
+    log_alpha = (-torch.rand(batch, length, heads, generator=g, dtype=dtype) * 0.1).requires_grad_(grad)
+    return lambda backend: gated_delta_rule(q, k, v, beta, log_alpha=log_alpha, chunk_size=64, backend=backend)
+
+
+def gla_case(length, dtype, grad, batch=4, heads=8):
+    k_dim = v_dim = 64
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(batch, length, heads, k_dim, generator=g, dtype=dtype, requires_grad=grad)
+    k = torch.randn(batch, length, heads, k_dim, generator=g, dtype=dtype, requires_grad=grad)
+    v = torch.randn(batch, length, heads, v_dim, generator=g, dtype=dtype, requires_grad=grad)
+    log_decay = torch.nn.functional.logsigmoid(torch.randn(batch, length, heads, k_dim, generator=g, dtype=dtype) + 3)
+    log_decay.requires_grad_(grad)
+    return lambda backend: gla(q, k, v, log_decay, chunk_size=64, backend=backend)
 
 
 def run_once(fn, backend, grad):
@@ -109,7 +137,9 @@ def median_seconds(fn, backend, grad, repeats):
     return statistics.median(times)
 
 
-CASES = {"selective_scan": selective_scan_case, "ssd": ssd_case}
+CASES = {"selective_scan": selective_scan_case, "ssd": ssd_case, "gated_delta_rule": gated_delta_rule_case,
+         "gla": gla_case}
+OPS = {"selective_scan": selective_scan_op, "ssd": ssd_op, "gated_delta_rule": gated_delta_rule_op, "gla": gla_op}
 
 
 def main() -> None:
@@ -119,28 +149,34 @@ def main() -> None:
     parser.add_argument("--reference-repeats", type=int, default=2, help="the reference loop is slow")
     parser.add_argument("--backward", action="store_true", help="time forward + backward")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--ops", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--batch", type=int, default=4, help="B of the gated_delta_rule and gla cases")
+    parser.add_argument("--heads", type=int, default=8, help="H of the gated_delta_rule and gla cases")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, "
           f"{'forward+backward' if args.backward else 'forward'}; median of {args.repeats} runs "
           f"({args.reference_repeats} for the reference); load average {os.getloadavg()[0]:.2f}\n")
-    header = f"{'op':<15}{'L':>6}  {'backend':<12}{'time (s)':>10}{'speed-up':>10}{'peak MiB':>10}{'mem/ref':>9}"
+    print(f"gated_delta_rule and gla: B={args.batch}, H={args.heads}, K=V=64, chunk size 64\n")
+    header = f"{'op':<17}{'L':>6}  {'backend':<12}{'time (s)':>10}{'speed-up':>10}{'peak MiB':>10}{'mem/ref':>9}"
     print(header)
     print("-" * len(header))
-    for name, op in (("selective_scan", selective_scan_op), ("ssd", ssd_op)):
+    for name in args.ops:
+        op = OPS[name]
         for length in args.lengths:
-            fn = CASES[name](length, dtype, args.backward)
+            sizes = {"batch": args.batch, "heads": args.heads} if name in ("gated_delta_rule", "gla") else {}
+            fn = CASES[name](length, dtype, args.backward, **sizes)
             results = {}
             for backend in ["reference"] + sorted(b for b in op.available_backends("cpu") if b != "reference"):
                 repeats = args.reference_repeats if backend == "reference" else args.repeats
                 if backend == "quadratic" and length > 2048:
-                    print(f"{name:<15}{length:>6}  {backend:<12}  skipped: O(L^2) memory at this length")
+                    print(f"{name:<17}{length:>6}  {backend:<12}  skipped: O(L^2) memory at this length")
                     continue
                 seconds = median_seconds(fn, backend, args.backward, repeats)
                 mib = peak_mib(fn, backend, args.backward)
                 results[backend] = (seconds, mib)
                 ref_s, ref_m = results["reference"]
-                print(f"{name:<15}{length:>6}  {backend:<12}{seconds:>10.3f}{ref_s / seconds:>9.2f}x"
+                print(f"{name:<17}{length:>6}  {backend:<12}{seconds:>10.3f}{ref_s / seconds:>9.2f}x"
                       f"{mib:>10.1f}{mib / ref_m if ref_m else float('nan'):>8.2f}x", flush=True)
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
 

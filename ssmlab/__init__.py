@@ -5,6 +5,7 @@ Public API (stable names)::
     ssmlab.create_mixer(name, d_model, **options) -> Mixer
     ssmlab.create_model(mixer, *, head="lm" | "classify", d_model, n_layers, **options)
     ssmlab.list_mixers(pattern="*"), ssmlab.list_tasks(pattern="*")
+    ssmlab.load_pretrained(path) -> model, model.save_pretrained(path)
     ssmlab.ops  -- the operations (scans, kernels, HiPPO, ...)
 """
 
@@ -17,7 +18,9 @@ from ssmlab.tasks import create_task
 
 
 def load_pretrained(path, **options):
-    """Load a Mamba / Mamba-2 language model from a Hugging Face or mamba_ssm checkpoint directory."""
+    """Load a model saved by ``model.save_pretrained`` (any mixer and head, ssmlab's format), or a
+    Mamba / Mamba-2 language model from a Hugging Face or mamba_ssm checkpoint directory; see
+    :func:`ssmlab.interop.load_pretrained` (``dtype=``, ``device=``)."""
     from ssmlab.interop import load_pretrained as _load
 
     return _load(path, **options)

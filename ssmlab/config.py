@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import typing
 from typing import Any, Mapping, TypeVar
 
@@ -25,6 +26,43 @@ def from_dict(cls: type[T], values: Mapping[str, Any] | None) -> T:
     for key, value in values.items():
         values[key] = _coerce(cls.__name__, key, value, hints[key])
     return cls(**values)
+
+
+def constructor_options(cls: type) -> dict[str, Any]:
+    """The keyword options of ``cls``'s constructor with their annotations (``Any`` where there is
+    none or it does not resolve here), following ``**kwargs`` up ssmlab's base classes: a subclass
+    that passes ``**kwargs`` to its base's ``__init__`` takes the base's options too."""
+    options: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        if not klass.__module__.startswith("ssmlab"):
+            break
+        try:
+            hints = typing.get_type_hints(init)
+        except Exception:  # an annotation that does not resolve here: the constructor checks that value
+            hints = {}
+        params = list(inspect.signature(init).parameters.values())[1:]
+        for p in params:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                options.setdefault(p.name, hints.get(p.name, Any))
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return options
+
+
+def check_options(values: Mapping[str, Any], valid: Mapping[str, Any], owner: str, *, types: bool = True) -> None:
+    """Reject options of ``values`` that are not in ``valid`` (name -> annotation, e.g. from
+    :func:`constructor_options`), in one line that lists the valid ones, and with ``types``
+    type-check the others against their annotations (for values read from a config file), before
+    anything is built. A ``ConfigError``, a ``ValueError``."""
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise ConfigError(f"{owner}: bad options: unknown {', '.join(unknown)}; valid options: "
+                          f"{', '.join(sorted(valid)) or 'none'}")
+    for key, value in values.items() if types else ():
+        _coerce(owner, key, value, valid[key])
 
 
 def _coerce(owner: str, key: str, value: Any, hint: Any) -> Any:

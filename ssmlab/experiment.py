@@ -49,13 +49,17 @@ from __future__ import annotations
 
 import copy
 import functools
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from ssmlab import registry
-from ssmlab.config import ConfigError, from_dict
+from ssmlab.config import ConfigError, check_options as check_against, constructor_options, from_dict
+from ssmlab.mixers import is_causal
+from ssmlab.models.backbone import Backbone, check_mixer_options
+from ssmlab.tasks import create_task
+from ssmlab.train.trainer import TrainConfig
 
 
 @dataclass
@@ -79,8 +83,29 @@ class TaskSpec:
 
 @dataclass
 class Defaults:
+    """Width and depth of the models of an experiment that do not set their own."""
+
     d_model: int = 64
     n_layers: int = 2
+
+
+@dataclass
+class RunSpec:
+    """One run of an experiment: one model on one task with one seed (what :func:`expand` makes)."""
+
+    mixer: str | list[str]  # a list is a hybrid stack, one mixer per layer
+    task: str
+    seed: int = 0
+    task_options: dict = field(default_factory=dict)
+    model_options: dict = field(default_factory=dict)
+    d_model: int = Defaults.d_model
+    n_layers: int = Defaults.n_layers
+    label: str | None = None  # the model's name in the results (default: the mixer, or mixers joined by +)
+    train_options: dict = field(default_factory=dict)  # trainer settings of this run over the sweep's
+    # The learning-rate grid this run is one trial of (its own lr is train_options["lr"]); None: no sweep.
+    # The report chooses among the trials of one grid on the validation split (ssmlab.report.leaderboard).
+    lr_grid: list[float] | None = None
+    param_budget: int | None = None  # the parameter budget d_model was chosen for (see param_budget above)
 
 
 @dataclass
@@ -169,8 +194,6 @@ def _normalise_list(raw: dict, key: str, name_field: str) -> list:
 
 def parse(raw: dict, origin: str = "experiment") -> Experiment:
     """Type-check a raw mapping into an :class:`Experiment`; names are checked against the registry."""
-    from ssmlab.train.trainer import TrainConfig
-
     raw = dict(raw)
     raw["models"] = _normalise_list(raw, "models", "mixer")
     raw["tasks"] = _normalise_list(raw, "tasks", "name")
@@ -194,7 +217,14 @@ def parse(raw: dict, origin: str = "experiment") -> Experiment:
             raise ConfigError(f"d_model_grid must be a non-empty list of positive widths, got {exp.d_model_grid}")
     except ConfigError as exc:
         raise ConfigError(f"{origin}: {exc}") from None
+    if not exp.seeds:
+        raise ConfigError(f"{origin}: seeds is empty; give at least one seed, e.g. seeds: [0]")
+    if len(set(exp.seeds)) != len(exp.seeds):
+        raise ConfigError(f"{origin}: seeds {exp.seeds} repeat a seed; each seed once")
+    check_label(exp.name, f"{origin}: name")
     for m in exp.models:
+        if m.name is not None:
+            check_label(m.name, f"{origin}: model name")
         for name in ([m.mixer] if isinstance(m.mixer, str) else m.mixer):
             if name != "*":
                 registry.get("mixer", name)
@@ -233,34 +263,82 @@ def task_lr_grid(exp: Experiment, task: TaskSpec) -> list[float] | None:
     return exp.lr_grid
 
 
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]{0,99}")
+
+
+def check_label(label: str, what: str = "name") -> str:
+    """A suite or model name becomes part of file names under the store's folder (checkpoints,
+    figures): letters, digits and ``_ . + = -``, starting with a letter or digit, at most 100
+    characters, so that no name reaches outside that folder."""
+    if not isinstance(label, str) or not _LABEL.fullmatch(label) or ".." in label:
+        raise ConfigError(f"{what} {label!r} is not allowed: use letters, digits and _ . + = - (no '/', no '..', "
+                          f"starting with a letter or digit, at most 100 characters)")
+    return label
+
+
 def load(source: str, overrides: list[str] = ()) -> Experiment:
     raw, origin = load_raw(source)
     return parse(apply_overrides(raw, list(overrides)), origin)
 
 
-def model_label(mixer: str | list[str]) -> str:
-    return mixer if isinstance(mixer, str) else "+".join(mixer)
+def model_label(spec: RunSpec) -> str:
+    """How results name the model of ``spec``: its label, else the mixer, or the mixers joined by +."""
+    if spec.label:
+        return spec.label
+    return spec.mixer if isinstance(spec.mixer, str) else "+".join(spec.mixer)
+
+
+def check_options(spec: RunSpec) -> None:
+    """Check the task, model and mixer options of ``spec`` against the constructors' signatures
+    before anything is built: an unknown option is a ``ConfigError`` that lists the valid ones in
+    one line, and an annotated option of the wrong type is one too. So a sweep stops before it
+    writes a run, not at the run, and an error inside a constructor stays that error."""
+    task_cls = registry.get("task", spec.task).obj
+    task_options = constructor_options(task_cls)
+    task_options.pop("seed")  # the run's seed
+    check_against(spec.task_options, task_options, f"task {spec.task}")
+    owner = f"model {model_label(spec)}"
+    from_task = create_task(spec.task, seed=spec.seed, **spec.task_options).model_options()
+    given_by_task = sorted(set(spec.model_options) & set(from_task))
+    if given_by_task:
+        raise ConfigError(f"{owner}: task {spec.task} sets {', '.join(given_by_task)}; leave it out of the model "
+                          f"options")
+    valid = {**constructor_options(Backbone), **constructor_options(registry.get("model", task_cls.head).obj)}
+    for key in ("mixer", "d_model", "n_layers", *from_task):
+        valid.pop(key, None)
+    check_against(spec.model_options, valid, owner)
+    mixer_options = spec.model_options.get("mixer_options")
+    if mixer_options is None:
+        return
+    if not isinstance(mixer_options, dict):
+        raise ConfigError(f"{owner}: mixer_options must be a mapping of option: value, got {mixer_options!r}")
+    names = [spec.mixer] if isinstance(spec.mixer, str) else list(dict.fromkeys(spec.mixer))
+    per_name = {spec.mixer: mixer_options} if isinstance(spec.mixer, str) else mixer_options
+    for name in names:
+        options = per_name.get(name) or {}
+        if not isinstance(options, dict):
+            raise ConfigError(f"{owner}: mixer_options.{name} must be a mapping, got {options!r}")
+        check_mixer_options(name, options)
 
 
 def _not_causal(mixer: str | list[str], d_model: int, options: dict) -> bool:
     """Whether a mixer of the model, built with its ``mixer_options`` (keyed by name for a hybrid
     stack, as :class:`~ssmlab.models.Backbone` reads them), is not causal. A mixer that cannot be
     built with those options is not judged here: its run reports the error."""
-    from ssmlab.mixers import is_causal
-
     names = [mixer] if isinstance(mixer, str) else list(dict.fromkeys(mixer))
     given = options.get("mixer_options") or {}
     per_name = {mixer: given} if isinstance(mixer, str) else given
     for name in names:
         try:
+            check_mixer_options(name, per_name.get(name, {}))
             if not is_causal(registry.get("mixer", name).obj, d_model, **per_name.get(name, {})):
                 return True
-        except (TypeError, ValueError):
+        except ValueError:
             continue
     return False
 
 
-def expand(exp: Experiment) -> list[Any]:
+def expand(exp: Experiment) -> list[RunSpec]:
     """The runs of an experiment: tasks x models x learning rates x seeds, in that order.
 
     With a learning-rate grid (:func:`task_lr_grid`), each model has one run per value of
@@ -285,10 +363,7 @@ def left_out(exp: Experiment) -> list[str]:
             for (_, task, reason), mixers in _expand(exp)[1].items()]
 
 
-def _expand(exp: Experiment) -> tuple[list[Any], dict[tuple[int, str, str], list[str]]]:
-    from ssmlab.tasks import create_task
-    from ssmlab.train.sweep import RunSpec
-
+def _expand(exp: Experiment) -> tuple[list[RunSpec], dict[tuple[int, str, str], list[str]]]:
     runs, skipped = [], {}
     for i, t in enumerate(exp.tasks):
         task_cls = registry.get("task", t.name).obj
@@ -358,7 +433,8 @@ def _budget_d_model(mixer, task, task_options, model_options, n_layers, budget, 
         if count <= budget:
             fitting = d_model
     if smallest is None:
-        raise ConfigError(f"no width of {list(grid)} builds {model_label(mixer)} for {task}")
+        name = mixer if isinstance(mixer, str) else "+".join(mixer)
+        raise ConfigError(f"no width of {list(grid)} builds {name} for {task}")
     return fitting if fitting is not None else smallest
 
 
@@ -372,6 +448,3 @@ def budget_d_model(mixer, task: str, task_options: dict, model_options: dict, *,
     return _budget_d_model(key, task, json.dumps(task_options, sort_keys=True),
                            json.dumps(model_options, sort_keys=True), n_layers, budget, tuple(grid))
 
-
-def describe(exp: Experiment) -> dict:
-    return asdict(exp)

@@ -42,3 +42,13 @@ def test_run_writes_store_and_prints_leaderboard(capsys, tmp_path):
     if missing_source(create_task("ucr-gunpoint")) is None:  # the quick suite's real data set, from aeon
         expected.append(("attention", "ucr-gunpoint", "finished"))
     assert sorted(rows) == sorted(expected)
+
+
+def test_train_is_a_one_run_experiment(capsys, tmp_path):
+    """`ssmlab train` goes through the experiment's expansion: a bidirectional mixer is not trained
+    on a language-model task, as `ssmlab run` leaves it out, and no run is recorded."""
+    db = tmp_path / "r.sqlite"
+    assert main(["train", "bi-mamba", "mqar", "--steps", "1", "--d-model", "8", "--n-layers", "1",
+                 "--store", str(db), "--no-progress"]) == 1
+    assert "cannot train bi-mamba on mqar: not causal" in capsys.readouterr().err
+    assert not db.exists()

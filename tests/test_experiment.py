@@ -38,7 +38,7 @@ def test_every_model_of_a_suite_gets_the_same_protocol(suite):
         on_task = [s for s in specs if s.task == task]
         trials = {}
         for s in on_task:
-            trials.setdefault(s.label or experiment.model_label(s.mixer), set()).add(
+            trials.setdefault(experiment.model_label(s), set()).add(
                 (repr(sorted(s.task_options.items())), repr(sorted(s.train_options.items())), repr(s.lr_grid), s.seed))
         assert len({frozenset(t) for t in trials.values()}) == 1, task
     quick, zoo = (experiment.load(name) for name in ("quick", "zoo"))

@@ -13,10 +13,13 @@ Two formats people have on disk are read:
   Mamba-2) and a ``pytorch_model.bin`` with ``backbone.embedding.weight`` and the
   same layer names (``d_intermediate > 0`` adds a gated MLP per block).
 
-:func:`save_pretrained` writes the Hugging Face format (config.json + model.safetensors),
-so the result opens with ``transformers`` as well as with :func:`load_pretrained`.
-The mixers' parameter names are those of the reference implementation, so only
-the embedding, the block norms and the MLP need renaming.
+:func:`save_hf` writes the Hugging Face format (config.json + model.safetensors),
+so the result opens with ``transformers`` as well as with :func:`load_reference`;
+:func:`hf_unsupported` says why a model cannot be written so (only pure Mamba or
+Mamba-2 language models without MLP blocks can). The mixers' parameter names are
+those of the reference implementation, so only the embedding, the block norms and
+the MLP need renaming. ssmlab's own format, which holds any model, is in
+:mod:`ssmlab.interop.pretrained`.
 """
 
 from __future__ import annotations
@@ -27,19 +30,14 @@ from pathlib import Path
 
 import torch
 
+from ssmlab.models import create_model
 from ssmlab.models.heads import LanguageModel
 
 
 class CheckpointError(ValueError):
-    """A checkpoint directory that cannot be read as a Mamba or Mamba-2 language model."""
-
-
-def _read_config(path: Path) -> dict:
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise CheckpointError(f"{path}: no config.json; expected a Hugging Face or mamba_ssm checkpoint directory")
-    with open(config_file) as f:
-        return json.load(f)
+    """A checkpoint that cannot be read or trusted, or does not belong to this model or run (a model
+    directory here, a training checkpoint in :mod:`ssmlab.train.checkpoint`), or a model that cannot
+    be written in the format asked for."""
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -58,6 +56,11 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     if (path / "pytorch_model.bin").is_file():
         return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
     raise CheckpointError(f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+
+
+def is_reference_config(config: dict) -> bool:
+    """Whether ``config`` (a parsed config.json) is a transformers Mamba/Mamba2 or a mamba_ssm config."""
+    return config.get("model_type") in ("mamba", "mamba2") or ("d_model" in config and "n_layer" in config)
 
 
 def _hf_spec(config: dict) -> tuple[str, dict, dict]:
@@ -144,12 +147,19 @@ def _from_reference_names(weights: dict, embed_key: str, mlp_names: tuple[str, s
     return out
 
 
-def load_pretrained(path, *, dtype: torch.dtype | None = None) -> LanguageModel:
-    """Load a Mamba or Mamba-2 language model from a Hugging Face or mamba_ssm checkpoint directory."""
+def load_reference(path, config: dict, *, dtype: torch.dtype | None = None) -> LanguageModel:
+    """Load a Mamba or Mamba-2 language model from a Hugging Face or mamba_ssm checkpoint directory
+    whose config.json, already read, is ``config``.
+
+    The model is built by :func:`ssmlab.create_model`, so ``model.config`` records its
+    options. A config written by ssmlab (:func:`save_hf`) also holds, under the key
+    ``"ssmlab"``, the options that the transformers config has no field for (``dropout``,
+    the mixers' initialisation ranges ...); they are restored, and the transformers
+    fields win where both say something.
+    """
     path = Path(path)
-    config = _read_config(path)
     hf_format = config.get("model_type") in ("mamba", "mamba2")
-    if not hf_format and not ("d_model" in config and "n_layer" in config):
+    if not is_reference_config(config):
         raise CheckpointError(f"{path}: config.json is neither a transformers Mamba/Mamba2 config (model_type "
                               f"{config.get('model_type')!r}) nor a mamba_ssm config (d_model, n_layer)")
     weights = _read_weights(path)
@@ -159,7 +169,14 @@ def load_pretrained(path, *, dtype: torch.dtype | None = None) -> LanguageModel:
     else:
         mixer, mixer_options, options = _mamba_ssm_spec(config, weights)
         embed_key, mlp_names = "backbone.embedding.weight", ("fc1", "fc2")
-    model = LanguageModel(mixer, mixer_options=mixer_options, dtype=dtype or torch.float32, **options)
+    recorded = dict((config.get("ssmlab") or {}).get("model") or {})
+    if recorded.get("mixer") != mixer or recorded.get("head") != "lm":
+        recorded = {}
+    for key in ("mixer", "head", "dtype", "device"):
+        recorded.pop(key, None)
+    mixer_options = {**(recorded.pop("mixer_options", None) or {}), **mixer_options}
+    model = create_model(mixer, head="lm", **{**recorded, **options}, mixer_options=mixer_options,
+                         dtype=dtype or torch.float32)
     state = _from_reference_names(weights, embed_key, mlp_names)
     if options["tie_embeddings"]:
         state.pop("lm_head.weight", None)
@@ -171,17 +188,41 @@ def load_pretrained(path, *, dtype: torch.dtype | None = None) -> LanguageModel:
     return model
 
 
-def save_pretrained(model: LanguageModel, path) -> Path:
-    """Write ``model`` (a Mamba or Mamba-2 LM built by ssmlab) in the Hugging Face transformers format."""
+def hf_unsupported(model) -> str | None:
+    """Why ``model`` cannot be written in the transformers format, or None if it can.
+
+    The transformers ``MambaForCausalLM`` and ``Mamba2ForCausalLM`` hold a language model
+    whose every block is one Mamba (or every block one Mamba-2) mixer with no MLP.
+    """
+    if not isinstance(model, LanguageModel):
+        return f"the transformers Mamba formats hold causal language models, not a {type(model).__name__}"
+    names = [layer.mixer.registry_name for layer in model.backbone.layers]
+    if names[0] not in ("mamba", "mamba2") or len(set(names)) > 1:
+        return f"the transformers Mamba formats hold pure mamba or mamba2 stacks, not {'+'.join(dict.fromkeys(names))}"
+    if model.backbone.layers[0].mlp is not None:
+        return "the transformers Mamba formats have no MLP blocks (this model was built with mlp=True)"
+    eps = {model.backbone.norm_f.eps} | {layer.norm1.eps for layer in model.backbone.layers}
+    if names[0] == "mamba2":
+        eps |= {layer.mixer.norm.eps for layer in model.backbone.layers}
+    if len(eps) > 1:
+        return f"the transformers Mamba formats have one layer_norm_epsilon for all norms, this model has {sorted(eps)}"
+    return None
+
+
+def save_hf(model: LanguageModel, path, *, extra: dict | None = None) -> Path:
+    """Write ``model`` (a Mamba or Mamba-2 LM built by ssmlab) in the Hugging Face transformers format.
+
+    ``extra`` goes into config.json under the key ``"ssmlab"`` (transformers keeps keys it
+    does not know); :func:`load_reference` reads it back.
+    """
     from safetensors.torch import save_file
 
+    reason = hf_unsupported(model)
+    if reason is not None:
+        raise CheckpointError(f"cannot save in the transformers format: {reason}; use format='ssmlab'")
     layers = model.backbone.layers
     mixer = layers[0].mixer
     name = mixer.registry_name
-    if name not in ("mamba", "mamba2") or any(layer.mixer.registry_name != name for layer in layers):
-        raise CheckpointError(f"only pure mamba or mamba2 language models can be exported, not {name!r}")
-    if layers[0].mlp is not None:
-        raise CheckpointError("the transformers Mamba formats have no MLP blocks; build the model with mlp=False")
     d_model = mixer.d_model
     tied = model.lm_head.weight is model.encoder.embed.weight
     config = {"hidden_size": d_model, "num_hidden_layers": len(layers), "vocab_size": model.encoder.vocab_size,
@@ -194,6 +235,8 @@ def save_pretrained(model: LanguageModel, path) -> Path:
     else:
         config.update(model_type="mamba2", architectures=["Mamba2ForCausalLM"], head_dim=mixer.headdim,
                       n_groups=mixer.ngroups, num_heads=mixer.nheads, chunk_size=mixer.chunk_size, rms_norm=True)
+    if extra:
+        config["ssmlab"] = extra
     state = {}
     for key, value in model.state_dict().items():
         if key == "encoder.embed.weight":

@@ -19,13 +19,13 @@ from einops import rearrange
 from torch import nn
 
 from ssmlab.layers.rotary import apply_rotary
-from ssmlab.mixers.base import Mixer, State
+from ssmlab.mixers.base import Mixer, State, StepFromForward
 from ssmlab.registry import register
 
 
 @register("mixer", "attention", description="Causal multi-head softmax attention with a KV cache",
           paper="1706.03762")
-class Attention(Mixer):
+class Attention(StepFromForward, Mixer):
     """Causal multi-head self-attention (arXiv 1706.03762) with rotary positions (arXiv 2104.09864).
 
     Args:
@@ -54,7 +54,7 @@ class Attention(Mixer):
     def __init__(self, d_model: int, n_heads: int | None = None, *, rotary: bool = True,
                  rotary_base: float = 10000.0, window: int | None = None, bias: bool = False,
                  dropout: float = 0.0, device=None, dtype=None):
-        super().__init__(d_model)
+        super().__init__(d_model, device=device, dtype=dtype)
         n_heads = n_heads or max(1, d_model // 64)
         if d_model % n_heads:
             raise ValueError(f"attention: d_model={d_model} must be divisible by n_heads={n_heads}")
@@ -69,9 +69,8 @@ class Attention(Mixer):
         self.head_dim = d_model // n_heads
         self.rotary, self.rotary_base, self.window = rotary, float(rotary_base), window
         self.dropout = dropout
-        factory = {"device": device, "dtype": dtype}
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias, **factory)
-        self.out_proj = nn.Linear(d_model, d_model, bias=bias, **factory)
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias, **self.factory)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias, **self.factory)
 
     def _project(self, x: torch.Tensor, start: torch.Tensor):
         """Queries, keys, values (B, H, L, E) of ``x`` (B, L, D) whose first position is ``start`` (B,)."""
@@ -118,12 +117,7 @@ class Attention(Mixer):
             k, v, valid = k[:, :, keep:], v[:, :, keep:], valid[:, keep:]
         return y, {"k": k, "v": v, "pos": start + length, "valid": valid}
 
-    def _step(self, x_t, state):
-        y, new_state = self._forward(x_t[:, None], state, True)
-        return y[:, 0], new_state
-
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        device = device if device is not None else self.qkv.weight.device
+    def _init_state(self, batch_size, *, device, dtype) -> State:
         dtype = dtype or self.qkv.weight.dtype
         shape = (batch_size, self.n_heads, 0, self.head_dim)
         return {"k": torch.zeros(shape, device=device, dtype=dtype),

@@ -18,6 +18,13 @@ A state is a ``dict`` of tensors whose first dimension is the batch. The
 conformance suite in ``tests/mixers/test_conformance.py`` checks every
 registered mixer against this contract.
 
+A subclass implements ``_forward``, ``_step`` and ``_init_state``; the base class
+validates inputs and states, defaults a state's device to the mixer's, and gives a
+non-causal instance one error for every use of a state. :class:`StepFromForward` is
+``step`` for a mixer whose state is a cache of what it has seen (attention's KV cache,
+an input history); :class:`LengthsInForward` is the padded-batch path of a mixer whose
+``_forward`` masks padded positions itself.
+
 Parameters that need their own optimiser treatment (no weight decay, a lower
 learning rate for A and dt, as in S4 and Mamba) carry an ``_optim`` dict, set
 with :func:`set_optim`; the trainer reads it and has no per-model cases.
@@ -34,6 +41,7 @@ activations in the input's dtype.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from typing import Any
 
@@ -94,7 +102,7 @@ def ssm_buffer(value: torch.Tensor, dtype: torch.dtype | None = None) -> torch.T
     at float32 like :func:`ssm_parameter`, without optimiser hints."""
     target = ssm_dtype(dtype) or value.dtype
     if value.is_complex() and not target.is_complex:
-        target = torch.complex128 if target == torch.float64 else torch.complex64
+        target = complex_dtype(target)
     buffer = value.to(_high_precision(target))
     buffer._keep_float32 = True
     return buffer
@@ -104,6 +112,12 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     """``x`` in float32 when it is bfloat16 or float16 (complex64 for complex32); unchanged otherwise.
     The dtype a recurrence is computed in, as in the ops and mamba_ssm's kernels."""
     return x.to(_high_precision(x.dtype))
+
+
+def complex_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The complex dtype of a state kept as complex numbers for real ``dtype``: complex128 for
+    float64, complex64 otherwise (float32, and bfloat16 or float16, whose recurrence runs in float32)."""
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
 
 
 def padding_mask(lengths: torch.Tensor, length: int) -> torch.Tensor:
@@ -149,25 +163,34 @@ def is_causal(cls: type["Mixer"], d_model: int = 64, **options) -> bool:
 class Mixer(nn.Module):
     """Base class of all sequence mixers: ``(B, L, D) -> (B, L, D)``.
 
-    Subclasses set ``causal`` and implement ``_forward``, ``init_state`` and
-    ``_step``; the public ``forward`` and ``step`` validate their inputs here so
-    that every mixer rejects bad input the same way.
+    Subclasses set ``causal`` and implement ``_forward``, ``_init_state`` and
+    ``_step``; the public ``forward``, ``step`` and ``init_state`` validate their
+    inputs here so that every mixer rejects bad input the same way.
+
+    ``super().__init__(d_model, device=device, dtype=dtype)`` keeps the constructor's
+    factory arguments in ``self.factory`` (``{"device": ..., "dtype": ...}``, the dtype
+    resolved to the default dtype when None) for building parameters and submodules.
 
     Direction is a property of the instance: ``mixer.causal`` is the one source.
-    The class attribute is its default; a mixer built with ``bidirectional=True``
-    sets ``self.causal = False``. Code that has no instance yet asks :func:`is_causal`.
+    The class attribute is its default; a mixer with a ``bidirectional`` option passes it
+    to ``super().__init__``, which makes that instance not causal (``mixer.bidirectional``
+    is ``not mixer.causal``). Code that has no instance yet asks :func:`is_causal`.
+    A mixer that is not causal has no state: ``step``, ``init_state``, ``return_state``
+    and a ``state`` argument raise one error that names it, here, for every mixer.
     """
 
     causal: bool = True
     registry_name: str = "mixer"
 
-    def __init__(self, d_model: int):
+    def __init__(self, d_model: int, *, bidirectional: bool = False, device=None, dtype: torch.dtype | None = None):
         super().__init__()
         if not isinstance(d_model, int) or d_model < 1:
             raise ValueError(f"d_model must be a positive int, got {d_model!r}")
         self.d_model = d_model
-
-    # The contract -------------------------------------------------------
+        if bidirectional:
+            self.causal = False
+        self.bidirectional = not self.causal
+        self.factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
 
     def forward(self, x: torch.Tensor, state: State | None = None, *, return_state: bool = False,
                 lengths: torch.Tensor | None = None):
@@ -180,6 +203,8 @@ class Mixer(nn.Module):
         Returns ``y`` (B, L, D), or ``(y, state)`` when ``return_state``.
         """
         self._check_input(x, ndim=3)
+        if not self.causal and (state is not None or return_state):
+            raise self._stateless_error()
         if state is not None:
             self._check_state(state, x.shape[0])
         if lengths is None:
@@ -192,19 +217,39 @@ class Mixer(nn.Module):
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One position: ``x_t`` (B, D) and the state -> ``y_t`` (B, D) and the new state."""
+        if not self.causal:
+            raise self._stateless_error()
         self._check_input(x_t, ndim=2)
         self._check_state(state, x_t.shape[0])
         return self._step(x_t, state)
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> State:
-        """The state before the first position (zeros, or an empty cache)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement init_state")
+        """The state before the first position (zeros, or an empty cache), on ``device`` (default:
+        the mixer's). ``dtype`` is the dtype of the activations it will meet; each mixer documents
+        its default and which of its tensors are kept wider (float32 or complex)."""
+        if not self.causal:
+            raise self._stateless_error()
+        return self._init_state(batch_size, device=self._device() if device is None else device, dtype=dtype)
+
+    def _init_state(self, batch_size: int, *, device, dtype) -> State:
+        raise NotImplementedError(f"{type(self).__name__} must implement _init_state")
 
     def _forward(self, x: torch.Tensor, state: State | None, return_state: bool):
         raise NotImplementedError(f"{type(self).__name__} must implement _forward")
 
     def _step(self, x_t: torch.Tensor, state: State):
         raise RuntimeError(f"mixer {self.registry_name!r} has no recurrent form and cannot step")
+
+    def _stateless_error(self) -> RuntimeError:
+        return RuntimeError(f"mixer {self.registry_name!r} is bidirectional (not causal: each output depends on "
+                            f"the positions after it), so it has no state: it cannot step, return a state or "
+                            f"continue from one")
+
+    def _device(self) -> torch.device:
+        """The device of the mixer's parameters (or buffers; cpu without either)."""
+        for tensor in itertools.chain(self.parameters(), self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
 
     def accepts_lengths(self) -> bool:
         """Whether ``forward`` takes ``lengths``: every causal mixer, and bidirectional ones that mask."""
@@ -245,8 +290,6 @@ class Mixer(nn.Module):
         if bool((lengths < 0).any()) or bool((lengths > length).any()):
             raise ValueError(f"{self.registry_name}: lengths must lie in [0, L={length}], got {lengths.tolist()}")
         return lengths.to(device=x.device, dtype=torch.long)
-
-    # Validation ---------------------------------------------------------
 
     def _check_input(self, x: Any, ndim: int) -> None:
         expected = "(B, L, D)" if ndim == 3 else "(B, D)"
@@ -318,3 +361,20 @@ class Mixer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, causal={self.causal}"
+
+
+class StepFromForward:
+    """Mixin for a mixer whose state is a cache of what it has seen (a KV cache, an input history):
+    ``step`` is ``forward`` over one position, continuing from the state and returning the next."""
+
+    def _step(self, x_t: torch.Tensor, state: State):
+        y, new_state = self._forward(x_t[:, None], state, True)
+        return y[:, 0], new_state
+
+
+class LengthsInForward:
+    """Mixin for a mixer whose ``_forward(x, state, return_state, lengths=None)`` handles a right-padded
+    batch itself in one pass (Mamba's zero step at padded positions leaves the state unchanged)."""
+
+    def _forward_varlen(self, x: torch.Tensor, state: State | None, return_state: bool, lengths: torch.Tensor):
+        return self._forward(x, state, return_state, lengths)

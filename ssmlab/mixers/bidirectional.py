@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ssmlab import registry
-from ssmlab.mixers.base import Mixer, State
+from ssmlab.mixers.base import Mixer
 from ssmlab.registry import register
 
 COMBINE = ("add", "mean", "concat")
@@ -40,7 +40,7 @@ class Bidirectional(Mixer):
 
     def __init__(self, d_model: int, mixer: str = "mamba", *, combine: str = "add", device=None, dtype=None,
                  **options):
-        super().__init__(d_model)
+        super().__init__(d_model, device=device, dtype=dtype)
         cls = registry.get("mixer", mixer).obj
         if combine not in COMBINE:
             raise ValueError(f"{self.registry_name}: combine must be one of {COMBINE}, got {combine!r}")
@@ -49,11 +49,9 @@ class Bidirectional(Mixer):
         if not self.forward_mixer.causal:
             raise ValueError(f"{self.registry_name}: the wrapped mixer {mixer!r} with options {options} must be causal")
         self.backward_mixer = cls(d_model, **options, device=device, dtype=dtype)
-        self.proj = nn.Linear(2 * d_model, d_model, device=device, dtype=dtype) if combine == "concat" else None
+        self.proj = nn.Linear(2 * d_model, d_model, **self.factory) if combine == "concat" else None
 
     def _forward(self, x, state, return_state):
-        if return_state:
-            raise RuntimeError(f"mixer {self.registry_name!r} is bidirectional and has no state to return")
         y_f = self.forward_mixer(x)
         y_b = self.backward_mixer(x.flip(1)).flip(1)
         if self.combine == "concat":
@@ -62,8 +60,6 @@ class Bidirectional(Mixer):
         return (y / 2 if self.combine == "mean" else y), None
 
     def _forward_varlen(self, x, state, return_state, lengths):
-        if return_state:
-            raise RuntimeError(f"mixer {self.registry_name!r} is bidirectional and has no state to return")
         # Row b read backwards over its first n_b positions; the padding stays after them.
         t = torch.arange(x.shape[1], device=x.device)
         order = torch.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)  # (B, L), its own inverse
@@ -74,9 +70,6 @@ class Bidirectional(Mixer):
             return self.proj(torch.cat([y_f, y_b], dim=-1)), None
         y = y_f + y_b
         return (y / 2 if self.combine == "mean" else y), None
-
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        return {}
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, mixer={self.inner!r}, combine={self.combine!r}"

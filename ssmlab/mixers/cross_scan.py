@@ -24,7 +24,7 @@ from torch import nn
 
 from ssmlab import registry
 from ssmlab.layers.scan import inverse_permutation, scan_order
-from ssmlab.mixers.base import Mixer, State
+from ssmlab.mixers.base import Mixer
 from ssmlab.registry import register
 
 DIRECTIONS = ("row", "row reversed", "column", "column reversed")
@@ -60,7 +60,7 @@ class CrossScan(Mixer):
 
     def __init__(self, d_model: int, mixer: str = "mamba", image_shape: tuple[int, int] | None = None, *,
                  shared: bool = False, device=None, dtype=None, **options):
-        super().__init__(d_model)
+        super().__init__(d_model, device=device, dtype=dtype)
         if image_shape is None or len(image_shape) != 2 or not all(isinstance(n, int) and n >= 1 for n in image_shape):
             raise ValueError(f"{self.registry_name}: image_shape=(H, W) of positive ints is required, got "
                              f"{image_shape!r}")
@@ -75,8 +75,6 @@ class CrossScan(Mixer):
         self.register_buffer("inverses", torch.stack([inverse_permutation(o) for o in orders]), persistent=False)
 
     def _forward(self, x, state, return_state):
-        if return_state:
-            raise RuntimeError(f"mixer {self.registry_name!r} scans an image both ways and has no state to return")
         h, w = self.image_shape
         if x.shape[1] != h * w:
             raise ValueError(f"{self.registry_name}: x must have shape (B, H*W={h * w}, D={self.d_model}) for "
@@ -88,9 +86,6 @@ class CrossScan(Mixer):
         else:
             ys = torch.stack([m(scans[:, k]) for k, m in enumerate(self.mixers)])  # (4, B, H * W, D)
         return sum(ys[k][:, self.inverses[k]] for k in range(4)), None
-
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        return {}
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, mixer={self.inner!r}, image_shape={self.image_shape}, shared={self.shared}"

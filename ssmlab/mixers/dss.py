@@ -15,7 +15,7 @@ Lambda is initialised to the eigenvalues of the normal part of HiPPO-LegS (skew-
 as in the paper, and its real part is kept negative. As in the official code, each channel
 has separate steps for the real and imaginary parts of Lambda (``dt Lambda = dt_re Re(Lambda)
 + i dt_im Im(Lambda)``), W, Lambda and the steps get learning rate 0.001 and no weight decay,
-and the output stage is ``W GELU(y)`` with W: H -> H (``postact="glu"`` gives S4's GLU stage).
+and the output stage is ``W GELU(y)`` with W: H -> H (``activation="glu"`` gives S4's GLU stage).
 The official code normalises DSS-softmax over the input's length, which makes the kernel
 depend on it; here it is over ``l_max`` (see above). It also regularises the softmax's
 ``1 / (lambda * sum_k exp(k dt lambda))`` as ``conj(z) / (|z|^2 + 1e-7)``; here it is exact
@@ -29,9 +29,9 @@ import math
 import torch
 
 from ssmlab.layers import GELUGLUOutput
-from ssmlab.mixers.base import Mixer, State, at_least_float32, ssm_dtype, ssm_parameter
-from ssmlab.mixers.s4d import diagonal_state_terms
+from ssmlab.mixers.base import Mixer, State, at_least_float32, complex_dtype, ssm_dtype, ssm_parameter
 from ssmlab.ops import fft_conv, init_log_dt, s4d_legs
+from ssmlab.ops.kernels import diagonal_state_terms, ssm_kernel_diag_discrete
 from ssmlab.registry import register
 
 VERSIONS = ("exp", "softmax")
@@ -50,7 +50,7 @@ class DSS(Mixer):
         lr: learning rate for Lambda and dt (0.001), which get no weight decay.
         dropout: dropout after the activation (0.0).
         sep_dt: separate steps for the real and imaginary parts of Lambda (True, as the official code).
-        postact: ``None`` (default: a linear H -> H output) or ``"glu"`` (H -> 2H and a GLU).
+        activation: ``None`` (default: a linear H -> H output) or ``"glu"`` (H -> 2H and a GLU).
 
     State: ``{"ssm": (B, H, N)}`` complex.
     """
@@ -59,15 +59,15 @@ class DSS(Mixer):
 
     def __init__(self, d_model: int, d_state: int = 64, *, version: str = "exp", l_max: int = 1024,
                  dt_min: float = 0.001, dt_max: float = 0.1, lr: float | None = 0.001, dropout: float = 0.0,
-                 sep_dt: bool = True, postact: str | None = None, device=None, dtype=None):
-        super().__init__(d_model)
+                 sep_dt: bool = True, activation: str | None = None, device=None, dtype=None):
+        super().__init__(d_model, device=device, dtype=dtype)
         if version not in VERSIONS:
             raise ValueError(f"dss: version must be one of {VERSIONS}, got {version!r}")
-        if postact not in (None, "glu"):
-            raise ValueError(f"dss: postact must be None or 'glu', got {postact!r}")
+        if activation not in (None, "glu"):
+            raise ValueError(f"dss: activation must be None or 'glu', got {activation!r}")
         if d_state < 1 or l_max < 1:
             raise ValueError(f"dss: d_state and l_max must be positive, got {d_state}, {l_max}")
-        dtype = dtype or torch.get_default_dtype()
+        dtype = self.factory["dtype"]
         self.d_state, self.version, self.l_max = d_state, version, l_max
         eig = s4d_legs(2 * d_state).to(device)  # N eigenvalues with positive imaginary part
         self.log_Lambda_real = ssm_parameter(torch.log(-eig.real), dtype, lr=lr)
@@ -79,7 +79,7 @@ class DSS(Mixer):
             log_dt = log_dt[:, None].repeat(1, 2)  # (H, 2): real and imaginary parts start from one step
         self.log_dt = ssm_parameter(log_dt, dtype, lr=lr)
         self.D = ssm_parameter(torch.randn(d_model, device=device, dtype=ssm_dtype(dtype)), dtype, weight_decay=None)
-        self.output = GELUGLUOutput(d_model, dropout, glu=postact == "glu", device=device, dtype=dtype)
+        self.output = GELUGLUOutput(d_model, dropout, glu=activation == "glu", **self.factory)
 
     def _system(self):
         """dt * Lambda (H, N), the input weights B_bar (H, N) and W (H, N), complex."""
@@ -99,8 +99,7 @@ class DSS(Mixer):
     def _forward(self, x, state, return_state):
         length = x.shape[1]
         dtl, b_bar, w = self._system()
-        powers = torch.exp(dtl[..., None] * torch.arange(length, device=x.device))  # (H, N, L)
-        kernel = torch.einsum("hn,hnl->hl", w * b_bar, powers).real
+        kernel = ssm_kernel_diag_discrete(dtl, b_bar, w, length).real  # (H, L)
         u = at_least_float32(x)
         y = fft_conv(u, kernel.to(u.dtype), D=self.D.to(u.dtype))
         extra, h = diagonal_state_terms(u, dtl, b_bar, w, None if state is None else state["ssm"], return_state,
@@ -114,8 +113,6 @@ class DSS(Mixer):
         y = (torch.einsum("hn,bhn->bh", w, h).real.to(x_t.dtype) + self.D * x_t).to(x_t.dtype)
         return self.output(y), {"ssm": h}
 
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        device = device if device is not None else self.D.device
-        dtype = dtype or self.D.dtype
-        cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-        return {"ssm": torch.zeros(batch_size, self.d_model, self.d_state, device=device, dtype=cdtype)}
+    def _init_state(self, batch_size, *, device, dtype) -> State:
+        return {"ssm": torch.zeros(batch_size, self.d_model, self.d_state, device=device,
+                                   dtype=complex_dtype(dtype or self.D.dtype))}

@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
+from ssmlab.layers.diagonal_ssm import DiagonalSSM
 from ssmlab.mixers.base import Mixer, State
-from ssmlab.mixers.s4d import DiagonalSSM
 from ssmlab.registry import register
 
 
@@ -41,17 +41,16 @@ class GSS(Mixer):
 
     def __init__(self, d_model: int, d_state: int = 64, *, expand: int = 4, d_ssm: int | None = None,
                  lr: float | None = 0.001, dt_min: float = 0.001, dt_max: float = 0.1, device=None, dtype=None):
-        super().__init__(d_model)
-        factory = {"device": device, "dtype": dtype}
+        super().__init__(d_model, device=device, dtype=dtype)
         self.d_ssm = d_ssm or max(1, d_model // 4)
         if expand < 1 or self.d_ssm < 1:
             raise ValueError(f"gss: expand and d_ssm must be positive, got {expand}, {self.d_ssm}")
         width = expand * d_model
-        self.gate_proj = nn.Linear(d_model, width, **factory)
-        self.ssm_in = nn.Linear(d_model, self.d_ssm, **factory)
-        self.ssm = DiagonalSSM(self.d_ssm, d_state, init="legs", lr=lr, dt_min=dt_min, dt_max=dt_max, **factory)
-        self.ssm_out = nn.Linear(self.d_ssm, width, **factory)
-        self.out_proj = nn.Linear(width, d_model, **factory)
+        self.gate_proj = nn.Linear(d_model, width, **self.factory)
+        self.ssm_in = nn.Linear(d_model, self.d_ssm, **self.factory)
+        self.ssm = DiagonalSSM(self.d_ssm, d_state, init="legs", lr=lr, dt_min=dt_min, dt_max=dt_max, **self.factory)
+        self.ssm_out = nn.Linear(self.d_ssm, width, **self.factory)
+        self.out_proj = nn.Linear(width, d_model, **self.factory)
 
     def _forward(self, x, state, return_state):
         y, h = self.ssm(F.gelu(self.ssm_in(x)), None if state is None else state["ssm"], return_state)
@@ -62,5 +61,5 @@ class GSS(Mixer):
         y, h = self.ssm.step(F.gelu(self.ssm_in(x_t)), state["ssm"])
         return self.out_proj(self.ssm_out(y) * F.gelu(self.gate_proj(x_t))), {"ssm": h}
 
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
+    def _init_state(self, batch_size, *, device, dtype) -> State:
         return {"ssm": self.ssm.init_state(batch_size, device=device, dtype=dtype)}

@@ -21,15 +21,13 @@ zero-order hold.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 from einops import rearrange
 from torch import nn
 
+from ssmlab.layers.conv import causal_conv
+from ssmlab.layers.diagonal_ssm import DiagonalSSM
 from ssmlab.mixers.base import Mixer, State, ssm_dtype, ssm_parameter
-from ssmlab.mixers.mamba import causal_conv_with_state
-from ssmlab.mixers.s4d import DiagonalSSM
 from ssmlab.registry import register
 
 
@@ -41,40 +39,39 @@ class H3(Mixer):
     Args:
         d_model: width D.
         d_state: N, the taps of the shift SSM and the state size of the diagonal SSM (64).
-        head_dim: head size; 1 (default, as in the paper's models) multiplies elementwise,
-            larger heads use the outer products ``k~ v^T`` of each head (``D * head_dim`` SSM channels).
+        headdim: head size; 1 (default, as in the paper's models) multiplies elementwise,
+            larger heads use the outer products ``k~ v^T`` of each head (``D * headdim`` SSM channels).
             The official code shares one diagonal SSM and one skip D per head across its
-            ``head_dim**2`` entries; here each entry has its own (the official layer is the case
+            ``headdim**2`` entries; here each entry has its own (the official layer is the case
             of equal copies), and the head outputs enter ``W_o`` in the order (head, j) where
             the official code uses (j, head).
         lr: learning rate for the diagonal SSM's A, B and dt (0.001), which get no weight decay.
         dt_min, dt_max: the diagonal SSM's step is initialised log-uniform in [0.001, 0.1].
 
-    State: ``{"shift": (B, D, N - 1), "ssm": (B, D * head_dim, N/2)}``: the last keys and the
+    State: ``{"shift": (B, D, N - 1), "ssm": (B, D * headdim, N/2)}``: the last keys and the
     diagonal SSM's state.
     """
 
     causal = True
 
-    def __init__(self, d_model: int, d_state: int = 64, *, head_dim: int = 1, lr: float | None = 0.001,
+    def __init__(self, d_model: int, d_state: int = 64, *, headdim: int = 1, lr: float | None = 0.001,
                  dt_min: float = 0.001, dt_max: float = 0.1, device=None, dtype=None):
-        super().__init__(d_model)
-        if d_model % head_dim:
-            raise ValueError(f"h3: head_dim={head_dim} must divide d_model={d_model}")
+        super().__init__(d_model, device=device, dtype=dtype)
+        if d_model % headdim:
+            raise ValueError(f"h3: headdim={headdim} must divide d_model={d_model}")
         if d_state < 2 or d_state % 2:
             raise ValueError(f"h3: d_state must be an even number >= 2, got {d_state}")
-        factory = {"device": device, "dtype": dtype}
-        self.d_state, self.head_dim = d_state, head_dim
-        self.qkv = nn.Linear(d_model, 3 * d_model, **factory)
-        b = torch.zeros(d_model, d_state, **factory)
+        self.d_state, self.head_dim = d_state, headdim
+        self.qkv = nn.Linear(d_model, 3 * d_model, **self.factory)
+        b = torch.zeros(d_model, d_state, **self.factory)
         b[:, 0] = 1.0
         self.shift_B = nn.Parameter(b)
-        self.shift_C = nn.Parameter(torch.randn(d_model, d_state, **factory))
+        self.shift_C = nn.Parameter(torch.randn(d_model, d_state, **self.factory))
         self.shift_D = ssm_parameter(torch.randn(d_model, device=device, dtype=ssm_dtype(dtype)), dtype,
                                      weight_decay=None)
-        self.ssm = DiagonalSSM(d_model * head_dim, d_state, lr=lr, dt_min=dt_min, dt_max=dt_max, learn_B=True,
-                               disc="bilinear", **factory)
-        self.out_proj = nn.Linear(d_model, d_model, **factory)
+        self.ssm = DiagonalSSM(d_model * headdim, d_state, lr=lr, dt_min=dt_min, dt_max=dt_max, learn_B=True,
+                               disc="bilinear", **self.factory)
+        self.out_proj = nn.Linear(d_model, d_model, **self.factory)
 
     def _mix(self, q, k, v):
         """(..., D) each -> the inputs of the diagonal SSM (..., D * head_dim)."""
@@ -97,9 +94,7 @@ class H3(Mixer):
 
     def _shift(self, k, shift_state):
         # As a depthwise conv1d (cross-correlation), tap j multiplies the input j - (N - 1) steps back.
-        conv = SimpleNamespace(weight=self.shift_kernel().flip(-1)[:, None], bias=None, groups=self.d_model,
-                               kernel_size=(self.d_state,))
-        y, shift_state = causal_conv_with_state(k, conv, shift_state)
+        y, shift_state = causal_conv(k, self.shift_kernel().flip(-1)[:, None], None, shift_state)
         return (y + self.shift_D * k).to(k.dtype), shift_state
 
     def _forward(self, x, state, return_state):
@@ -114,8 +109,7 @@ class H3(Mixer):
         kv, h = self.ssm.step(self._mix(q, k[:, 0], v), state["ssm"])
         return self._read(q, kv), {"shift": shift_state, "ssm": h}
 
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        device = device if device is not None else self.qkv.weight.device
+    def _init_state(self, batch_size, *, device, dtype) -> State:
         dtype = dtype or self.qkv.weight.dtype
         return {"shift": torch.zeros(batch_size, self.d_model, self.d_state - 1, device=device, dtype=dtype),
                 "ssm": self.ssm.init_state(batch_size, device=device, dtype=dtype)}

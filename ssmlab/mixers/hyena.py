@@ -28,8 +28,9 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ssmlab.mixers.base import Mixer, State, at_least_float32, set_optim, ssm_buffer, ssm_dtype, ssm_parameter
-from ssmlab.mixers.mamba import causal_conv_with_state
+from ssmlab.layers.conv import ShortConvolution
+from ssmlab.mixers.base import (Mixer, State, StepFromForward, at_least_float32, set_optim, ssm_buffer, ssm_dtype,
+                                ssm_parameter)
 from ssmlab.ops import fft_conv
 from ssmlab.registry import register
 
@@ -96,7 +97,7 @@ class ImplicitFilter(nn.Module):
 
 @register("mixer", "hyena", description="Hyena operator: implicit long filters, data-controlled gating",
           paper="2302.10866")
-class Hyena(Mixer):
+class Hyena(StepFromForward, Mixer):
     """The Hyena operator (arXiv 2302.10866).
 
     Args:
@@ -125,24 +126,23 @@ class Hyena(Mixer):
                  short_filter: int = 3, fast_decay: float = 0.3, slow_decay: float = 1.5, target: float = 1e-2,
                  dropout: float = 0.0, inner_layers: int = 2, pos_emb_lr: float | None = 1e-5,
                  filter_lr: float | None = None, filter_wd: float = 0.0, device=None, dtype=None):
-        super().__init__(d_model)
+        super().__init__(d_model, device=device, dtype=dtype)
         if order < 2 or l_max < 1 or short_filter < 1:
             raise ValueError(f"hyena: need order >= 2, l_max >= 1, short_filter >= 1; got {order}, {l_max}, "
                              f"{short_filter}")
-        factory = {"device": device, "dtype": dtype}
         self.order, self.l_max, self.short_width = order, l_max, short_filter
         width = (order + 1) * d_model
-        self.in_proj = nn.Linear(d_model, width, **factory)
-        self.short = nn.Conv1d(width, width, short_filter, groups=width, **factory)
+        self.in_proj = nn.Linear(d_model, width, **self.factory)
+        self.short = ShortConvolution(width, short_filter, **self.factory)
         self.filter = ImplicitFilter((order - 1) * d_model, l_max, emb_dim, filter_order, fast_decay, slow_decay,
-                                     target, inner_layers, pos_emb_lr, filter_lr, filter_wd, **factory)
+                                     target, inner_layers, pos_emb_lr, filter_lr, filter_wd, **self.factory)
         self.bias = ssm_parameter(torch.randn(order - 1, d_model, device=device, dtype=ssm_dtype(dtype)), dtype,
                                   weight_decay=None)
         self.dropout = nn.Dropout(dropout)
-        self.out_proj = nn.Linear(d_model, d_model, **factory)
+        self.out_proj = nn.Linear(d_model, d_model, **self.factory)
 
     def _streams(self, x, short_state):
-        u, short_state = causal_conv_with_state(self.in_proj(x), self.short, short_state)
+        u, short_state = self.short(self.in_proj(x), short_state, return_state=True)
         *gates, v = u.split(self.d_model, dim=-1)
         return gates, v, short_state
 
@@ -163,13 +163,7 @@ class Hyena(Mixer):
             return y, None
         return y, {"short": short_state, "history": torch.stack(inputs, dim=1)}
 
-    def _step(self, x_t, state):
-        y, new_state = self._forward(x_t[:, None], state, True)
-        return y[:, 0], new_state
-
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        device = device if device is not None else self.bias.device
+    def _init_state(self, batch_size, *, device, dtype) -> State:
         dtype = dtype or self.in_proj.weight.dtype
-        width = (self.order + 1) * self.d_model
-        return {"short": torch.zeros(batch_size, width, self.short_width - 1, device=device, dtype=dtype),
+        return {"short": self.short.init_state(batch_size, device=device, dtype=dtype),
                 "history": torch.zeros(batch_size, self.order - 1, 0, self.d_model, device=device, dtype=dtype)}

@@ -63,7 +63,7 @@ class LinearAttention(Mixer):
     def __init__(self, d_model: int, n_heads: int | None = None, *, feature_map: str = "elu",
                  form: str = "chunkwise", chunk_size: int = 64, eps: float = 1e-6, bias: bool = False,
                  device=None, dtype=None):
-        super().__init__(d_model)
+        super().__init__(d_model, device=device, dtype=dtype)
         n_heads = n_heads or max(1, d_model // 64)
         if d_model % n_heads:
             raise ValueError(f"linear-attention: d_model={d_model} must be divisible by n_heads={n_heads}")
@@ -78,9 +78,8 @@ class LinearAttention(Mixer):
             raise ValueError(f"linear-attention: eps must be >= 0, got {eps}")
         self.n_heads, self.head_dim = n_heads, d_model // n_heads
         self.feature_map, self.form, self.chunk_size, self.eps = feature_map, form, chunk_size, eps
-        factory = {"device": device, "dtype": dtype}
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias, **factory)
-        self.out_proj = nn.Linear(d_model, d_model, bias=bias, **factory)
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias, **self.factory)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias, **self.factory)
 
     def _project(self, x):
         """Feature-mapped queries and keys (..., H, E) and values with a column of ones (..., H, E + 1),
@@ -114,8 +113,7 @@ class LinearAttention(Mixer):
         y, merged = linear_attention_step(q, k, v, self._merge(state))
         return self._output(y), self._split(merged)
 
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        device = device if device is not None else self.qkv.weight.device
+    def _init_state(self, batch_size, *, device, dtype) -> State:
         dtype = dtype or self.qkv.weight.dtype
         e = self.head_dim
         return {"S": torch.zeros(batch_size, self.n_heads, e, e, device=device, dtype=dtype),

@@ -42,8 +42,8 @@ from __future__ import annotations
 
 import torch
 
+from ssmlab.layers.dplr_ssm import DPLRMixer
 from ssmlab.mixers.base import State
-from ssmlab.mixers.s4 import S4
 from ssmlab.registry import register
 
 # Squashing of the correlation products (the official code's ``lcontract``, with its constants).
@@ -52,7 +52,7 @@ ACTIVATIONS = {None: lambda t: t, "tanh": torch.tanh, "lecun": lambda t: 1.7159 
 
 @register("mixer", "liquid-s4", description="Liquid-S4: S4 plus input-correlation (liquid) terms",
           paper="2209.12951")
-class LiquidS4(S4):
+class LiquidS4(DPLRMixer):
     """Liquid-S4 (arXiv 2209.12951): :class:`~ssmlab.mixers.s4.S4` and its options, plus
 
     Args:
@@ -137,9 +137,8 @@ class LiquidS4(S4):
         new_state["inputs"] = history[..., 1:]
         return y, new_state
 
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        state = super().init_state(batch_size, device=device, dtype=dtype)
-        device = device if device is not None else self.D.device
+    def _init_state(self, batch_size, *, device, dtype) -> State:
+        state = super()._init_state(batch_size, device=device, dtype=dtype)
         state["inputs"] = torch.zeros(batch_size, self.d_model, self.liquid_degree - 1, device=device,
                                       dtype=dtype or self.D.dtype)
         return state

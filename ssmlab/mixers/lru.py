@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from ssmlab.mixers.base import Mixer, State, ssm_parameter
+from ssmlab.mixers.base import Mixer, State, complex_dtype, ssm_parameter
 from ssmlab.ops import linear_scan
 from ssmlab.registry import register
 
@@ -50,12 +50,12 @@ class LRU(Mixer):
     def __init__(self, d_model: int, d_state: int = 64, *, r_min: float = 0.0, r_max: float = 1.0,
                  max_phase: float = 2 * math.pi, lr: float | None = None, backend: str | None = None,
                  device=None, dtype=None):
-        super().__init__(d_model)
+        super().__init__(d_model, device=device, dtype=dtype)
         if not 0 <= r_min < r_max <= 1:
             raise ValueError(f"lru: need 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
         if d_state < 1 or max_phase <= 0:
             raise ValueError(f"lru: d_state and max_phase must be positive, got {d_state}, {max_phase}")
-        dtype = dtype or torch.get_default_dtype()
+        dtype = self.factory["dtype"]
         self.d_state, self.backend = d_state, backend
         f64 = {"device": device, "dtype": torch.float64}
         u1, u2 = torch.rand(d_state, **f64), torch.rand(d_state, **f64)
@@ -91,8 +91,5 @@ class LRU(Mixer):
         h = lam * state["h"] + x_t.to(b.dtype) @ b.T  # (B, N)
         return ((h @ c.T).real.to(x_t.dtype) + self.D * x_t).to(x_t.dtype), {"h": h}
 
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        device = device if device is not None else self.D.device
-        dtype = dtype or self.D.dtype
-        cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-        return {"h": torch.zeros(batch_size, self.d_state, device=device, dtype=cdtype)}
+    def _init_state(self, batch_size, *, device, dtype) -> State:
+        return {"h": torch.zeros(batch_size, self.d_state, device=device, dtype=complex_dtype(dtype or self.D.dtype))}

@@ -17,8 +17,8 @@ from torch import nn
 
 from ssmlab.layers import GELUGLUOutput
 from ssmlab.mixers.base import Mixer, State, at_least_float32, ssm_buffer, ssm_dtype, ssm_parameter
-from ssmlab.mixers.s4 import dense_state_terms
 from ssmlab.ops import discretize_dense, fft_conv, hippo, init_log_dt, ssm_kernel_dense
+from ssmlab.ops.kernels import apply_transition, dense_state_terms
 from ssmlab.registry import register
 
 
@@ -60,7 +60,7 @@ class LSSL(Mixer):
         dt_min, dt_max: per-channel step initialised log-uniform in [0.001, 0.1].
         lr: learning rate for A, B and dt (0.001), which get no weight decay.
         dropout: dropout after the activation (0.0).
-        postact: ``None`` (default: a linear H -> H output, as the official Platypus layer) or
+        activation: ``None`` (default: a linear H -> H output, as the official Platypus layer) or
             ``"glu"`` (H -> 2H and a GLU, S4's output stage).
 
     The structured learnt A of the official code, shared by the channels, is
@@ -79,11 +79,11 @@ class LSSL(Mixer):
 
     def __init__(self, d_model: int, d_state: int = 64, *, measure: str = "legs", learn_A: bool = False,
                  dt_min: float = 0.001, dt_max: float = 0.1, lr: float | None = 0.001, dropout: float = 0.0,
-                 postact: str | None = None, device=None, dtype=None):
-        super().__init__(d_model)
-        if postact not in (None, "glu"):
-            raise ValueError(f"lssl: postact must be None or 'glu', got {postact!r}")
-        dtype = dtype or torch.get_default_dtype()
+                 activation: str | None = None, device=None, dtype=None):
+        super().__init__(d_model, device=device, dtype=dtype)
+        if activation not in (None, "glu"):
+            raise ValueError(f"lssl: activation must be None or 'glu', got {activation!r}")
+        dtype = self.factory["dtype"]
         self.d_state = d_state
         if learn_A not in (False, True, "tridiagonal", "dense"):
             raise ValueError(f"lssl: learn_A must be False, True, 'tridiagonal' or 'dense', got {learn_A!r}")
@@ -104,7 +104,7 @@ class LSSL(Mixer):
         self.log_dt = ssm_parameter(init_log_dt(d_model, dt_min, dt_max, device=device, dtype=ssm_dtype(dtype)),
                                     dtype, lr=lr)
         self.D = ssm_parameter(torch.randn(d_model, device=device, dtype=ssm_dtype(dtype)), dtype, weight_decay=None)
-        self.output = GELUGLUOutput(d_model, dropout, glu=postact == "glu", device=device, dtype=dtype)
+        self.output = GELUGLUOutput(d_model, dropout, glu=activation == "glu", **self.factory)
 
     def system(self):
         """The continuous A (N, N) and B (N,)."""
@@ -133,10 +133,9 @@ class LSSL(Mixer):
 
     def _step(self, x_t, state):
         a_bar, b_bar = self._discrete()
-        h = (a_bar @ state["ssm"][..., None])[..., 0] + b_bar * x_t[..., None]
+        h = apply_transition(a_bar, state["ssm"]) + b_bar * x_t[..., None]
         return self.output(((self.C.to(h.dtype) * h).sum(-1) + self.D * x_t).to(x_t.dtype)), {"ssm": h}
 
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        device = device if device is not None else self.D.device
+    def _init_state(self, batch_size, *, device, dtype) -> State:
         return {"ssm": torch.zeros(batch_size, self.d_model, self.d_state, device=device,
                                    dtype=torch.promote_types(dtype or self.D.dtype, torch.float32))}

@@ -11,52 +11,17 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
-from ssmlab.mixers.base import Mixer, padding_mask, State, ssm_dtype, ssm_parameter
+from ssmlab.layers.conv import ShortConvolution
+from ssmlab.mixers.base import LengthsInForward, Mixer, padding_mask, State, ssm_dtype, ssm_parameter
 from ssmlab.ops import selective_scan, selective_scan_step
+from ssmlab.ops.discretize import init_dt_bias
 from ssmlab.registry import register
 
 
-def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
-    """``y`` with ``softplus(y) == x`` for ``x > 0``."""
-    return x + torch.log(-torch.expm1(-x))
-
-
-def init_dt_bias(size: int, dt_min: float, dt_max: float, dt_init_floor: float, *, device=None,
-                 dtype=None) -> torch.Tensor:
-    """Bias whose softplus is log-uniform in [dt_min, dt_max] (Mamba's dt initialisation, arXiv 2312.00752)."""
-    if not 0 < dt_min <= dt_max:
-        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-    u = torch.rand(size, device=device, dtype=torch.float64)
-    dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
-    return inverse_softplus(dt).to(dtype or torch.get_default_dtype())
-
-
-def causal_conv_with_state(x: torch.Tensor, conv: nn.Conv1d, conv_state: torch.Tensor | None,
-                           lengths: torch.Tensor | None = None):
-    """Depthwise causal convolution over (B, L, C) continuing from the last ``k - 1`` inputs.
-
-    ``conv_state`` (B, C, k - 1) holds the inputs before this segment (zeros at the start).
-    Returns the output (B, L, C) and the new state (B, C, k - 1): the last ``k - 1`` inputs,
-    or, for a right-padded batch with ``lengths`` (B,), those before each row's padding.
-    """
-    width = conv.kernel_size[0]
-    xt = rearrange(x, "b l c -> b c l")
-    if conv_state is None:
-        conv_state = xt.new_zeros(xt.shape[0], xt.shape[1], width - 1)
-    full = torch.cat([conv_state.to(xt.dtype), xt], dim=-1)  # (B, C, k - 1 + L)
-    y = F.conv1d(full, conv.weight, conv.bias, groups=conv.groups)  # (B, C, L)
-    if lengths is None:
-        return rearrange(y, "b c l -> b l c"), full[..., full.shape[-1] - (width - 1):]
-    # Row b's last k - 1 real inputs sit at [n_b, n_b + k - 1) of ``full``.
-    index = lengths[:, None, None] + torch.arange(width - 1, device=x.device)  # (B, 1, k - 1)
-    return rearrange(y, "b c l -> b l c"), full.gather(-1, index.expand(-1, full.shape[1], -1))
-
-
 @register("mixer", "mamba", description="Mamba selective SSM block (S6 scan, conv, gate)", paper="2312.00752")
-class Mamba(Mixer):
+class Mamba(LengthsInForward, Mixer):
     """The Mamba block (Gu and Dao, arXiv 2312.00752).
 
     Args (defaults as in the paper's code):
@@ -84,27 +49,26 @@ class Mamba(Mixer):
                  *, dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4, dt_scale: float = 1.0,
                  conv_bias: bool = True, bias: bool = False, lr: float | None = None, backend: str | None = None,
                  device=None, dtype=None):
-        super().__init__(d_model)
+        super().__init__(d_model, device=device, dtype=dtype)
         if d_state < 1 or d_conv < 1 or expand < 1:
             raise ValueError(f"mamba: d_state, d_conv and expand must be positive, got {d_state}, {d_conv}, {expand}")
-        factory = {"device": device, "dtype": dtype}
         self.d_state, self.d_conv = d_state, d_conv
         self.d_inner = expand * d_model
         self.dt_rank = dt_rank or math.ceil(d_model / 16)
         self.backend = backend
-        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
-        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, bias=conv_bias, **factory)
-        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
-        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **self.factory)
+        self.conv1d = ShortConvolution(self.d_inner, d_conv, bias=conv_bias, **self.factory)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **self.factory)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **self.factory)
         with torch.no_grad():
             std = self.dt_rank ** -0.5 * dt_scale
             self.dt_proj.weight.uniform_(-std, std)
         self.dt_proj.bias = ssm_parameter(init_dt_bias(self.d_inner, dt_min, dt_max, dt_init_floor, device=device,
                                                        dtype=ssm_dtype(dtype)), dtype, weight_decay=None)
         a = torch.arange(1, d_state + 1, device=device, dtype=torch.float64).repeat(self.d_inner, 1)
-        self.A_log = ssm_parameter(torch.log(a), dtype or torch.get_default_dtype(), lr=lr)
-        self.D = ssm_parameter(torch.ones(self.d_inner, device=device), dtype or torch.get_default_dtype(), lr=lr)
-        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+        self.A_log = ssm_parameter(torch.log(a), self.factory["dtype"], lr=lr)
+        self.D = ssm_parameter(torch.ones(self.d_inner, device=device), self.factory["dtype"], lr=lr)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **self.factory)
 
     def _ssm_inputs(self, x: torch.Tensor):
         dt, b, c = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
@@ -112,7 +76,7 @@ class Mamba(Mixer):
 
     def _forward(self, x, state, return_state, lengths=None):
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E*D) each
-        xs, conv_state = causal_conv_with_state(xs, self.conv1d, None if state is None else state["conv"], lengths)
+        xs, conv_state = self.conv1d(xs, None if state is None else state["conv"], return_state=True, lengths=lengths)
         xs = F.silu(xs)
         dt, b, c = self._ssm_inputs(xs)
         bias, softplus = self.dt_proj.bias, True
@@ -127,21 +91,17 @@ class Mamba(Mixer):
         out = self.out_proj(y)
         return out, ({"conv": conv_state, "ssm": ssm_state} if return_state else None)
 
-    def _forward_varlen(self, x, state, return_state, lengths):
-        return self._forward(x, state, return_state, lengths)
-
     def _step(self, x_t, state):
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E*D)
-        xs, conv_state = causal_conv_with_state(xs[:, None], self.conv1d, state["conv"])
-        xs = F.silu(xs[:, 0])
+        xs, conv_state = self.conv1d.step(xs, state["conv"])
+        xs = F.silu(xs)
         dt, b, c = self._ssm_inputs(xs)
         y, ssm_state = selective_scan_step(xs, dt, -torch.exp(self.A_log), b, c, state["ssm"], D=self.D, z=z,
                                            delta_bias=self.dt_proj.bias, delta_softplus=True)
         return self.out_proj(y), {"conv": conv_state, "ssm": ssm_state}
 
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        device = device if device is not None else self.D.device
+    def _init_state(self, batch_size, *, device, dtype) -> State:
         dtype = dtype or self.out_proj.weight.dtype
-        return {"conv": torch.zeros(batch_size, self.d_inner, self.d_conv - 1, device=device, dtype=dtype),
+        return {"conv": self.conv1d.init_state(batch_size, device=device, dtype=dtype),
                 "ssm": torch.zeros(batch_size, self.d_inner, self.d_state, device=device,
                                    dtype=torch.promote_types(dtype, torch.float32))}

@@ -8,22 +8,22 @@ RMSNorm ``norm(y * SiLU(z))`` and an output projection follow.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
 from ssmlab.layers import GatedRMSNorm
-from ssmlab.mixers.base import Mixer, padding_mask, State, ssm_dtype, ssm_parameter
-from ssmlab.mixers.mamba import causal_conv_with_state, init_dt_bias
+from ssmlab.layers.conv import ShortConvolution
+from ssmlab.mixers.base import LengthsInForward, Mixer, padding_mask, State, ssm_dtype, ssm_parameter
 from ssmlab.ops import ssd, ssd_step
+from ssmlab.ops.discretize import init_dt_bias
 from ssmlab.registry import register
 
 
 @register("mixer", "mamba2", description="Mamba-2 block (SSD with heads and groups, gated RMSNorm)",
           paper="2405.21060")
-class Mamba2(Mixer):
+class Mamba2(LengthsInForward, Mixer):
     """The Mamba-2 block (Dao and Gu, arXiv 2405.21060).
 
     Args (defaults as in the paper's code):
@@ -50,8 +50,7 @@ class Mamba2(Mixer):
                  dt_init_floor: float = 1e-4, A_init_range: tuple[float, float] = (1.0, 16.0), norm_eps: float = 1e-5,
                  conv_bias: bool = True, bias: bool = False, lr: float | None = None, backend: str | None = None,
                  device=None, dtype=None):
-        super().__init__(d_model)
-        factory = {"device": device, "dtype": dtype}
+        super().__init__(d_model, device=device, dtype=dtype)
         self.d_inner = expand * d_model
         if self.d_inner % headdim:
             raise ValueError(f"mamba2: expand * d_model = {self.d_inner} must be divisible by headdim={headdim}")
@@ -63,15 +62,15 @@ class Mamba2(Mixer):
         self.d_state, self.d_conv, self.headdim, self.ngroups = d_state, d_conv, headdim, ngroups
         self.chunk_size, self.backend = chunk_size, backend
         self.conv_dim = self.d_inner + 2 * ngroups * d_state
-        self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.nheads, bias=bias, **factory)
-        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, d_conv, groups=self.conv_dim, bias=conv_bias, **factory)
+        self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + self.nheads, bias=bias, **self.factory)
+        self.conv1d = ShortConvolution(self.conv_dim, d_conv, bias=conv_bias, **self.factory)
         self.dt_bias = ssm_parameter(init_dt_bias(self.nheads, dt_min, dt_max, dt_init_floor, device=device,
                                                   dtype=ssm_dtype(dtype)), dtype, lr=lr)
         a = torch.empty(self.nheads, device=device, dtype=torch.float64).uniform_(*A_init_range)
-        self.A_log = ssm_parameter(torch.log(a), dtype or torch.get_default_dtype(), lr=lr)
-        self.D = ssm_parameter(torch.ones(self.nheads, device=device), dtype or torch.get_default_dtype(), lr=lr)
-        self.norm = GatedRMSNorm(self.d_inner, self.d_inner // ngroups, norm_eps, **factory)
-        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+        self.A_log = ssm_parameter(torch.log(a), self.factory["dtype"], lr=lr)
+        self.D = ssm_parameter(torch.ones(self.nheads, device=device), self.factory["dtype"], lr=lr)
+        self.norm = GatedRMSNorm(self.d_inner, self.d_inner // ngroups, norm_eps, **self.factory)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **self.factory)
 
     def _split(self, zxbcdt: torch.Tensor):
         return torch.split(zxbcdt, [self.d_inner, self.conv_dim, self.nheads], dim=-1)
@@ -85,7 +84,8 @@ class Mamba2(Mixer):
 
     def _forward(self, x, state, return_state, lengths=None):
         z, xbc, dt = self._split(self.in_proj(x))
-        xbc, conv_state = causal_conv_with_state(xbc, self.conv1d, None if state is None else state["conv"], lengths)
+        xbc, conv_state = self.conv1d(xbc, None if state is None else state["conv"], return_state=True,
+                                      lengths=lengths)
         xh, b, c = self._heads(F.silu(xbc))  # (B, L, H, P), (B, L, G, N), (B, L, G, N)
         dt = F.softplus(dt + self.dt_bias)  # (B, L, H)
         if lengths is not None:
@@ -97,21 +97,17 @@ class Mamba2(Mixer):
         y = self.norm(rearrange(y, "b l h p -> b l (h p)"), z)
         return self.out_proj(y), ({"conv": conv_state, "ssm": ssm_state} if return_state else None)
 
-    def _forward_varlen(self, x, state, return_state, lengths):
-        return self._forward(x, state, return_state, lengths)
-
     def _step(self, x_t, state):
         z, xbc, dt = self._split(self.in_proj(x_t))
-        xbc, conv_state = causal_conv_with_state(xbc[:, None], self.conv1d, state["conv"])
-        xh, b, c = self._heads(F.silu(xbc[:, 0]))  # (B, H, P), (B, G, N), (B, G, N)
+        xbc, conv_state = self.conv1d.step(xbc, state["conv"])
+        xh, b, c = self._heads(F.silu(xbc))  # (B, H, P), (B, G, N), (B, G, N)
         dt = F.softplus(dt + self.dt_bias)  # (B, H)
         y, ssm_state = ssd_step(xh, dt, -torch.exp(self.A_log), b, c, state["ssm"], D=self.D)
         y = self.norm(rearrange(y, "b h p -> b (h p)"), z)
         return self.out_proj(y), {"conv": conv_state, "ssm": ssm_state}
 
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        device = device if device is not None else self.D.device
+    def _init_state(self, batch_size, *, device, dtype) -> State:
         dtype = dtype or self.out_proj.weight.dtype
-        return {"conv": torch.zeros(batch_size, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype),
+        return {"conv": self.conv1d.init_state(batch_size, device=device, dtype=dtype),
                 "ssm": torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device,
                                    dtype=torch.promote_types(dtype, torch.float32))}

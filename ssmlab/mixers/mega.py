@@ -28,15 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmlab.mixers.base import Mixer, State, at_least_float32, ssm_parameter
-from ssmlab.mixers.s4d import diagonal_state_terms
+from ssmlab.mixers.base import Mixer, State, StepFromForward, at_least_float32, ssm_parameter
 from ssmlab.ops import fft_conv
+from ssmlab.ops.kernels import diagonal_state_terms, ssm_kernel_diag_discrete
 from ssmlab.registry import register
 
 
 @register("mixer", "mega", description="Mega: damped multi-dimensional EMA plus single-head gated attention",
           paper="2209.10655")
-class Mega(Mixer):
+class Mega(StepFromForward, Mixer):
     """The Mega layer (arXiv 2209.10655).
 
     Args:
@@ -67,15 +67,14 @@ class Mega(Mixer):
     def __init__(self, d_model: int, ndim: int = 16, *, z_dim: int | None = None, v_dim: int | None = None,
                  chunk_size: int | None = None, max_positions: int = 2048, dropout: float = 0.0,
                  device=None, dtype=None):
-        super().__init__(d_model)
+        super().__init__(d_model, device=device, dtype=dtype)
         if ndim < 1 or max_positions < 1 or (chunk_size is not None and chunk_size < 1):
             raise ValueError(f"mega: ndim, max_positions and chunk_size must be positive, got {ndim}, "
                              f"{max_positions}, {chunk_size}")
-        factory = {"device": device, "dtype": dtype}
         self.ndim, self.chunk_size, self.max_positions, self.dropout = ndim, chunk_size, max_positions, dropout
         self.z_dim, self.v_dim = z_dim or min(128, d_model), v_dim or 2 * d_model
         f64 = {"device": device, "dtype": torch.float64}
-        dtype = dtype or torch.get_default_dtype()
+        dtype = self.factory["dtype"]
         self.alpha = ssm_parameter(torch.randn(d_model, ndim, **f64) * 0.2, dtype, weight_decay=None)
         self.delta = ssm_parameter(torch.randn(d_model, ndim, **f64) * 0.2, dtype, weight_decay=None)
         signs = torch.ones(ndim, **f64)
@@ -83,12 +82,12 @@ class Mega(Mixer):
         self.beta = nn.Parameter((torch.randn(d_model, ndim, **f64) * 0.02 + signs).to(dtype))
         self.eta = nn.Parameter(torch.randn(d_model, ndim, **f64).to(dtype))
         self.omega = ssm_parameter(torch.randn(d_model, **f64), dtype, weight_decay=None)
-        self.v_proj = nn.Linear(d_model, self.v_dim, **factory)
+        self.v_proj = nn.Linear(d_model, self.v_dim, **self.factory)
         # One projection of X' into Z, gamma, phi and the first term of H.
-        self.mx_proj = nn.Linear(d_model, self.z_dim + self.v_dim + 2 * d_model, **factory)
+        self.mx_proj = nn.Linear(d_model, self.z_dim + self.v_dim + 2 * d_model, **self.factory)
         self.qk_scale = nn.Parameter(torch.randn(2, self.z_dim, **f64).mul(0.02).to(dtype))
-        self.qk_bias = nn.Parameter(torch.zeros(2, self.z_dim, **factory))
-        self.h_proj = nn.Linear(self.v_dim, d_model, **factory)
+        self.qk_bias = nn.Parameter(torch.zeros(2, self.z_dim, **self.factory))
+        self.h_proj = nn.Linear(self.v_dim, d_model, **self.factory)
         for proj in (self.v_proj, self.mx_proj, self.h_proj):
             nn.init.normal_(proj.weight, std=0.02)
             nn.init.zeros_(proj.bias)
@@ -103,8 +102,7 @@ class Mega(Mixer):
     def _ema(self, x, h0, return_state):
         log_q, b_bar, c = self._ema_system()
         u = at_least_float32(x)
-        powers = torch.exp(log_q[..., None] * torch.arange(x.shape[1], device=x.device, dtype=u.dtype))
-        kernel = torch.einsum("dn,dnl->dl", c * b_bar, powers)  # (d, L)
+        kernel = ssm_kernel_diag_discrete(log_q, b_bar, c, x.shape[1])  # (d, L)
         y = fft_conv(u, kernel.to(u.dtype), D=self.omega.to(u.dtype))
         extra, h = diagonal_state_terms(u, log_q, b_bar, c, h0, return_state, scale=1.0)
         return (y if extra is None else y + extra).to(x.dtype), h
@@ -150,12 +148,7 @@ class Mega(Mixer):
         y = phi * out + (1 - phi) * x
         return y, ({"ema": h, "k": k, "v": v, "valid": valid} if return_state else None)
 
-    def _step(self, x_t, state):
-        y, new_state = self._forward(x_t[:, None], state, True)
-        return y[:, 0], new_state
-
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        device = device if device is not None else self.omega.device
+    def _init_state(self, batch_size, *, device, dtype) -> State:
         dtype = dtype or self.v_proj.weight.dtype
         return {"ema": torch.zeros(batch_size, self.d_model, self.ndim, device=device, dtype=dtype),
                 "k": torch.zeros(batch_size, 0, self.z_dim, device=device, dtype=dtype),

@@ -83,7 +83,7 @@ class RetNet(Mixer):
     def __init__(self, d_model: int, n_heads: int | None = None, *, expand_v: int = 2, form: str = "chunkwise",
                  chunk_size: int = 64, normalize: bool = True, rotary_base: float = 10000.0,
                  norm_eps: float = 1e-6, device=None, dtype=None):
-        super().__init__(d_model)
+        super().__init__(d_model, device=device, dtype=dtype)
         n_heads = n_heads or max(1, d_model // 256)
         if d_model % n_heads or (d_model // n_heads) % 2:
             raise ValueError(f"retnet: n_heads={n_heads} must divide d_model={d_model} into heads of even size")
@@ -98,20 +98,17 @@ class RetNet(Mixer):
         self.n_heads, self.key_dim, self.value_dim = n_heads, d_model // n_heads, expand_v * d_model // n_heads
         self.form, self.chunk_size, self.normalize = form, chunk_size, normalize
         self.rotary_base, self.norm_eps = float(rotary_base), norm_eps
-        factory = {"device": device, "dtype": dtype}
         dv = expand_v * d_model
-        self.q_proj = nn.Linear(d_model, d_model, bias=False, **factory)
-        self.k_proj = nn.Linear(d_model, d_model, bias=False, **factory)
-        self.v_proj = nn.Linear(d_model, dv, bias=False, **factory)
-        self.g_proj = nn.Linear(d_model, dv, bias=False, **factory)
-        self.out_proj = nn.Linear(dv, d_model, bias=False, **factory)
-        self.norm_weight = nn.Parameter(torch.ones(dv, **factory))
-        self.norm_bias = nn.Parameter(torch.zeros(dv, **factory))
+        self.q_proj = nn.Linear(d_model, d_model, bias=False, **self.factory)
+        self.k_proj = nn.Linear(d_model, d_model, bias=False, **self.factory)
+        self.v_proj = nn.Linear(d_model, dv, bias=False, **self.factory)
+        self.g_proj = nn.Linear(d_model, dv, bias=False, **self.factory)
+        self.out_proj = nn.Linear(dv, d_model, bias=False, **self.factory)
+        self.norm_weight = nn.Parameter(torch.ones(dv, **self.factory))
+        self.norm_bias = nn.Parameter(torch.zeros(dv, **self.factory))
         for proj in (self.q_proj, self.k_proj, self.v_proj, self.g_proj):
             nn.init.xavier_uniform_(proj.weight, gain=2 ** -2.5)
         nn.init.xavier_uniform_(self.out_proj.weight)
-
-    # Projections and the output stage, shared by the three forms -------------
 
     def _log_gamma(self, like: torch.Tensor) -> torch.Tensor:
         """``log(1 - 2^(-5 - h))`` (H,), computed in float64 and cast to ``like``'s dtype."""
@@ -163,8 +160,6 @@ class RetNet(Mixer):
             return {"kv": kv[..., :-1], "z": kv[..., -1], "pos": pos}
         return {"kv": kv, "pos": pos}
 
-    # The three forms ----------------------------------------------------------
-
     def _forward(self, x, state, return_state):
         if self.form == "recurrent":
             return self._forward_recurrent(x, state, return_state)
@@ -193,8 +188,7 @@ class RetNet(Mixer):
         o, kv = linear_attention_step(q[:, 0], k[:, 0], v[:, 0], kv, log_decay=self._log_gamma(q))
         return self._output(x, o[:, None], start)[:, 0], self._pack(kv, start + 1)
 
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        device = device if device is not None else self.q_proj.weight.device
+    def _init_state(self, batch_size, *, device, dtype) -> State:
         dtype = torch.promote_types(dtype or self.q_proj.weight.dtype, torch.float32)
         state = {"kv": torch.zeros(batch_size, self.n_heads, self.key_dim, self.value_dim, device=device, dtype=dtype),
                  "pos": torch.zeros(batch_size, device=device, dtype=torch.long)}

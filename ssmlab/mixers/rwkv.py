@@ -77,14 +77,13 @@ class RWKV(Mixer):
 
     def __init__(self, d_model: int, *, layer_id: int = 0, n_layers: int = 1, channel_mix: bool = False,
                  ffn_mult: int = 4, lr: float | None = None, device=None, dtype=None):
-        super().__init__(d_model)
+        super().__init__(d_model, device=device, dtype=dtype)
         if not (isinstance(n_layers, int) and isinstance(layer_id, int) and 0 <= layer_id < n_layers):
             raise ValueError(f"rwkv: need 0 <= layer_id < n_layers, got layer_id={layer_id}, n_layers={n_layers}")
         if not isinstance(ffn_mult, int) or ffn_mult < 1:
             raise ValueError(f"rwkv: ffn_mult must be a positive int, got {ffn_mult!r}")
         self.layer_id, self.n_layers, self.channel_mix = layer_id, n_layers, channel_mix
-        factory = {"device": device, "dtype": dtype}
-        dtype = dtype or torch.get_default_dtype()
+        dtype = self.factory["dtype"]
         ratio_0_to_1 = layer_id / max(n_layers - 1, 1)
         ratio_1_to_almost_0 = 1.0 - layer_id / n_layers
         channel = torch.arange(d_model, dtype=torch.float64, device=device)
@@ -98,18 +97,18 @@ class RWKV(Mixer):
         self.time_mix_v = set_optim(nn.Parameter((mix_k + 0.3 * ratio_0_to_1).to(dtype)), weight_decay=0.0)
         self.time_mix_r = set_optim(nn.Parameter((fraction ** (0.5 * ratio_1_to_almost_0)).to(dtype)),
                                     weight_decay=0.0)
-        self.key = nn.Linear(d_model, d_model, bias=False, **factory)
-        self.value = nn.Linear(d_model, d_model, bias=False, **factory)
-        self.receptance = nn.Linear(d_model, d_model, bias=False, **factory)
-        self.output = nn.Linear(d_model, d_model, bias=False, **factory)
+        self.key = nn.Linear(d_model, d_model, bias=False, **self.factory)
+        self.value = nn.Linear(d_model, d_model, bias=False, **self.factory)
+        self.receptance = nn.Linear(d_model, d_model, bias=False, **self.factory)
+        self.output = nn.Linear(d_model, d_model, bias=False, **self.factory)
         if channel_mix:
             hidden = ffn_mult * d_model
-            self.ffn_norm = nn.LayerNorm(d_model, **factory)
+            self.ffn_norm = nn.LayerNorm(d_model, **self.factory)
             self.ffn_mix_k = set_optim(nn.Parameter(mix_k.to(dtype)), weight_decay=0.0)
             self.ffn_mix_r = set_optim(nn.Parameter(mix_k.to(dtype)), weight_decay=0.0)
-            self.ffn_key = nn.Linear(d_model, hidden, bias=False, **factory)
-            self.ffn_receptance = nn.Linear(d_model, d_model, bias=False, **factory)
-            self.ffn_value = nn.Linear(hidden, d_model, bias=False, **factory)
+            self.ffn_key = nn.Linear(d_model, hidden, bias=False, **self.factory)
+            self.ffn_receptance = nn.Linear(d_model, d_model, bias=False, **self.factory)
+            self.ffn_value = nn.Linear(hidden, d_model, bias=False, **self.factory)
 
     @staticmethod
     def _shift(x, x_prev):
@@ -158,8 +157,7 @@ class RWKV(Mixer):
             new_state["ffn_x_prev"] = h
         return y, new_state
 
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        device = device if device is not None else self.time_decay.device
+    def _init_state(self, batch_size, *, device, dtype) -> State:
         dtype = dtype or self.key.weight.dtype
         wide = torch.promote_types(dtype, torch.float32)
         shape = (batch_size, self.d_model)

@@ -18,8 +18,8 @@ import torch
 from einops import rearrange
 
 from ssmlab.layers import GELUGLUOutput
-from ssmlab.mixers.base import Mixer, State, at_least_float32, ssm_parameter
-from ssmlab.mixers.s4d import DiagonalSSM
+from ssmlab.layers.diagonal_ssm import DiagonalSSM
+from ssmlab.mixers.base import Mixer, at_least_float32, ssm_parameter
 from ssmlab.registry import register
 
 
@@ -45,20 +45,20 @@ class S4ND(Mixer):
     def __init__(self, d_model: int, image_shape: tuple[int, int] | None = None, d_state: int = 64, *,
                  init: str = "lin", dt_min: float = 0.001, dt_max: float = 0.1, lr: float | None = 0.001,
                  dropout: float = 0.0, n_ssm: int | None = None, device=None, dtype=None):
-        super().__init__(d_model)
+        super().__init__(d_model, device=device, dtype=dtype)
         if image_shape is None or len(image_shape) != 2 or min(image_shape) < 1:
             raise ValueError(f"s4nd: image_shape=(H, W) is required, got {image_shape!r}")
         if d_state < 2 or d_state % 2:
             raise ValueError(f"s4nd: d_state must be an even number >= 2, got {d_state}")
-        dtype = dtype or torch.get_default_dtype()
+        dtype = self.factory["dtype"]
         self.image_shape = tuple(image_shape)
         axis = {"init": init, "dt_min": dt_min, "dt_max": dt_max, "lr": lr, "bidirectional": True, "skip": False,
-                "n_ssm": n_ssm, "device": device, "dtype": dtype}
+                "n_ssm": n_ssm, **self.factory}
         # Each axis: a bidirectional S4D kernel, without a skip term of its own (the layer has one).
         self.axis_h = DiagonalSSM(d_model, d_state, **axis)
         self.axis_w = DiagonalSSM(d_model, d_state, **axis)
         self.D = ssm_parameter(torch.randn(d_model, device=device, dtype=torch.float64), dtype, weight_decay=None)
-        self.output = GELUGLUOutput(d_model, dropout, device=device, dtype=dtype)
+        self.output = GELUGLUOutput(d_model, dropout, **self.factory)
 
     @staticmethod
     def _axis_kernel(ssm: DiagonalSSM, n: int) -> torch.Tensor:
@@ -72,8 +72,6 @@ class S4ND(Mixer):
         return self._axis_kernel(self.axis_h, h)[:, :, None] * self._axis_kernel(self.axis_w, w)[:, None, :]
 
     def _forward(self, x, state, return_state):
-        if return_state:
-            raise RuntimeError(f"mixer {self.registry_name!r} is bidirectional and has no state to return")
         h, w = self.image_shape
         if x.shape[1] != h * w:
             raise ValueError(f"s4nd: x must have shape (B, H*W={h * w}, D={self.d_model}) for image_shape "
@@ -85,6 +83,3 @@ class S4ND(Mixer):
         y = torch.fft.irfft2(spectrum, s=size)[..., h - 1:2 * h - 1, w - 1:2 * w - 1]
         y = rearrange(y, "b d h w -> b (h w) d") + self.D * x
         return self.output(y.to(x.dtype)), None
-
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        return {}

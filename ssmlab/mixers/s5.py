@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from ssmlab.mixers.base import Mixer, State, ssm_dtype, ssm_parameter
+from ssmlab.mixers.base import Mixer, State, complex_dtype, ssm_dtype, ssm_parameter
 from ssmlab.ops import discretize_diag, dplr, init_log_dt, linear_scan
 from ssmlab.registry import register
 
@@ -99,7 +99,7 @@ class S5(Mixer):
                  bidirectional: bool = False, lr: float | None = None,
                  backend: str | None = None, activation: str | None = "half_glu1", dropout: float = 0.0,
                  device=None, dtype=None):
-        super().__init__(d_model)
+        super().__init__(d_model, bidirectional=bidirectional, device=device, dtype=dtype)
         if activation not in ACTIVATIONS:
             raise ValueError(f"s5: activation must be one of {ACTIVATIONS}, got {activation!r}")
         if blocks < 1 or d_state % (2 * blocks):
@@ -109,10 +109,8 @@ class S5(Mixer):
             raise ValueError(f"s5: c_init must be one of {C_INITS}, got {c_init!r}")
         if discretization not in ("zoh", "bilinear"):
             raise ValueError(f"s5: discretization must be 'zoh' or 'bilinear', got {discretization!r}")
-        dtype = dtype or torch.get_default_dtype()
+        dtype = self.factory["dtype"]
         self.d_state, self.discretization, self.backend = d_state, discretization, backend
-        self.bidirectional = bidirectional
-        self.causal = not bidirectional
         half = d_state // 2
         eig, V = hippo_n_blocks(d_state, blocks, device)
         self.Lambda_re = ssm_parameter(eig.real, dtype, lr=lr)
@@ -132,9 +130,8 @@ class S5(Mixer):
         self.log_step = ssm_parameter(init_log_dt(half, dt_min, dt_max, device=device, dtype=ssm_dtype(dtype)), dtype,
                                       lr=lr)
         self.activation = activation
-        factory = {"device": device, "dtype": dtype}
-        self.gate = nn.Linear(d_model, d_model, **factory) if activation and "glu" in activation else None
-        self.value = nn.Linear(d_model, d_model, **factory) if activation == "full_glu" else None
+        self.gate = nn.Linear(d_model, d_model, **self.factory) if activation and "glu" in activation else None
+        self.value = nn.Linear(d_model, d_model, **self.factory) if activation == "full_glu" else None
         for linear in (self.gate, self.value):
             if linear is not None:
                 with torch.no_grad():
@@ -174,19 +171,13 @@ class S5(Mixer):
             h_back = self._scan(x.flip(1), a_bar, b_bar, None).flip(1)
             y = y + 2 * torch.einsum("hn,bln->blh", c[1], h_back).real
         y = (y.to(x.dtype) + self.D * x).to(x.dtype)
-        if return_state and self.bidirectional:
-            raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True has no state to return")
         return self._output(y), ({"h": h[:, -1]} if return_state else None)
 
     def _step(self, x_t, state):
-        if self.bidirectional:
-            raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True cannot step")
         a_bar, b_bar, c = self._discrete()
         h = a_bar * state["h"] + x_t.to(b_bar.dtype) @ b_bar.T
         return self._output((2 * (h @ c[0].T).real.to(x_t.dtype) + self.D * x_t).to(x_t.dtype)), {"h": h}
 
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        device = device if device is not None else self.D.device
-        dtype = dtype or self.D.dtype
-        cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-        return {"h": torch.zeros(batch_size, self.d_state // 2, device=device, dtype=cdtype)}
+    def _init_state(self, batch_size, *, device, dtype) -> State:
+        return {"h": torch.zeros(batch_size, self.d_state // 2, device=device,
+                                 dtype=complex_dtype(dtype or self.D.dtype))}

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmlab.mixers.base import Mixer, State
+from ssmlab.mixers.base import Mixer, State, StepFromForward
 from ssmlab.ops import fft_conv
 from ssmlab.registry import register
 
@@ -57,7 +57,7 @@ class RelativePositionEncoder(nn.Module):
 
 @register("mixer", "tnn", description="Toeplitz neural network: relative-position Toeplitz kernels by FFT",
           paper="2305.04749")
-class TNN(Mixer):
+class TNN(StepFromForward, Mixer):
     """The gated Toeplitz unit (GTU) of TNN (arXiv 2305.04749).
 
     Args:
@@ -76,17 +76,14 @@ class TNN(Mixer):
 
     def __init__(self, d_model: int, *, expand: int = 1, rpe_dim: int | None = None, rpe_layers: int = 3,
                  decay: float = 0.99, bidirectional: bool = False, device=None, dtype=None):
-        super().__init__(d_model)
+        super().__init__(d_model, bidirectional=bidirectional, device=device, dtype=dtype)
         if not 0 < decay <= 1 or expand < 1 or rpe_layers < 1:
             raise ValueError(f"tnn: need 0 < decay <= 1, expand >= 1, rpe_layers >= 1; got {decay}, {expand}, "
                              f"{rpe_layers}")
-        factory = {"device": device, "dtype": dtype}
         self.width, self.decay = expand * d_model, decay
-        self.bidirectional = bidirectional
-        self.causal = not bidirectional
-        self.uv_proj = nn.Linear(d_model, 2 * self.width, **factory)
-        self.rpe = RelativePositionEncoder(self.width, rpe_dim or max(16, d_model // 8), rpe_layers, **factory)
-        self.out_proj = nn.Linear(self.width, d_model, **factory)
+        self.uv_proj = nn.Linear(d_model, 2 * self.width, **self.factory)
+        self.rpe = RelativePositionEncoder(self.width, rpe_dim or max(16, d_model // 8), rpe_layers, **self.factory)
+        self.out_proj = nn.Linear(self.width, d_model, **self.factory)
 
     def kernel(self, length: int, *, device=None, dtype=None) -> torch.Tensor:
         """Causal Toeplitz coefficients t_0 .. t_{L-1} (E, L), or (E, 2L) with t_{-1} .. t_{-L} appended."""
@@ -98,8 +95,6 @@ class TNN(Mixer):
         return k
 
     def _forward(self, x, state, return_state):
-        if self.bidirectional and (state is not None or return_state):
-            raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True has no state")
         u, v = F.silu(self.uv_proj(x)).chunk(2, dim=-1)
         past = None if state is None else state["history"]
         full = v if past is None else torch.cat([past, v], dim=1)
@@ -107,13 +102,6 @@ class TNN(Mixer):
         mixed = fft_conv(full, k, bidirectional=self.bidirectional)[:, full.shape[1] - v.shape[1]:]
         return self.out_proj(u * mixed), ({"history": full} if return_state else None)
 
-    def _step(self, x_t, state):
-        if self.bidirectional:
-            raise RuntimeError(f"mixer {self.registry_name!r} with bidirectional=True cannot step")
-        y, new_state = self._forward(x_t[:, None], state, True)
-        return y[:, 0], new_state
-
-    def init_state(self, batch_size, *, device=None, dtype=None) -> State:
-        device = device if device is not None else self.out_proj.weight.device
+    def _init_state(self, batch_size, *, device, dtype) -> State:
         dtype = dtype or self.out_proj.weight.dtype
         return {"history": torch.zeros(batch_size, 0, self.width, device=device, dtype=dtype)}

@@ -34,23 +34,51 @@ Loading a checkpoint replaces all of it: the init only decides where training st
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
 from torch import nn
 
 from ssmlab import registry
+from ssmlab.config import ConfigError, check_options, constructor_options
 from ssmlab.layers import GatedMLP, RMSNorm
 from ssmlab.mixers.base import Mixer
 
 
 def create_mixer(name: str, d_model: int, **options) -> Mixer:
-    """Build the registered mixer ``name`` with width ``d_model`` and its own ``options``."""
+    """Build the registered mixer ``name`` with width ``d_model`` and its own ``options``; an
+    option it does not take is a ``ConfigError`` that lists those it does (:func:`check_mixer_options`)."""
+    check_mixer_options(name, options, types=False)
+    return registry.get("mixer", name).obj(d_model, **options)
+
+
+# Mixer options with one name across mixers since ssmlab 0.1 (old name -> new); the old names are
+# an error that names the new one.
+RENAMED_OPTIONS = {"head_dim": "headdim", "disc": "discretization", "postact": "activation"}
+
+
+def check_mixer_options(name: str, options: dict, *, types: bool = True) -> None:
+    """Check ``options`` against the constructor of mixer ``name`` before it is built: an unknown
+    option is a ``ConfigError`` listing the valid ones, and with ``types`` an annotated one of the
+    wrong type too (see :func:`ssmlab.config.check_options`).
+    A mixer that wraps another (it takes ``mixer``: the bidirectional wrapper, cross-scan) passes
+    the options it does not take to the wrapped mixer, and they are checked against that one's."""
     cls = registry.get("mixer", name).obj
-    try:
-        return cls(d_model, **options)
-    except TypeError as exc:
-        raise ValueError(f"mixer {name!r}: bad options {sorted(options)}: {exc}") from exc
+    valid = constructor_options(cls)
+    valid.pop("d_model", None)
+    owner = f"mixer {name!r}"
+    for old in options:
+        if old not in valid and RENAMED_OPTIONS.get(old) in valid:
+            raise ConfigError(f"{owner}: option {old} is now called {RENAMED_OPTIONS[old]}")
+    if "mixer" not in valid:
+        check_options(options, valid, owner, types=types)
+        return
+    check_options({k: v for k, v in options.items() if k in valid}, valid, owner, types=types)
+    param = inspect.signature(cls).parameters.get("mixer")
+    inner = options.get("mixer", param.default if param is not None else None)
+    if isinstance(inner, str) and inner in registry.names("mixer"):
+        check_mixer_options(inner, {k: v for k, v in options.items() if k not in valid}, types=types)
 
 
 RESIDUAL_OUTPUTS = ("out_proj", "output_linear", "output")

@@ -8,7 +8,11 @@
 * ``vision``: images (B, H, W, C) -> patch embedding -> scan order -> backbone -> pooling -> (B, C);
   see :mod:`ssmlab.models.vision`.
 
-:func:`head_loss` is the loss and the metrics of each head, for the trainer.
+Each head says how it is trained and scored, for the trainer: ``count(targets)`` (how many
+targets the loss averages over), ``loss(outputs, targets)`` (that mean, in float32) and
+``metrics(outputs, targets)`` (each metric's sum over the batch; divided by the count over a
+split), and ``takes_lengths`` (whether the trainer passes a padded batch's ``lengths``).
+:func:`head_loss` gives the three of a head by its registered name.
 
 Every model starts from one initialisation: token embeddings, and so a tied LM head, are drawn
 from N(0, 0.02) (:func:`init_embedding_`); an untied LM head and the other heads keep PyTorch's
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmlab.models.backbone import Backbone
+from ssmlab import registry
 from ssmlab.registry import register
 
 
@@ -69,8 +74,46 @@ class _Encoder(nn.Module):
         return self.embed(inputs)
 
 
+class PretrainedMixin:
+    """``save_pretrained`` for every head; the format is :mod:`ssmlab.interop.pretrained`'s."""
+
+    def save_pretrained(self, path, *, format: str = "auto", task=None):
+        """Write this model to the directory ``path``; ``ssmlab.load_pretrained(path)`` reads it back.
+
+        ``format``: ``"auto"`` (default: the transformers format for a pure Mamba or Mamba-2
+        language model without MLP blocks, ssmlab's format otherwise), ``"hf"`` or
+        ``"ssmlab"``. ``task`` (a Task or a task name) records the task and, for a language
+        model, its tokeniser. See :func:`ssmlab.interop.save_pretrained`.
+        """
+        from ssmlab.interop import save_pretrained
+
+        return save_pretrained(self, path, format=format, task=task)
+
+
+class _EveryTarget:
+    """A loss averaged over every target; the trainer gives a padded batch's lengths."""
+
+    takes_lengths = True
+
+    @staticmethod
+    def count(targets: torch.Tensor) -> int:
+        return targets.numel()
+
+
+class ClassifierObjective(_EveryTarget):
+    """Cross-entropy over class logits (B, C) against class indices (B,); the metric is ``accuracy``."""
+
+    @staticmethod
+    def loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(outputs.float(), targets)
+
+    @staticmethod
+    def metrics(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"accuracy": (outputs.argmax(-1) == targets).sum()}
+
+
 @register("model", "lm", description="Causal language model: embedding, backbone, vocabulary head")
-class LanguageModel(nn.Module):
+class LanguageModel(PretrainedMixin, nn.Module):
     """Token-level model: logits (B, L, V) for every position.
 
     Args:
@@ -88,6 +131,23 @@ class LanguageModel(nn.Module):
         if tie_embeddings:
             self.lm_head.weight = self.encoder.embed.weight
 
+    # Next-token cross-entropy over the positions whose target is not ``ignore_index`` (padding);
+    # logits (B, L, V), targets (B, L); the metric is token ``accuracy``. Padding is in the targets,
+    # so the trainer gives no lengths.
+    takes_lengths = False
+
+    @staticmethod
+    def count(targets: torch.Tensor, *, ignore_index: int = -100) -> int:
+        return int((targets != ignore_index).sum())
+
+    @staticmethod
+    def loss(outputs: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = -100) -> torch.Tensor:
+        return F.cross_entropy(outputs.flatten(0, 1).float(), targets.flatten(), ignore_index=ignore_index)
+
+    @staticmethod
+    def metrics(outputs: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = -100) -> dict:
+        return {"accuracy": ((outputs.argmax(-1) == targets) & (targets != ignore_index)).sum()}
+
     def forward(self, input_ids, states=None, *, return_state=False, lengths=None):
         """Logits (B, L, V). With ``lengths`` (B,) the batch is right-padded: each row's logits
         and final states are those of its first ``lengths[b]`` tokens."""
@@ -98,18 +158,11 @@ class LanguageModel(nn.Module):
     def init_state(self, batch_size, *, device=None, dtype=None):
         return self.backbone.init_state(batch_size, device=device, dtype=dtype)
 
-    def save_pretrained(self, path):
-        """Write a Mamba or Mamba-2 LM in the Hugging Face transformers format (see :mod:`ssmlab.interop`)."""
-        from ssmlab.interop import save_pretrained
-
-        return save_pretrained(self, path)
-
     def step(self, token_ids, states):
         """One token per sequence: ids (B,) -> logits (B, V) and the new states."""
         h, states = self.backbone.step(self.encoder(token_ids), states)
         return self.lm_head(h), states
 
-    @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
@@ -120,7 +173,18 @@ class LanguageModel(nn.Module):
         greedy decoding; otherwise tokens are sampled from the softmax at that
         temperature, restricted to the ``top_k`` most likely tokens and to the smallest
         set whose probability reaches ``top_p`` (nucleus sampling, arXiv 1904.09751).
+        :meth:`generate_tokens` yields the same tokens one at a time, as they are made.
         """
+        tokens = list(self.generate_tokens(input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+                                           top_p=top_p, generator=generator))
+        return torch.cat([input_ids] + [t[:, None] for t in tokens], dim=1)
+
+    @torch.no_grad()
+    def generate_tokens(self, input_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
+                        top_k: int | None = None, top_p: float | None = None,
+                        generator: torch.Generator | None = None):
+        """Iterator over the ``max_new_tokens`` continuation tokens of ``input_ids`` (B, L), each (B,),
+        yielded as soon as it is sampled (for streaming); the arguments are those of :meth:`generate`."""
         if not self.backbone.causal:
             raise ValueError("generate needs a causal model; this one has a bidirectional mixer")
         if max_new_tokens < 0:
@@ -129,16 +193,16 @@ class LanguageModel(nn.Module):
             raise ValueError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 1; got {temperature}, {top_p}, {top_k}")
         was_training = self.training
         self.eval()
-        logits, states = self(input_ids, return_state=True)
-        logits = logits[:, -1]
-        out = [input_ids]
-        for i in range(max_new_tokens):
-            token = sample_token(logits, temperature, top_k, top_p, generator)
-            out.append(token[:, None])
-            if i + 1 < max_new_tokens:
-                logits, states = self.step(token, states)
-        self.train(was_training)
-        return torch.cat(out, dim=1)
+        try:
+            logits, states = self(input_ids, return_state=True)
+            logits = logits[:, -1]
+            for i in range(max_new_tokens):
+                token = sample_token(logits, temperature, top_k, top_p, generator)
+                yield token
+                if i + 1 < max_new_tokens:
+                    logits, states = self.step(token, states)
+        finally:
+            self.train(was_training)
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
@@ -160,7 +224,7 @@ def sample_token(logits: torch.Tensor, temperature: float, top_k: int | None, to
 
 
 @register("model", "classify", description="Sequence classifier: encoder, backbone, pooling, linear head")
-class SequenceClassifier(nn.Module):
+class SequenceClassifier(ClassifierObjective, PretrainedMixin, nn.Module):
     """Sequence-level model: logits (B, C).
 
     Args:
@@ -183,20 +247,10 @@ class SequenceClassifier(nn.Module):
 
     def forward(self, inputs, lengths: torch.Tensor | None = None):
         batch, length = inputs.shape[:2]
-        if lengths is None:
-            h, _ = self.backbone(self.encoder(inputs))  # (B, L, D)
-            lengths = torch.full((batch,), length, device=h.device)
-        elif lengths.shape != (batch,) or bool((lengths < 1).any()) or bool((lengths > length).any()):
-            raise ValueError(f"lengths must have shape ({batch},) with values in [1, {length}]")
-        else:
-            lengths = lengths.to(inputs.device)
-            h, _ = self.backbone(self.encoder(inputs), lengths=lengths)  # (B, L, D)
-        if self.pooling == "last":
-            pooled = h[torch.arange(batch, device=h.device), lengths - 1]
-        else:
-            mask = (torch.arange(length, device=h.device)[None] < lengths[:, None]).to(h.dtype)  # (B, L)
-            pooled = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        return self.head(pooled)
+        if lengths is not None:
+            lengths = _check_lengths(lengths, (batch,), length, inputs.device)
+        h, _ = self.backbone(self.encoder(inputs), lengths=lengths)  # (B, L, D)
+        return self.head(_pool(h, lengths, self.pooling))
 
 
 def _check_lengths(lengths: torch.Tensor, shape: tuple[int, ...], length: int, device) -> torch.Tensor:
@@ -277,7 +331,7 @@ class RevIN(nn.Module):
 
 @register("model", "forecast", description="Time-series forecaster: RevIN, backbone, last position -> horizon",
           paper="2109.12398")
-class Forecaster(nn.Module):
+class Forecaster(_EveryTarget, PretrainedMixin, nn.Module):
     """Multi-step forecasting: the past ``L`` values (B, L, F) -> the next ``horizon`` values (B, H, F).
 
     The series is normalised by RevIN (arXiv 2109.12398), projected to ``d_model``, run
@@ -322,10 +376,28 @@ class Forecaster(nn.Module):
         y = self.head(_pool(h, lengths, "last")).view(batch, self.horizon, self.input_dim)
         return self.revin.denormalize(y, stats) if self.revin is not None else y
 
+    # Mean squared error over every value of predictions and targets (B, H, F); the metrics are
+    # ``mse`` and ``mae``.
+    @staticmethod
+    def loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return _forecast_error(outputs, targets).square().mean()
+
+    @staticmethod
+    def metrics(outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        error = _forecast_error(outputs, targets).detach()
+        return {"mse": error.square().sum(), "mae": error.abs().sum()}
+
+
+def _forecast_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if outputs.shape != targets.shape:
+        raise ValueError(f"forecast outputs {tuple(outputs.shape)} and targets {tuple(targets.shape)} must have "
+                         f"the same shape (B, H, F)")
+    return outputs.float() - targets.float()
+
 
 @register("model", "retrieval", description="Two-tower document matching (LRA retrieval): shared encoder, "
           "[u, v, u*v, u-v], MLP", paper="2011.04006")
-class RetrievalClassifier(nn.Module):
+class RetrievalClassifier(ClassifierObjective, PretrainedMixin, nn.Module):
     """Whether two documents match, as in LRA's retrieval task (Tay et al., arXiv 2011.04006).
 
     One encoder (token embedding, backbone, pooling) is shared by the two towers: it
@@ -378,36 +450,11 @@ class RetrievalClassifier(nn.Module):
         return self.head(torch.cat([u, v, u * v, u - v], dim=-1))
 
 
-CLASSIFICATION_HEADS = ("classify", "retrieval", "vision")
-
-
-def head_loss(head: str, outputs: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = -100):
-    """The training loss and the evaluation sums of model head ``head``.
-
-    Returns ``(loss, sums, count)``: ``loss`` is the mean over the ``count`` counted
-    targets (what to backpropagate), and each metric of the head is ``sums[name] / count``
-    summed over batches. In float32 whatever the model's dtype.
-
-    * ``"lm"``: cross-entropy over the positions whose target is not ``ignore_index``;
-      ``sums = {"accuracy": correct tokens}``; outputs (B, L, V), targets (B, L).
-    * ``"classify"``, ``"retrieval"``, ``"vision"``: cross-entropy; ``sums = {"accuracy":
-      correct}``; outputs (B, C), targets (B,) class indices; count = B.
-    * ``"forecast"``: mean squared error; ``sums = {"mse": sum of squared errors, "mae":
-      sum of absolute errors}``; outputs and targets (B, H, F); count = B * H * F.
-    """
-    if head == "lm":
-        loss = F.cross_entropy(outputs.flatten(0, 1).float(), targets.flatten(), ignore_index=ignore_index)
-        mask = targets != ignore_index
-        return loss, {"accuracy": ((outputs.argmax(-1) == targets) & mask).sum()}, mask.sum()
-    if head in CLASSIFICATION_HEADS:
-        loss = F.cross_entropy(outputs.float(), targets)
-        return loss, {"accuracy": (outputs.argmax(-1) == targets).sum()}, torch.tensor(targets.numel())
-    if head == "forecast":
-        if outputs.shape != targets.shape:
-            raise ValueError(f"forecast outputs {tuple(outputs.shape)} and targets {tuple(targets.shape)} must have "
-                             f"the same shape (B, H, F)")
-        error = outputs.float() - targets.float()
-        loss = error.square().mean()
-        sums = {"mse": error.detach().square().sum(), "mae": error.detach().abs().sum()}
-        return loss, sums, torch.tensor(targets.numel())
-    raise ValueError(f"head_loss: unknown head {head!r}; expected 'lm', 'forecast' or one of {CLASSIFICATION_HEADS}")
+def head_loss(head: str, outputs: torch.Tensor, targets: torch.Tensor):
+    """``(loss, sums, count)`` of the registered model head ``head``: its ``loss`` (the mean over
+    the ``count`` counted targets, what to backpropagate), its ``metrics`` (each metric's sum, to
+    be divided by the count summed over batches) and its ``count``, as a tensor."""
+    if head not in registry.names("model"):
+        raise ValueError(f"head_loss: unknown head {head!r}; expected one of {registry.names('model')}")
+    cls = registry.get("model", head).obj
+    return cls.loss(outputs, targets), cls.metrics(outputs, targets), torch.tensor(cls.count(targets))

@@ -20,6 +20,7 @@ from torch import nn
 from ssmlab import registry
 from ssmlab.layers.scan import SCAN_ORDERS, scan_order
 from ssmlab.models.backbone import Backbone
+from ssmlab.models.heads import ClassifierObjective, PretrainedMixin
 from ssmlab.registry import register
 
 CLASS_TOKEN_POSITIONS = ("first", "middle", "last")
@@ -32,7 +33,7 @@ def _takes_image_shape(name: str) -> bool:
 
 @register("model", "vision", description="Image classifier: patch embedding, scan order, backbone, pooling (Vim)",
           paper="2401.09417")
-class VisionClassifier(nn.Module):
+class VisionClassifier(ClassifierObjective, PretrainedMixin, nn.Module):
     """Images (B, H, W, C) float in [0, 1] -> logits (B, n_classes).
 
     Only real-valued images are taken (also (B, H, W) when ``in_channels == 1``);

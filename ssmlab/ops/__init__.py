@@ -7,6 +7,8 @@ specification, and fast backends chosen as described in :mod:`ssmlab.ops._dispat
 
 from ssmlab.ops._dispatch import BackendUnavailableError, Op
 from ssmlab.ops.fftconv import fft_conv
+from ssmlab.ops.gated_delta_rule import gated_delta_rule, gated_delta_rule_step
+from ssmlab.ops.gla import gla, gla_step
 from ssmlab.ops.linear_attention import linear_attention, linear_attention_step
 from ssmlab.ops.scan import linear_scan
 from ssmlab.ops.selective_scan import selective_scan, selective_scan_step

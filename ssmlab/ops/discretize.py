@@ -21,7 +21,8 @@ Three structures of A:
 
 ``dt`` broadcasts against A's leading (channel) dimensions: a scalar, or a tensor
 of shape ``A.shape[:-2]`` (dense) / ``A.shape[:-1]`` (diagonal). It must be positive.
-:func:`init_log_dt` draws the learnable log-step of S4 and S4D.
+:func:`init_log_dt` draws the learnable log-step of S4 and S4D; :func:`init_dt_bias` the bias of
+Mamba's input-dependent step.
 """
 
 from __future__ import annotations
@@ -57,6 +58,22 @@ def init_log_dt(size: int, dt_min: float = 0.001, dt_max: float = 0.1, *, genera
     u = torch.rand(size, generator=generator, dtype=torch.float64)
     return (u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).to(device=device,
                                                                               dtype=dtype or torch.get_default_dtype())
+
+
+def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
+    """``y`` with ``softplus(y) == x`` for ``x > 0``."""
+    return x + torch.log(-torch.expm1(-x))
+
+
+def init_dt_bias(size: int, dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4, *, device=None,
+                 dtype=None) -> torch.Tensor:
+    """Bias (size,) whose softplus is log-uniform in [dt_min, dt_max], floored at ``dt_init_floor``: Mamba's
+    initialisation of its step, ``dt = softplus(... + bias)`` (arXiv 2312.00752; Mamba-2, arXiv 2405.21060)."""
+    if not 0 < dt_min <= dt_max:
+        raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+    u = torch.rand(size, device=device, dtype=torch.float64)
+    dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
+    return inverse_softplus(dt).to(dtype or torch.get_default_dtype())
 
 
 def discretize_dense(A: torch.Tensor, B: torch.Tensor, dt, method: str = "zoh"):

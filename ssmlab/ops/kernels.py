@@ -5,7 +5,8 @@ convolution ``y = K * u`` with ``K[k] = C A_bar^k B_bar``. Three ways to compute
 for channels (H,):
 
 * :func:`ssm_kernel_dense`: unroll the recurrence (any A; the test oracle, and LSSL's form);
-* :func:`ssm_kernel_diag`: diagonal A, a Vandermonde product (S4D, arXiv 2206.11893);
+* :func:`ssm_kernel_diag`: diagonal A, a Vandermonde product (S4D, arXiv 2206.11893), or
+  :func:`ssm_kernel_diag_discrete` for a system already discretised (DSS, Mega's EMA);
 * :func:`ssm_kernel_dplr`: ``A = diag(Lambda) - P^T conj(Q)``, the truncated generating
   function evaluated at the L-th roots of unity through Cauchy kernels and the
   Woodbury identity, then an inverse FFT (S4, arXiv 2111.00396). It uses the
@@ -13,6 +14,10 @@ for channels (H,):
   one half of a conjugate-symmetric spectrum, as S4 stores it, and sums over the
   full spectrum, as the official S4 code's Cauchy kernel does: the low-rank term
   couples the two halves, so the diagonal shortcut ``2 Re(half kernel)`` is wrong here.
+
+A layer that computes its output as such a convolution and also continues from a state or returns
+one adds what the state contributes: :func:`diagonal_state_terms` for a diagonal system (in closed
+form), :func:`dense_state_terms` for a dense or DPLR one (by its recurrence).
 """
 
 from __future__ import annotations
@@ -48,7 +53,9 @@ def ssm_kernel_diag(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, dt, L: in
 
     A, B, C (H, N), real or complex; dt (H,) or a number. With ``conj_sym`` the N states
     stand for N conjugate pairs and the kernel is ``2 Re(...)`` (S4D's halved spectrum);
-    otherwise the sum itself is returned (real for a real system).
+    otherwise the sum itself is returned (real for a real system). The system is discretised
+    by :func:`~ssmlab.ops.discretize.discretize_diag`, then :func:`ssm_kernel_diag_discrete`
+    takes the powers.
     """
     _check_length(L)
     if A.dim() != 2:
@@ -57,17 +64,88 @@ def ssm_kernel_diag(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, dt, L: in
         if t.shape != A.shape:
             raise ValueError(f"{name} must have shape {tuple(A.shape)} like A, got {tuple(t.shape)}")
     A_bar, B_bar = discretize_diag(A, B, dt, method)
-    k = torch.arange(L, device=A.device, dtype=A.real.dtype if A.is_complex() else A.dtype)
     if method == "zoh":
         dt_t = _check_dt(dt).to(A.device)
         log_a = A * (dt_t[..., None] if dt_t.dim() else dt_t)
     else:
         log_a = torch.log(A_bar.to(torch.promote_types(A_bar.dtype, torch.complex64)))
-    powers = torch.exp(log_a[..., None] * k)  # (H, N, L)
+    K = ssm_kernel_diag_discrete(log_a, B_bar, C, L, conj_sym=conj_sym)
+    return K if A.is_complex() or B.is_complex() or C.is_complex() else K.real
+
+
+def ssm_kernel_diag_discrete(log_A_bar: torch.Tensor, B_bar: torch.Tensor, C: torch.Tensor, L: int, *,
+                             conj_sym: bool = False) -> torch.Tensor:
+    """Kernel (H, L) of a discretised diagonal SSM: ``K[h, k] = sum_n C[h,n] B_bar[h,n] exp(k log_A_bar[h,n])``.
+
+    log_A_bar (the log of the diagonal of A_bar), B_bar and C (H, N), real or complex. With
+    ``conj_sym`` the N states stand for N conjugate pairs and the kernel is ``2 Re(...)``;
+    otherwise the sum itself (complex for a complex system). The systems that are not the
+    zero-order hold or bilinear transform of :func:`ssm_kernel_diag` call it directly: DSS's
+    (arXiv 2203.14343) and Mega's damped EMA (arXiv 2209.10655).
+    """
+    _check_length(L)
+    k = torch.arange(L, device=log_A_bar.device, dtype=log_A_bar.real.dtype)
+    powers = torch.exp(log_A_bar[..., None] * k)  # (H, N, L)
     K = torch.einsum("hn,hnl->hl", C * B_bar, powers)
-    if conj_sym:
-        return 2 * K.real
-    return K.real if not (A.is_complex() or B.is_complex() or C.is_complex()) else K
+    return 2 * K.real if conj_sym else K
+
+
+def diagonal_state_terms(x, log_A_bar, B_bar, C, h0, return_state: bool, scale: float = 2.0):
+    """What a state adds to a diagonal SSM computed as a convolution.
+
+    The system is ``h_t = exp(log_A_bar) h_{t-1} + B_bar u_t``, ``y_t = scale * Re(C h_t)`` per
+    channel, with log_A_bar, B_bar, C (H, M) complex (scale 2 for a conjugate-symmetric halved
+    spectrum), x (B, L, H). Returns the free response of the initial state ``h0`` (B, H, M) to
+    add to the output, ``scale Re(C A_bar^(t+1) h0)`` (B, L, H), or None without ``h0``; and the
+    state after the last position, ``A_bar^L h0 + sum_s A_bar^(L-1-s) B_bar u_s`` (B, H, M), when
+    ``return_state``, else None.
+    """
+    if h0 is None and not return_state:
+        return None, None
+    length = x.shape[1]
+    powers = torch.exp(log_A_bar[..., None] * torch.arange(length + 1, device=x.device))  # (H, M, L+1)
+    extra = None
+    if h0 is not None:
+        extra = scale * torch.einsum("hm,bhm,hml->blh", C, h0, powers[..., 1:]).real.to(x.dtype)
+    h = None
+    if return_state:
+        weights = powers[..., :length].flip(-1) * B_bar[..., None]  # (H, M, L)
+        h = torch.einsum("blh,hml->bhm", x.to(weights.dtype), weights)
+        if h0 is not None:
+            h = h + powers[..., length] * h0
+    return extra, h
+
+
+def apply_transition(A_bar: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``A_bar h`` for a state h (B, H, M): A_bar (H, M, M), or (H, M, 2M) acting on ``[h, conj(h)]``
+    (the first M rows of a conjugate-symmetric system over 2M states, as S4 keeps its state)."""
+    if A_bar.shape[-1] != h.shape[-1]:
+        h = torch.cat([h, h.conj()], dim=-1)
+    return (A_bar @ h[..., None])[..., 0]
+
+
+def dense_state_terms(x, A_bar, B_bar, C, h0, return_state: bool, scale: float = 2.0):
+    """What a state adds to an SSM with a dense transition computed as a convolution.
+
+    The system is ``h_t = A_bar h_{t-1} + B_bar u_t`` with B_bar and C (H, M), A_bar (H, M, M),
+    or (H, M, 2M) for the kept half of a conjugate-symmetric system (A_bar then acts on
+    ``[h, conj(h)]``, see :func:`apply_transition`), and ``y_t = scale * Re(C h_t)``; x (B, L, H).
+    Returns the free response of ``h0`` (B, H, M) to add to the output (B, L, H), or None without
+    ``h0``; and the state after the last position when ``return_state``, else None. It runs the
+    recurrence position by position: it serves streaming and chunked inference, not training on
+    whole sequences.
+    """
+    h = torch.zeros(x.shape[0], *B_bar.shape, dtype=A_bar.dtype, device=x.device) if h0 is None else h0
+    free, responses = h0, []
+    for u_t in x.unbind(1):
+        h = apply_transition(A_bar, h) + B_bar * u_t[..., None].to(B_bar.dtype)
+        if h0 is not None:
+            free = apply_transition(A_bar, free)
+            responses.append(free)
+    extra = None
+    if h0 is not None:
+        extra = scale * torch.einsum("hm,blhm->blh", C, torch.stack(responses, 1)).real.to(x.dtype)
+    return extra, (h if return_state else None)
 
 
 def dplr_c_tilde(Lambda, P, B, C, dt, L: int, *, Q=None, inverse: bool = False,

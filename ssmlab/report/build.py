@@ -148,9 +148,6 @@ def markdown_efficiency(summary: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# Figures ---------------------------------------------------------------------------------
-
-
 def _pyplot():
     try:
         import matplotlib
@@ -169,9 +166,9 @@ LINES_PER_AXIS = 7
 def _mean_curve(store: ResultStore, run_ids: list[int], split: str, name: str):
     """The curve ``(split, name)`` averaged over the runs (seeds) at each logged step."""
     by_step = defaultdict(list)
-    for run_id in run_ids:
-        for step, sp, n, value in store.curves(run_id):
-            if sp == split and n == name and value is not None:
+    for curve in store.curves_of(run_ids, split=split, name=name).values():
+        for step, _, _, value in curve:
+            if value is not None:
                 by_step[step].append(value)
     steps = sorted(by_step)
     return steps, [statistics.fmean(by_step[s]) for s in steps]

@@ -1,3 +1,3 @@
 """Results store: every run's configs, metrics, curves and environment in one SQLite file."""
 
-from ssmlab.store.sqlite import ResultStore, StoreError, default_path, environment_fingerprint
+from ssmlab.store.sqlite import Claim, ResultStore, StoreError, config_hash, default_path, environment_fingerprint

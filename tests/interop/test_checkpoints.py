@@ -99,8 +99,9 @@ def test_bad_checkpoints(tmp_path):
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises((CheckpointError, RuntimeError), match="size mismatch|do not match"):
         load_pretrained(tmp_path / "m")
-    with pytest.raises(CheckpointError, match="only pure mamba"):
-        ssmlab.create_model("attention", d_model=16, n_layers=1, vocab_size=5).save_pretrained(tmp_path / "a")
+    with pytest.raises(CheckpointError, match="pure mamba or mamba2 stacks, not attention"):
+        ssmlab.create_model("attention", d_model=16, n_layers=1, vocab_size=5).save_pretrained(tmp_path / "a",
+                                                                                                format="hf")
 
 
 def test_generate_command_with_and_without_tokenizer(tmp_path, capsys):

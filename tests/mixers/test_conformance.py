@@ -154,6 +154,24 @@ def test_step_errors_clearly_without_recurrent_form(cls, options):
         mixer.step(inputs(2, 1)[:, 0], mixer.init_state(2, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("cls, options", CASES)
+def test_bidirectional_mixer_has_no_state(cls, options):
+    """A mixer that is not causal (a class, or built with ``bidirectional=True``) has no state: every
+    use of one (init_state, step, return_state, a state passed in) is the same error, naming it."""
+    mixer = make(cls, options)
+    if mixer.causal:
+        pytest.skip("causal mixers have a state; covered by test_step_matches_forward")
+    x = inputs(2, sequence_length(options, 4))
+    uses = {"init_state": lambda: mixer.init_state(2), "step": lambda: mixer.step(x[:, 0], {}),
+            "return_state": lambda: mixer(x, return_state=True), "state": lambda: mixer(x, {})}
+    messages = set()
+    for use, call in uses.items():
+        with pytest.raises(RuntimeError, match=f"{cls.registry_name}.*bidirectional") as info:
+            call()
+        messages.add(str(info.value))
+    assert len(messages) == 1, f"{cls.registry_name}: different errors for the uses of a state: {messages}"
+
+
 def test_every_registered_mixer_is_covered():
     assert {c.values[0].registry_name for c in CASES} == set(registry.names("mixer"))
     assert {"attention"} <= set(registry.names("mixer"))

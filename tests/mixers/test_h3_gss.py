@@ -28,7 +28,7 @@ def test_h3_is_q_times_ssm_of_shifted_k_times_v():
 
 def test_h3_heads_use_outer_products():
     torch.manual_seed(0)
-    h3 = ssmlab.create_mixer("h3", 4, d_state=4, head_dim=2, dtype=torch.float64)
+    h3 = ssmlab.create_mixer("h3", 4, d_state=4, headdim=2, dtype=torch.float64)
     assert h3.ssm.channels == 8
     q, k, v = (torch.arange(4, dtype=torch.float64) + i for i in range(3))
     kv = h3._mix(q, k, v)  # head 0: k[0:2] v[0:2]^T flattened
@@ -45,8 +45,8 @@ def test_gss_shapes_and_formula():
 
 
 def test_bad_options():
-    with pytest.raises(ValueError, match="head_dim"):
-        ssmlab.create_mixer("h3", 6, head_dim=4)
+    with pytest.raises(ValueError, match="headdim"):
+        ssmlab.create_mixer("h3", 6, headdim=4)
     with pytest.raises(ValueError, match="expand"):
         ssmlab.create_mixer("gss", 8, expand=0)
 

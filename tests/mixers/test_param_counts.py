@@ -95,6 +95,19 @@ CASES = [
     # arXiv 1706.03762 section 3.2, base model (d_model=512, h=8, d_k=d_v=64): W_Q, W_K, W_V, W_O, the paper
     # writes no biases. Derived: 4*512^2 = 1,048,576 (torch.nn.MultiheadAttention, with biases: 1,050,624).
     pytest.param("attention", 512, dict(n_heads=8), 1_048_576, id="attention"),
+    # fla-org/flash-linear-attention @ bc3b101, fla/layers/delta_net.py DeltaNet() with its defaults
+    # (hidden_size=1024, 4 heads, expand_k = expand_v = 1, short convolutions of width 4 without bias,
+    # use_gate=False, RMSNorm(256) output norm). Run: 4,210,944.
+    pytest.param("deltanet", 1024, dict(), 4_210_944, id="deltanet"),
+    # Same commit, fla/layers/gated_deltanet.py GatedDeltaNet() with its defaults (hidden_size=2048,
+    # 6 heads, head_dim=256, expand_v=2, use_gate=True, short convolutions of width 4 without bias). Run: 25,215,500.
+    pytest.param("gated-deltanet", 2048, dict(), 25_215_500, id="gated-deltanet"),
+    # Same commit, fla/layers/gla.py GatedLinearAttention() with its defaults (hidden_size=1024, 4 heads,
+    # expand_k=0.5, expand_v=1, gate_low_rank_dim=16, output gate, no short convolutions). Run: 4,219,648.
+    pytest.param("gla", 1024, dict(), 4_219_648, id="gla"),
+    # Same commit, fla/layers/hgrn2.py HGRN2Attention() with its defaults (hidden_size=1024, expand_ratio=128,
+    # so 8 heads, no short convolutions). Run: 4,195,328.
+    pytest.param("hgrn2", 1024, dict(), 4_195_328, id="hgrn2"),
 ]
 
 

@@ -23,9 +23,13 @@ from tests.mixers.test_conformance import CASES
 # needs an entry: a list of its A, dt and D-like tensors, or [] when it has none.
 KEPT = {
     "attention": [],
+    "deltanet": [],
     "dss": ["log_Lambda_real", "Lambda_imag", "W", "log_dt", "D"],
+    "gated-deltanet": ["A_log", "dt_bias"],
+    "gla": [],
     "gss": ["ssm.log_dt", "ssm.log_A_real", "ssm.A_imag", "ssm.D"],
     "h3": ["shift_D", "ssm.log_dt", "ssm.log_A_real", "ssm.A_imag", "ssm.B", "ssm.D"],
+    "hgrn2": [],
     "hyena": ["bias", "filter.decay_rates"],
     "linear-attention": [],
     "liquid-s4": ["log_A_real", "A_imag", "P", "B", "log_dt", "D"],

@@ -39,7 +39,7 @@ def test_discretisations_differ_and_bad_one_is_an_error():
     torch.manual_seed(0)
     zoh = ssmlab.create_mixer("s4d", 4, d_state=8, dtype=torch.float64)
     torch.manual_seed(0)
-    bil = ssmlab.create_mixer("s4d", 4, d_state=8, disc="bilinear", dtype=torch.float64)
+    bil = ssmlab.create_mixer("s4d", 4, d_state=8, discretization="bilinear", dtype=torch.float64)
     assert (zoh.ssm.kernel(16) - bil.ssm.kernel(16)).abs().max() > 1e-6
     with pytest.raises(ValueError, match="disc"):
-        ssmlab.create_mixer("s4d", 4, disc="euler")
+        ssmlab.create_mixer("s4d", 4, discretization="euler")

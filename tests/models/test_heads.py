@@ -211,3 +211,19 @@ def test_head_loss():
         head_loss("regress", logits, labels)
     with pytest.raises(ValueError, match="same shape"):
         head_loss("forecast", outputs, targets[:, :1])
+
+
+def test_each_head_carries_its_loss_and_metrics():
+    logits, labels = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]]), torch.tensor([0, 1, 1])
+    for head, options in (("classify", {"n_classes": 2, "vocab_size": 4}), ("retrieval", {"vocab_size": 4})):
+        model = create_model("mamba", head=head, **TINY, **options)
+        assert model.takes_lengths and model.count(labels) == 3
+        assert_close(model.loss(logits, labels), torch.nn.functional.cross_entropy(logits, labels), atol=1e-7)
+        assert int(model.metrics(logits, labels)["accuracy"]) == 2
+    lm = create_model("mamba", head="lm", vocab_size=5, **TINY)
+    targets = torch.tensor([[1, -100, 2]])
+    assert not lm.takes_lengths and lm.count(targets) == 2
+    forecaster = create_model("mamba", head="forecast", input_dim=1, horizon=2, **TINY)
+    outputs, series = torch.tensor([[[1.0], [2.0]]]), torch.tensor([[[0.0], [4.0]]])
+    assert forecaster.loss(outputs, series).item() == pytest.approx(2.5)
+    assert forecaster.metrics(outputs, series)["mae"].item() == pytest.approx(3.0)

@@ -5,13 +5,14 @@ import torch
 
 import ssmlab
 from ssmlab.models.backbone import RESIDUAL_OUTPUTS, Backbone, create_mixer
+from tests.mixers.variants import first_variant
 
 MIXERS = ssmlab.list_mixers()
 CAUSAL_MIXERS = [n for n in MIXERS if ssmlab.registry.get("mixer", n).obj.causal]
 
 
 def _options(mixer: str) -> dict:
-    return dict(ssmlab.registry.get("mixer", mixer).extra.get("variants", [{}])[0])
+    return first_variant(mixer)
 
 
 @pytest.mark.parametrize("d_model", [16, 64])

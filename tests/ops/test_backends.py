@@ -64,6 +64,11 @@ def _seeded(call):
 
 # One tiny valid call of each op's public function, by op name; keywords (backend=) are passed on.
 CALLS = {
+    "gated_delta_rule": _seeded(lambda randn, rand, **kw: ops.gated_delta_rule(
+        randn(1, 5, 2, 3), randn(1, 5, 2, 3), randn(1, 5, 2, 4), rand(1, 5, 2), log_alpha=-rand(1, 5, 2),
+        chunk_size=2, **kw)),
+    "gla": _seeded(lambda randn, rand, **kw: ops.gla(
+        randn(1, 5, 2, 3), randn(1, 5, 2, 3), randn(1, 5, 2, 4), -rand(1, 5, 2, 3), chunk_size=2, **kw)),
     "linear_attention": _seeded(lambda randn, rand, **kw: ops.linear_attention(
         randn(1, 5, 2, 3), randn(1, 5, 2, 3), randn(1, 5, 2, 4), log_decay=-rand(2), chunk_size=2, **kw)),
     "wkv": _seeded(lambda randn, rand, **kw: ops.wkv(randn(1, 5, 3), randn(1, 5, 3), rand(3) + 0.1, randn(3), **kw)),

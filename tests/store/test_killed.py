@@ -40,7 +40,9 @@ def test_sigkill_during_a_run_leaves_store_readable_and_run_unfinished(tmp_path)
     assert rows == [("old", "s4d", "finished"), ("train", "attention", "running")]
     with ResultStore(db) as store:
         assert [r["model"] for r in store.runs()] == ["s4d"]  # finished runs only, by default
-        assert [r["status"] for r in store.runs(status=None)] == ["finished", "running"]
+        # The killed process is gone: its row, still 'running' in the file, reads as interrupted.
+        assert [r["status"] for r in store.runs(status=None)] == ["finished", "interrupted"]
+        assert store.runs(status="running") == []
 
 
 def test_bad_input_loses_nothing_in_the_store(tmp_path, capsys):

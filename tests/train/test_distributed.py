@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent("""
     torch.manual_seed(0)
     model = ssmlab.create_model("attention", head="lm", d_model=16, n_layers=1, **task.model_options())
     result = train(model, task, TrainConfig(steps=6, batch_size=8, lr=1e-2, warmup_steps=1, progress=False,
-                                            checkpoint_dir=sys.argv[2]))
+                                            checkpoint_dir=sys.argv[2], keep_checkpoint=True))
     if distributed.rank() == 0:
         torch.save({"params": [p.detach() for p in model.parameters()], "metrics": result.metrics}, sys.argv[1])
 """)

@@ -18,7 +18,7 @@ LOW, HIGH = 1e-3, 1e-2
 PLANTED = {LOW: {"val_accuracy": 0.9, "test_accuracy": 0.6}, HIGH: {"val_accuracy": 0.5, "test_accuracy": 0.95}}
 
 
-def _planted_train(spec, config, checkpoint_root=None):
+def _planted_train(spec, config, *args, **kwargs):
     lr = spec.train_options.get("lr", config.lr)
     # The seed moves every figure a little, so that the cell's spread is over seeds.
     metrics = {k: v + 0.01 * spec.seed for k, v in PLANTED[lr].items()}

@@ -98,7 +98,8 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path, monkeypatch):
 
 
 def test_checkpoint_of_another_model_or_run_is_a_clear_error(tmp_path):
-    train(_model(), _mqar(), TrainConfig(steps=2, batch_size=8, progress=False, checkpoint_dir=str(tmp_path)))
+    train(_model(), _mqar(), TrainConfig(steps=2, batch_size=8, progress=False, checkpoint_dir=str(tmp_path),
+                                        keep_checkpoint=True))
     with pytest.raises(CheckpointError, match="another model.*'attention'.*'s4d'"):
         train(_model("s4d"), _mqar(), TrainConfig(steps=2, batch_size=8, progress=False, checkpoint_dir=str(tmp_path)))
     with pytest.raises(CheckpointError, match="other settings.*lr"):
