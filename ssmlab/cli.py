@@ -92,6 +92,10 @@ def _experiment_from_args(args):
         if getattr(args, flag) is not None:
             for t in exp.tasks:
                 t.trainer.pop(flag, None)
+    if args.lr is not None:  # one learning rate given: no sweep
+        exp.lr_grid = None
+        for t in exp.tasks:
+            t.lr_grid = None
     if args.tasks:
         wanted = _csv(args.tasks)
         for name in wanted:
@@ -197,7 +201,8 @@ def _cmd_run(args) -> int:
 def _label(spec) -> str:
     from ssmlab.experiment import model_label
 
-    return f"{model_label(spec)} on {spec.task} (seed {spec.seed})"
+    trial = f", lr {spec.train_options['lr']:g}" if spec.lr_grid else ""
+    return f"{model_label(spec)} on {spec.task} (seed {spec.seed}{trial})"
 
 
 def _runs(exp, args, fix: str):
@@ -254,6 +259,7 @@ def _train_experiment(args):
     model = {"mixer": names[0] if len(names) == 1 else names * (n_layers // len(names)),
              "options": _key_values(args.model_option, "--model-option")}
     trainer = dict(quick.get("trainer") or {})
+    trainer.pop("lr_grid", None)  # one run, at the suite's lr or the command line's
     trainer.update({field: getattr(args, flag) for flag, field in _TRAIN_FLAGS.items()
                     if getattr(args, flag) is not None})
     return experiment.parse({"name": "train", "models": [model], "tasks": [task], "seeds": [args.seed],
@@ -511,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
     p.add_argument("--steps", type=_positive, default=None, help="optimiser steps per run (trainer.steps)")
     p.add_argument("--batch-size", type=_positive, default=None, help="batch size (trainer.batch_size)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (trainer.lr)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (trainer.lr); replaces the suite's learning-rate grid")
     p.add_argument("--d-model", type=_positive, default=None, help="width of models that do not set one (defaults.d_model)")
     p.add_argument("--n-layers", type=_positive, default=None, help="depth of models that do not set one (defaults.n_layers)")
     p.add_argument("--device", default=None, help="torch device (default cpu)")

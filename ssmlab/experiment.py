@@ -18,6 +18,26 @@ under ``ssmlab/suites/``) looks like::
     seeds: [0, 1, 2]
     trainer: {steps: 2000, lr: 1e-3, batch_size: 64}
 
+The protocol is the one Zoology (arXiv 2312.04927) uses to compare architectures
+fairly: every model of an experiment gets the same data, steps, batch size and
+schedule, and with ``trainer: {lr_grid: [3.0e-4, 1.0e-3, 3.0e-3]}`` the same
+learning-rate sweep. Each value of the grid is one trial per model, task and
+seed, recorded in the store like any run (its ``run.lr_grid`` says which sweep
+it belongs to, ``run.train_options.lr`` its learning rate). The report chooses,
+for each model and task, the learning rate whose mean validation metric over the
+seeds is best (in the task's direction; ties go to the lower validation loss),
+and reports the test metric of that choice, with its mean and spread over the
+seeds; the test split never takes part in the choice. A task may set its own
+grid (``tasks: [{name: mqar, trainer: {lr_grid: [...]}}]``), shared by every
+model on it, or a single ``lr``, which overrides the experiment's grid.
+
+``param_budget: 50000`` matches models to a parameter budget: each model that
+does not set its own ``d_model`` gets, on each task, the largest width of
+``d_model_grid`` (default 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512) whose
+parameter count (head and embeddings included, as built for that task) is at
+most the budget; the smallest width when none fits. Runs record the budget, and
+the report names rows by it rather than by the width it gave.
+
 ``--set key=value`` overrides any entry by its dotted path
 (``trainer.lr=3e-4``, ``seeds=[0,1]``, ``defaults.d_model=128``,
 ``tasks=[mqar]``); the value is read as YAML, and every key and value is
@@ -58,6 +78,7 @@ class TaskSpec:
     name: str
     options: dict = field(default_factory=dict)
     trainer: dict = field(default_factory=dict)  # trainer settings for this task's runs, over the experiment's
+    lr_grid: list[float] | None = None  # this task's learning-rate grid (read from trainer.lr_grid)
 
 
 @dataclass
@@ -81,6 +102,10 @@ class RunSpec:
     n_layers: int = Defaults.n_layers
     label: str | None = None  # the model's name in the results (default: the mixer, or mixers joined by +)
     train_options: dict = field(default_factory=dict)  # trainer settings of this run over the sweep's
+    # The learning-rate grid this run is one trial of (its own lr is train_options["lr"]); None: no sweep.
+    # The report chooses among the trials of one grid on the validation split (ssmlab.report.leaderboard).
+    lr_grid: list[float] | None = None
+    param_budget: int | None = None  # the parameter budget d_model was chosen for (see param_budget above)
 
 
 @dataclass
@@ -92,6 +117,13 @@ class Experiment:
     trainer: dict = field(default_factory=dict)
     defaults: Defaults = field(default_factory=Defaults)
     description: str = ""
+    lr_grid: list[float] | None = None  # the learning-rate grid of every task (read from trainer.lr_grid)
+    param_budget: int | None = None  # match each model's d_model to this many parameters
+    d_model_grid: list[int] = field(default_factory=lambda: list(D_MODEL_GRID))
+
+
+# The widths a parameter budget chooses from.
+D_MODEL_GRID = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 
 
 def suite_names() -> list[str]:
@@ -171,12 +203,18 @@ def parse(raw: dict, origin: str = "experiment") -> Experiment:
         tasks = [from_dict(TaskSpec, t) for t in raw["tasks"]]
         defaults = from_dict(Defaults, raw.get("defaults"))
         exp = from_dict(Experiment, {**raw, "models": models, "tasks": tasks, "defaults": defaults})
+        exp.lr_grid = _lr_grid(exp.trainer.pop("lr_grid", None), exp.lr_grid, "trainer.lr_grid")
         # Every trainer key and value checked now, not at the first run; values kept as coerced.
         checked = from_dict(TrainConfig, exp.trainer)
         exp.trainer = {k: getattr(checked, k) for k in exp.trainer}
         for t in exp.tasks:
+            t.lr_grid = _lr_grid(t.trainer.pop("lr_grid", None), t.lr_grid, f"task {t.name}: trainer.lr_grid")
             checked = from_dict(TrainConfig, {**exp.trainer, **t.trainer})
             t.trainer = {k: getattr(checked, k) for k in t.trainer}
+        if exp.param_budget is not None and exp.param_budget < 1:
+            raise ConfigError(f"param_budget must be a positive number of parameters, got {exp.param_budget}")
+        if not exp.d_model_grid or any(d < 1 for d in exp.d_model_grid):
+            raise ConfigError(f"d_model_grid must be a non-empty list of positive widths, got {exp.d_model_grid}")
     except ConfigError as exc:
         raise ConfigError(f"{origin}: {exc}") from None
     if not exp.seeds:
@@ -193,6 +231,36 @@ def parse(raw: dict, origin: str = "experiment") -> Experiment:
     for t in exp.tasks:
         registry.get("task", t.name)
     return exp
+
+
+def _lr_grid(given, current, where: str) -> list[float] | None:
+    """A learning-rate grid as a list of distinct positive floats, in the order given; None for none."""
+    if given is None:
+        return current
+    if not isinstance(given, (list, tuple)) or not given:
+        raise ConfigError(f"{where}: expected a non-empty list of learning rates, got {given!r}")
+    grid = []
+    for value in given:
+        try:
+            lr = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {value!r} is not a learning rate") from None
+        if not lr > 0:
+            raise ConfigError(f"{where}: learning rates must be positive, got {value!r}")
+        if lr in grid:
+            raise ConfigError(f"{where}: {value!r} appears twice")
+        grid.append(lr)
+    return grid
+
+
+def task_lr_grid(exp: Experiment, task: TaskSpec) -> list[float] | None:
+    """The learning rates every model is trained with on ``task``: the task's grid, else none when the
+    task sets its own ``lr``, else the experiment's grid; None means the one ``lr`` of the trainer."""
+    if task.lr_grid is not None:
+        return task.lr_grid
+    if "lr" in task.trainer:
+        return None
+    return exp.lr_grid
 
 
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]{0,99}")
@@ -271,7 +339,12 @@ def _not_causal(mixer: str | list[str], d_model: int, options: dict) -> bool:
 
 
 def expand(exp: Experiment) -> list[RunSpec]:
-    """The runs of an experiment: tasks x models x seeds, in that order.
+    """The runs of an experiment: tasks x models x learning rates x seeds, in that order.
+
+    With a learning-rate grid (:func:`task_lr_grid`), each model has one run per value of
+    the grid and seed, its ``train_options["lr"]`` the value and its ``lr_grid`` the grid.
+    With a ``param_budget``, each model that sets no ``d_model`` gets the width
+    :func:`budget_d_model` chooses for it on that task.
 
     ``"*"`` stands for every registered mixer that can run on the task. A model that is not
     causal (a bidirectional mixer, or one built with ``bidirectional=True`` in its
@@ -307,9 +380,71 @@ def _expand(exp: Experiment) -> tuple[list[RunSpec], dict[tuple[int, str, str], 
                     reason = "image mixers (registered with inputs='image') need a task that gives an image_shape"
                     skipped.setdefault((i, t.name, reason), []).append(mixer)
                     continue
-                for seed in exp.seeds:
-                    runs.append(RunSpec(mixer, t.name, seed, dict(t.options), dict(m.options),
-                                        d_model=m.d_model or exp.defaults.d_model,
-                                        n_layers=m.n_layers or exp.defaults.n_layers, label=m.name,
-                                        train_options=dict(t.trainer)))
+                n_layers = m.n_layers or exp.defaults.n_layers
+                d_model, budget = m.d_model or exp.defaults.d_model, None
+                if exp.param_budget is not None and m.d_model is None:
+                    budget = exp.param_budget
+                    d_model = budget_d_model(mixer, t.name, t.options, m.options, n_layers=n_layers,
+                                             budget=budget, grid=tuple(exp.d_model_grid))
+                grid = task_lr_grid(exp, t)
+                trials = [{"lr": lr} for lr in grid] if grid else [{}]
+                for trial in trials:
+                    for seed in exp.seeds:
+                        runs.append(RunSpec(mixer, t.name, seed, dict(t.options), dict(m.options), d_model=d_model,
+                                            n_layers=n_layers, label=m.name, train_options={**t.trainer, **trial},
+                                            lr_grid=list(grid) if grid else None, param_budget=budget))
     return runs, skipped
+
+
+def parameter_count(mixer, task: str, task_options: dict, model_options: dict, *, d_model: int,
+                    n_layers: int) -> int:
+    """The parameter count of ``mixer`` built for ``task`` (head and embeddings included) at this width."""
+    import torch
+
+    from ssmlab.models import create_model
+    from ssmlab.tasks import create_task
+
+    task_obj = create_task(task, **task_options)
+    with torch.device("meta"):
+        try:
+            model = create_model(mixer, head=task_obj.head, d_model=d_model, n_layers=n_layers,
+                                 **task_obj.model_options(), **model_options)
+        except (NotImplementedError, RuntimeError):
+            model = None
+    if model is None:  # a mixer whose initialisation computes on its tensors: built on the CPU instead
+        model = create_model(mixer, head=task_obj.head, d_model=d_model, n_layers=n_layers,
+                             **task_obj.model_options(), **model_options)
+    return sum(p.numel() for p in model.parameters())
+
+
+@functools.lru_cache(maxsize=1024)
+def _budget_d_model(mixer, task, task_options, model_options, n_layers, budget, grid) -> int:
+    import json
+
+    fitting, smallest = None, None
+    for d_model in sorted(grid):
+        try:
+            count = parameter_count(mixer if isinstance(mixer, str) else list(mixer), task,
+                                    json.loads(task_options), json.loads(model_options),
+                                    d_model=d_model, n_layers=n_layers)
+        except (TypeError, ValueError):  # a width this mixer does not take (heads that do not divide it, ...)
+            continue
+        smallest = d_model if smallest is None else smallest
+        if count <= budget:
+            fitting = d_model
+    if smallest is None:
+        name = mixer if isinstance(mixer, str) else "+".join(mixer)
+        raise ConfigError(f"no width of {list(grid)} builds {name} for {task}")
+    return fitting if fitting is not None else smallest
+
+
+def budget_d_model(mixer, task: str, task_options: dict, model_options: dict, *, n_layers: int, budget: int,
+                   grid=D_MODEL_GRID) -> int:
+    """The largest ``d_model`` of ``grid`` at which ``mixer`` on ``task`` has at most ``budget``
+    parameters; the smallest width that builds when none fits."""
+    import json
+
+    key = mixer if isinstance(mixer, str) else tuple(mixer)
+    return _budget_d_model(key, task, json.dumps(task_options, sort_keys=True),
+                           json.dumps(model_options, sort_keys=True), n_layers, budget, tuple(grid))
+

@@ -37,7 +37,8 @@ def test_run_writes_store_and_prints_leaderboard(capsys, tmp_path):
     assert "mqar" in out and "selective-copying" in out and "attention" in out
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT model, task, status FROM runs").fetchall()
-    expected = [("attention", "mqar", "finished"), ("attention", "selective-copying", "finished")]
+    # One run per value of the suite's learning-rate grid on the token-level tasks, one learning rate on GunPoint.
+    expected = [("attention", "mqar", "finished"), ("attention", "selective-copying", "finished")] * 2
     if missing_source(create_task("ucr-gunpoint")) is None:  # the quick suite's real data set, from aeon
         expected.append(("attention", "ucr-gunpoint", "finished"))
     assert sorted(rows) == sorted(expected)

@@ -7,16 +7,44 @@ from ssmlab.cli import main
 from ssmlab.config import ConfigError
 
 
+PANEL = {"attention", "s4d", "s4", "h3", "hyena", "retnet", "rwkv", "mamba", "mamba2"}
+
+
 def test_shipped_suites_load_and_expand():
-    assert {"quick", "synthetic"} <= set(experiment.suite_names())
+    assert {"quick", "synthetic", "zoo"} <= set(experiment.suite_names())
     for name in experiment.suite_names():
         exp = experiment.load(name)
         assert exp.name == name and exp.models and exp.tasks
-    quick = experiment.expand(experiment.load("quick"))
+    zoo = experiment.expand(experiment.load("zoo"))
     causal = [n for n in registry.names("mixer") if registry.get("mixer", n).obj.causal]
     # Token-level tasks: every causal mixer, and no bidirectional one.
-    assert sorted({s.mixer for s in quick if s.task == "mqar"}) == sorted(causal)
+    assert sorted({s.mixer for s in zoo if s.task == "mqar"}) == sorted(causal)
+    assert {s.mixer for s in zoo if s.task == "ucr-gunpoint"} == set(registry.names("mixer")) - {"s4nd", "cross-scan"}
+    quick = experiment.expand(experiment.load("quick"))
+    # The default is the panel on every task, and one bidirectional model on the real data set.
+    for task in ("mqar", "selective-copying", "ucr-gunpoint"):
+        assert {s.mixer for s in quick if s.task == task} == PANEL
+    not_causal = [s for s in quick if experiment._not_causal(s.mixer, s.d_model, s.model_options)]
+    assert not_causal and {s.task for s in not_causal} == {"ucr-gunpoint"}
     assert all(s.d_model == 32 and s.n_layers == 2 for s in quick)
+
+
+@pytest.mark.parametrize("suite", ["quick", "zoo"])
+def test_every_model_of_a_suite_gets_the_same_protocol(suite):
+    """Zoology's protocol (arXiv 2312.04927): per task, every model the same data, trainer settings and
+    learning-rate grid; the zoo is the quick suite with every mixer."""
+    specs = experiment.expand(experiment.load(suite))
+    for task in {s.task for s in specs}:
+        on_task = [s for s in specs if s.task == task]
+        trials = {}
+        for s in on_task:
+            trials.setdefault(experiment.model_label(s), set()).add(
+                (repr(sorted(s.task_options.items())), repr(sorted(s.train_options.items())), repr(s.lr_grid), s.seed))
+        assert len({frozenset(t) for t in trials.values()}) == 1, task
+    quick, zoo = (experiment.load(name) for name in ("quick", "zoo"))
+    assert [(t.name, t.options, t.trainer, t.lr_grid) for t in quick.tasks] == \
+        [(t.name, t.options, t.trainer, t.lr_grid) for t in zoo.tasks]
+    assert quick.trainer == zoo.trainer and quick.lr_grid == zoo.lr_grid and quick.lr_grid
 
 
 def test_star_runs_image_mixers_on_image_tasks_only():
@@ -122,10 +150,11 @@ def test_run_leaves_out_tasks_whose_source_is_missing(tmp_path, capsys, monkeypa
 
 
 def test_per_task_trainer_settings_and_command_line_precedence():
-    exp = experiment.load("quick")
+    exp = experiment.parse({"models": ["s4d"], "seeds": [0], "trainer": {"lr_grid": [1e-3, 1e-2]},
+                            "tasks": ["mqar", {"name": "ucr-gunpoint", "trainer": {"steps": 100, "batch_size": 16}}]})
     gunpoint = [s for s in experiment.expand(exp) if s.task == "ucr-gunpoint"]
-    assert gunpoint and all(s.train_options == {"steps": 100, "batch_size": 16} for s in gunpoint)
-    assert all(s.train_options == {} for s in experiment.expand(exp) if s.task == "mqar")
+    assert [s.train_options for s in gunpoint] == [{"steps": 100, "batch_size": 16, "lr": lr} for lr in (1e-3, 1e-2)]
+    assert [s.train_options for s in experiment.expand(exp) if s.task == "mqar"] == [{"lr": 1e-3}, {"lr": 1e-2}]
     with pytest.raises(ConfigError, match="stepz"):
         experiment.parse({"models": ["s4d"], "tasks": [{"name": "mqar", "trainer": {"stepz": 1}}]})
 
@@ -157,3 +186,38 @@ def test_direction_is_read_from_the_instance(tmp_path, capsys):
         cls = registry.get("mixer", name).obj
         assert cls.causal and is_causal(cls, 16) and not is_causal(cls, 16, bidirectional=True), name
         assert not create_mixer(name, 16, bidirectional=True).causal
+
+
+def test_param_budget_gives_each_model_the_largest_width_that_fits():
+    task = {"name": "mqar", "options": {"vocab_size": 16, "seq_len": 16, "num_kv_pairs": 2}}
+    grid = [8, 16, 24, 32, 48]
+    exp = experiment.parse({"models": ["attention", "mamba", {"mixer": "s4d", "d_model": 8}], "tasks": [task],
+                            "seeds": [0], "param_budget": 20000, "d_model_grid": grid, "defaults": {"n_layers": 2}})
+    specs = {s.mixer: s for s in experiment.expand(exp)}
+    for mixer in ("attention", "mamba"):
+        count = lambda d: experiment.parameter_count(mixer, "mqar", task["options"], {}, d_model=d,  # noqa: E731
+                                                     n_layers=2)
+        d = specs[mixer].d_model
+        assert count(d) <= 20000 and specs[mixer].param_budget == 20000
+        assert all(count(larger) > 20000 for larger in grid if larger > d)
+    # Mamba's block holds more parameters per width than attention's: the budget gives it a smaller width.
+    assert specs["mamba"].d_model < specs["attention"].d_model
+    # A model that sets its own width keeps it, outside the budget.
+    assert specs["s4d"].d_model == 8 and specs["s4d"].param_budget is None
+    with pytest.raises(ConfigError, match="param_budget"):
+        experiment.parse({"models": ["s4d"], "tasks": ["mqar"], "param_budget": 0})
+
+
+def test_rows_matched_to_a_budget_are_named_by_it(tmp_path):
+    from ssmlab.report import leaderboard
+    from ssmlab.store import ResultStore
+
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        for task, d_model, acc in (("mqar", 48, 0.5), ("selective-copying", 32, 0.7)):
+            run = {"task": task, "task_options": {}, "train_options": {}, "d_model": d_model, "param_budget": 50000}
+            run_id = store.start_run(suite="s", model="mamba", task=task, seed=0, config={"run": run, "train": {}},
+                                     environment={})
+            store.finish_run(run_id, metrics={"test_accuracy": acc}, n_params=49000, wall_time_s=1.0,
+                             peak_memory_mb=None)
+        (row,) = leaderboard(store, suite="s")["rows"]
+    assert row["key"] == "mamba" and set(row["cells"]) == {"mqar", "selective-copying"}

@@ -6,7 +6,11 @@
   configuration and one column per task configuration (see
   :mod:`ssmlab.report.leaderboard`), the mean and standard deviation over seeds
   of the metric each task declares, the best of each column marked in that
-  metric's direction, and each task's chance level and published figures;
+  metric's direction, the learning rate chosen on validation where a
+  learning-rate grid was swept, and each task's chance level and published
+  figures;
+* ``trials.csv``: every trial of every learning-rate sweep, with its mean
+  validation and test metric and whether it was the one chosen;
 * figures (PNG, with matplotlib): per suite, small multiples of the learning
   curves (one panel per task, few lines per axis, smoothed with the raw curve
   faint behind), each task's metric against parameter count with chance and
@@ -30,7 +34,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ssmlab.report.leaderboard import (TIME_HEADING, best_per_column, cell_text, column_heading, leaderboard,
-                                      task_info)
+                                      protocol_note, references, task_info)
 from ssmlab.store import ResultStore
 
 EFFICIENCY_SUITE = "efficiency"
@@ -41,20 +45,6 @@ def suite_tables(store: ResultStore) -> list[dict]:
     column is a task scored by its own declared metric and direction."""
     suites = sorted({r["suite"] for r in store.runs()} - {EFFICIENCY_SUITE})
     return [{**leaderboard(store, suite=suite), "suite": suite} for suite in suites]
-
-
-def _references(board: dict) -> list[str]:
-    """One line per task column that declares a chance level or published figures."""
-    lines = []
-    for c in board["columns"]:
-        parts = []
-        if c.get("chance") is not None:
-            parts.append(f"chance {c['chance']:.3f}")
-        for model, (value, source) in sorted(c.get("published", {}).items()):
-            parts.append(f"{model} {value:.3f} published ({source})")
-        if parts:
-            lines.append(f"{c['key']}: " + "; ".join(parts))
-    return lines
 
 
 _LEGEND = ("Test metric of each task (↑ higher is better, ↓ lower is better); mean ± standard deviation over "
@@ -74,12 +64,15 @@ def markdown_tables(boards: list[dict]) -> str:
             cells = []
             for c in board["columns"]:
                 cell = r["cells"].get(c["key"])
-                text = cell_text(cell)
+                text = cell_text(cell, r.get("lr", {}).get(c["key"]))
                 cells.append(f"**{text}**" if cell is not None and cell[0] == best[c["key"]] else text)
             parts.append("| " + " | ".join([f"`{r['key']}`", *cells, r["params_text"], f"{r['time_s']:.1f}"]) + " |")
-        references = _references(board)
-        if references:
-            parts.append("\nReference levels: " + "; ".join(references) + ".")
+        note = protocol_note(board)
+        if note:
+            parts.append(f"\nThe {note}.")
+        levels = references(board)
+        if levels:
+            parts.append("\nReference levels: " + "; ".join(levels) + ".")
         if board["skipped"]:
             parts.append(f"\nNot ranked (task not registered, so its metric is unknown): {', '.join(board['skipped'])}.")
         parts.append("")
@@ -90,14 +83,31 @@ def write_csv(boards: list[dict], path: Path) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["suite", "model", "task", "metric", "lower_is_better", "mean", "std", "seeds", "n_params",
-                         "time_per_run_s"])
+                         "time_per_run_s", "lr"])
         for board in boards:
             for r in board["rows"]:
                 for c in board["columns"]:
                     if c["key"] in r["cells"]:
                         mean, std, n = r["cells"][c["key"]]
                         writer.writerow([board["suite"], r["key"], c["key"], c["metric"], c["lower_is_better"], mean,
-                                         std, n, r["task_params"].get(c["key"], r["n_params"]), r["time_s"]])
+                                         std, n, r["task_params"].get(c["key"], r["n_params"]), r["time_s"],
+                                         r.get("lr", {}).get(c["key"], "")])
+
+
+def write_trials_csv(boards: list[dict], path: Path) -> None:
+    """Every trial of every learning-rate sweep: its mean validation and test metric and whether it was chosen."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["suite", "model", "task", "metric", "lr", "val_mean", "test_mean", "seeds", "chosen",
+                         "run_ids"])
+        for board in boards:
+            metric = {c["key"]: c["metric"] for c in board["columns"]}
+            for r in board["rows"]:
+                for column, trials in r.get("trials", {}).items():
+                    for t in trials:
+                        writer.writerow([board["suite"], r["key"], column, metric[column], t["lr"], t["val"],
+                                         t["test"], len(t["run_ids"]), t["chosen"],
+                                         " ".join(map(str, t["run_ids"]))])
 
 
 def efficiency_rows(store: ResultStore) -> list[dict]:
@@ -404,16 +414,19 @@ def html_page(boards, summary, figures, environment: dict | None, note: str | No
             cells = [(r["key"], "")]
             for c in board["columns"]:
                 cell = r["cells"].get(c["key"])
-                cells.append((cell_text(cell), "best" if cell is not None and cell[0] == best[c["key"]] else ""))
+                cells.append((cell_text(cell, r.get("lr", {}).get(c["key"])), "best" if cell is not None and cell[0] == best[c["key"]] else ""))
             rows.append(cells + [(r["params_text"], ""), (f"{r['time_s']:.1f}", "")])
         if any(c.get("chance") is not None for c in board["columns"]):
             rows.append([("chance", "ref"), *(("-" if c.get("chance") is None else f"{c['chance']:.3f}", "ref")
                                              for c in board["columns"]), ("", "ref"), ("", "ref")])
         parts.append(_html_table(["model", *(column_heading(c) for c in board["columns"]), "parameters",
                                   TIME_HEADING], rows))
-        references = _references(board)
-        if references:
-            parts.append("<p class=note>Reference levels: " + html.escape("; ".join(references)) + ".</p>")
+        note = protocol_note(board)
+        if note:
+            parts.append(f"<p class=note>The {html.escape(note)}.</p>")
+        levels = references(board)
+        if levels:
+            parts.append("<p class=note>Reference levels: " + html.escape("; ".join(levels)) + ".</p>")
         if board["skipped"]:
             parts.append(f"<p class=note>Not ranked (task not registered, so its metric is unknown): "
                          f"{html.escape(', '.join(board['skipped']))}.</p>")
@@ -442,10 +455,11 @@ def build_report(store: ResultStore, out_dir, *, figures: bool = True) -> dict[s
     eff_rows = efficiency_rows(store)
     summary = efficiency_summary(eff_rows) if eff_rows else []
     paths = {"markdown": out_dir / "leaderboard.md", "csv": out_dir / "leaderboard.csv",
-             "html": out_dir / "report.html"}
+             "trials": out_dir / "trials.csv", "html": out_dir / "report.html"}
     paths["markdown"].write_text("# ssmlab leaderboard\n\n" + markdown_tables(boards) + "\n"
                                  + markdown_efficiency(summary))
     write_csv(boards, paths["csv"])
+    write_trials_csv(boards, paths["trials"])
     figure_list, note = [], None
     plt = _pyplot() if figures else None
     if figures and plt is None:

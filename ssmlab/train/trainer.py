@@ -283,6 +283,9 @@ def train(model: nn.Module, task: Task, config: TrainConfig, *, description: str
           identity: dict | None = None, discard_mismatched_checkpoint: bool = False) -> TrainResult:
     """Train ``model`` on ``task`` and evaluate on its test split; returns metrics and curves.
 
+    The final model is also evaluated on the validation split when the task has one
+    (``val_<name>`` metrics), so that a learning-rate sweep can choose on it.
+
     With ``config.checkpoint_dir`` holding a checkpoint of this run, training resumes from it; a
     checkpoint of another model or with any other setting that changes the result (see
     :func:`_run_fingerprint`; ``identity`` is the caller's JSON-able description of the run, e.g.
@@ -444,6 +447,14 @@ def _train(model: nn.Module, task: Task, config: TrainConfig, ctx: distributed.C
         for name, value in final.items():
             curves.append((final_step, "test", name, value))
         metrics = {f"test_{k}": v for k, v in final.items()}
+        if val_split is not None:
+            # The validation metrics of the final model: what a learning-rate sweep chooses by, never test.
+            with watch(final_step):
+                validation = evaluate(model, val_split, head, config.eval_batch_size, device, metric=metric,
+                                      precision=config.precision)
+            for name, value in validation.items():
+                curves.append((final_step, "val", name, value))
+            metrics.update({f"val_{k}": v for k, v in validation.items()})
         train_losses = [c[3] for c in curves if c[1] == "train" and c[2] == "loss"]
         metrics["train_loss"] = train_losses[-1] if train_losses else float("nan")
         if stopped_at is not None:

@@ -15,7 +15,7 @@ def test_loss_falls_and_metrics_reported():
     result = train(model, task, TrainConfig(steps=60, batch_size=32, lr=3e-3, warmup_steps=5, progress=False))
     losses = [v for _, split, name, v in result.curves if split == "train" and name == "loss"]
     assert losses[-1] < losses[0] * 0.8
-    assert set(result.metrics) == {"test_loss", "test_accuracy", "train_loss"}
+    assert set(result.metrics) == {"test_loss", "test_accuracy", "val_loss", "val_accuracy", "train_loss"}
     assert 0.0 <= result.metrics["test_accuracy"] <= 1.0
     assert result.n_params == sum(p.numel() for p in model.parameters())
 
