@@ -18,34 +18,8 @@ import ssmlab
 from ssmlab import registry
 from tests.mixers.conformance import D_MODEL, inputs, make
 from tests.mixers.test_conformance import CASES
+from tests.mixers.variants import KEPT
 
-# The parameters (and fixed buffers) each mixer keeps at float32, by name pattern. A new mixer
-# needs an entry: a list of its A, dt and D-like tensors, or [] when it has none.
-KEPT = {
-    "attention": [],
-    "deltanet": [],
-    "dss": ["log_Lambda_real", "Lambda_imag", "W", "log_dt", "D"],
-    "gated-deltanet": ["A_log", "dt_bias"],
-    "gla": [],
-    "gss": ["ssm.log_dt", "ssm.log_A_real", "ssm.A_imag", "ssm.D"],
-    "h3": ["shift_D", "ssm.log_dt", "ssm.log_A_real", "ssm.A_imag", "ssm.B", "ssm.D"],
-    "hgrn2": [],
-    "hyena": ["bias", "filter.decay_rates"],
-    "linear-attention": [],
-    "liquid-s4": ["log_A_real", "A_imag", "P", "B", "log_dt", "D"],
-    "lru": ["nu_log", "theta_log", "gamma_log", "D"],
-    "lssl": ["A", "B", "A_*", "log_dt", "D"],
-    "mamba": ["A_log", "D", "dt_proj.bias"],
-    "mamba2": ["A_log", "D", "dt_bias"],
-    "mega": ["alpha", "delta", "omega"],
-    "retnet": [],
-    "rwkv": ["time_decay", "time_first"],
-    "s4": ["log_A_real", "A_imag", "P", "B", "log_dt", "D"],
-    "s4d": ["ssm.log_dt", "ssm.log_A_real", "ssm.A_imag", "ssm.D"],
-    "s4nd": ["axis_?.log_dt", "axis_?.log_A_real", "axis_?.A_imag", "D"],
-    "s5": ["Lambda_re", "Lambda_im", "log_step", "D"],
-    "tnn": [],
-}
 # Mixers made of copies of another mixer: its patterns, under the copies' names.
 WRAPPERS = {"bidirectional": "mamba", "bi-mamba": "mamba", "bi-mamba2": "mamba2", "cross-scan": "mamba"}
 

@@ -60,6 +60,35 @@ VARIANTS: dict[str, list[dict]] = {
 }
 
 
+# The parameters (and fixed buffers) each mixer keeps at float32 under bfloat16, by name pattern, for
+# tests/mixers/test_precision.py. A new mixer needs an entry beside its variants: a list of its A, dt and
+# D-like tensors (declared with ssm_parameter), or [] when it has none. Wrappers of another mixer need none.
+KEPT = {
+    "attention": [],
+    "deltanet": [],
+    "dss": ["log_Lambda_real", "Lambda_imag", "W", "log_dt", "D"],
+    "gated-deltanet": ["A_log", "dt_bias"],
+    "gla": [],
+    "gss": ["ssm.log_dt", "ssm.log_A_real", "ssm.A_imag", "ssm.D"],
+    "h3": ["shift_D", "ssm.log_dt", "ssm.log_A_real", "ssm.A_imag", "ssm.B", "ssm.D"],
+    "hgrn2": [],
+    "hyena": ["bias", "filter.decay_rates"],
+    "linear-attention": [],
+    "liquid-s4": ["log_A_real", "A_imag", "P", "B", "log_dt", "D"],
+    "lru": ["nu_log", "theta_log", "gamma_log", "D"],
+    "lssl": ["A", "B", "A_*", "log_dt", "D"],
+    "mamba": ["A_log", "D", "dt_proj.bias"],
+    "mamba2": ["A_log", "D", "dt_bias"],
+    "mega": ["alpha", "delta", "omega"],
+    "retnet": [],
+    "rwkv": ["time_decay", "time_first"],
+    "s4": ["log_A_real", "A_imag", "P", "B", "log_dt", "D"],
+    "s4d": ["ssm.log_dt", "ssm.log_A_real", "ssm.A_imag", "ssm.D"],
+    "s4nd": ["axis_?.log_dt", "axis_?.log_A_real", "axis_?.A_imag", "D"],
+    "s5": ["Lambda_re", "Lambda_im", "log_step", "D"],
+    "tnn": [],
+}
+
 class MissingVariantsError(LookupError):
     """A registered mixer without an entry in ``VARIANTS``."""
 
