@@ -218,9 +218,9 @@ def _plain_log_ticks(axis, fmt: str = "{:g}") -> None:
     from matplotlib.ticker import FuncFormatter
 
     def minor(v, _):
-        # Over more than a decade only 2 and 5 times a power of ten are labelled, so that labels do not collide.
+        # Over more than a factor of 3 only 2 and 5 times a power of ten are labelled, so that labels do not collide.
         low, high = sorted(axis.get_view_interval())
-        return fmt.format(v) if low <= 0 or high / low < 10 or f"{v:e}"[0] in "25" else ""
+        return fmt.format(v) if low <= 0 or high / low < 3 or f"{v:e}"[0] in "25" else ""
 
     axis.set_major_formatter(FuncFormatter(lambda v, _: fmt.format(v)))
     axis.set_minor_formatter(FuncFormatter(minor))
