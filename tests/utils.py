@@ -32,3 +32,18 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, atol: float, r
         idx = tuple(int(i) for i in torch.nonzero(failing)[0])
         raise AssertionError(f"{name}: max abs diff {worst:.3e}, max rel diff {rel:.3e} "
                              f"(atol={atol:g}, rtol={rtol:g}); first failure at index {idx}")
+
+
+def assert_backend_grads_match(run, leaves: dict, *, atol: float = 1e-10, rtol: float = 1e-10) -> None:
+    """``run(backend, **inputs) -> (output, final state)`` for the ``reference`` and ``torch`` backends:
+    the gradients of ``sum(sin(output)) + sum(state**2)`` with respect to every input in ``leaves``
+    agree, and the ``torch`` ones are finite."""
+    grads = {}
+    for backend in ("reference", "torch"):
+        x = {name: t.clone().requires_grad_(True) for name, t in leaves.items()}
+        o, state = run(backend, **x)
+        (o.sin().sum() + state.square().sum()).backward()
+        grads[backend] = {name: t.grad for name, t in x.items()}
+    for name in leaves:
+        assert torch.isfinite(grads["torch"][name]).all(), name
+        assert_close(grads["torch"][name], grads["reference"][name], atol=atol, rtol=rtol, name=f"grad {name}")

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from ssmlab.ops import gated_delta_rule, gated_delta_rule_step
 from ssmlab.ops.gated_delta_rule import gated_delta_rule_op
-from tests.utils import LENGTHS, assert_close
+from tests.utils import LENGTHS, assert_backend_grads_match, assert_close
 
 BACKENDS = list(gated_delta_rule_op.backends)
 
@@ -76,17 +76,12 @@ def test_gradients_match_reference(length, gated, initial_state):
         leaves["log_alpha"] = log_alpha
     if initial_state:
         leaves["initial_state"] = h0
-    grads = {}
-    for backend in ("reference", "torch"):
-        x = {name: t.clone().requires_grad_(True) for name, t in leaves.items()}
-        o, state = gated_delta_rule(x["q"], x["k"], x["v"], x["beta"], log_alpha=x.get("log_alpha"),
-                                    initial_state=x.get("initial_state"), chunk_size=16, return_final_state=True,
-                                    backend=backend)
-        (o.sin().sum() + state.square().sum()).backward()
-        grads[backend] = {name: t.grad for name, t in x.items()}
-    for name in leaves:
-        assert torch.isfinite(grads["torch"][name]).all(), name
-        assert_close(grads["torch"][name], grads["reference"][name], atol=1e-10, rtol=1e-10, name=f"grad {name}")
+
+    def run(backend, q, k, v, beta, log_alpha=None, initial_state=None):
+        return gated_delta_rule(q, k, v, beta, log_alpha=log_alpha, initial_state=initial_state, chunk_size=16,
+                                return_final_state=True, backend=backend)
+
+    assert_backend_grads_match(run, leaves)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from ssmlab.ops import gla, gla_step
 from ssmlab.ops.gla import gla_op
-from tests.utils import LENGTHS, assert_close
+from tests.utils import LENGTHS, assert_backend_grads_match, assert_close
 
 BACKENDS = list(gla_op.backends)
 
@@ -80,16 +80,11 @@ def test_gradients_match_reference(length, initial_state):
     leaves = {"q": q, "k": k, "v": v, "log_decay": log_decay}
     if initial_state:
         leaves["initial_state"] = h0
-    grads = {}
-    for backend in ("reference", "torch"):
-        x = {name: t.clone().requires_grad_(True) for name, t in leaves.items()}
-        o, state = gla(x["q"], x["k"], x["v"], x["log_decay"], initial_state=x.get("initial_state"), chunk_size=32,
-                       return_final_state=True, backend=backend)
-        (o.sin().sum() + state.square().sum()).backward()
-        grads[backend] = {name: t.grad for name, t in x.items()}
-    for name in leaves:
-        assert torch.isfinite(grads["torch"][name]).all(), name
-        assert_close(grads["torch"][name], grads["reference"][name], atol=1e-10, rtol=1e-10, name=f"grad {name}")
+    def run(backend, q, k, v, log_decay, initial_state=None):
+        return gla(q, k, v, log_decay, initial_state=initial_state, chunk_size=32, return_final_state=True,
+                   backend=backend)
+
+    assert_backend_grads_match(run, leaves)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
