@@ -80,6 +80,7 @@ def test_gradients_match_reference(length, initial_state):
     leaves = {"q": q, "k": k, "v": v, "log_decay": log_decay}
     if initial_state:
         leaves["initial_state"] = h0
+
     def run(backend, q, k, v, log_decay, initial_state=None):
         return gla(q, k, v, log_decay, initial_state=initial_state, chunk_size=32, return_final_state=True,
                    backend=backend)
