@@ -6,7 +6,10 @@ with named backends. A call picks its backend in this order:
 1. the ``backend=`` argument of the call;
 2. the environment variable ``SSMLAB_<OP>_BACKEND`` (for example
    ``SSMLAB_SELECTIVE_SCAN_BACKEND=reference``), then ``SSMLAB_BACKEND``;
-3. the available backend with the highest priority for the input's device.
+3. the available backend with the highest priority for the input's device
+   (a ``triton`` backend is chosen this way only on CUDA tensors; on the CPU it
+   runs through Triton's interpreter when asked for by name with
+   ``TRITON_INTERPRET=1``, which is how the tests check it).
 
 A backend asked for by name (argument or environment) that does not exist or
 is not available raises an error; there is never a silent fallback.
@@ -54,6 +57,18 @@ class Backend:
     available: Callable[[torch.device], bool]
     loader: Callable[[], Callable] | None = None
     alias_of: str | None = None  # another name for that backend; never chosen by priority
+    auto_devices: tuple[str, ...] | None = None  # device types on which priority may choose it; None: all
+
+
+def triton_available(device: torch.device) -> bool:
+    """Triton can run here: on a CUDA device, or on the CPU through its interpreter (``TRITON_INTERPRET=1``)."""
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _always(device: torch.device) -> bool:
@@ -93,11 +108,16 @@ class Op:
         """Register a backend whose module is imported only when first used (Triton kernels)."""
         self._add(Backend(name, None, priority, available, loader), aliases)
 
+    def register_triton(self, loader: Callable[[], Callable], *, priority: int = 100) -> None:
+        """Register the ``triton`` backend: imported on first use, chosen by default on CUDA tensors when Triton
+        is importable, and on CPU tensors only when asked for by name under ``TRITON_INTERPRET=1``."""
+        self._add(Backend("triton", None, priority, triton_available, loader, auto_devices=("cuda",)), ())
+
     def _add(self, backend: Backend, aliases: tuple[str, ...]) -> None:
         self.backends[backend.name] = backend
         for alias in aliases:
             self.backends[alias] = Backend(alias, backend.fn, backend.priority, backend.available, backend.loader,
-                                           alias_of=backend.name)
+                                           alias_of=backend.name, auto_devices=backend.auto_devices)
 
     def resolve(self, backend: str | None = None, device: torch.device | str = "cpu") -> Callable:
         device = torch.device(device)
@@ -114,7 +134,8 @@ class Op:
                     f"{self.name}: backend {requested!r} is not available for device {device} here"
                 )
         else:
-            usable = [b for b in self.backends.values() if b.alias_of is None and b.available(device)]
+            usable = [b for b in self.backends.values() if b.alias_of is None and b.available(device)
+                      and (b.auto_devices is None or device.type in b.auto_devices)]
             if not usable:
                 raise BackendUnavailableError(f"{self.name}: no backend available for device {device}")
             # The first of the highest priority, as max(key=) would pick, in a loop that

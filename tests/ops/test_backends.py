@@ -169,3 +169,18 @@ def test_argument_beats_env_var_and_missing_names_raise(op, monkeypatch):
     assert calls == ["reference"]
     with pytest.raises(BackendUnavailableError, match=f"{op.name}: no backend named 'nope'; registered backends"):
         CALLS[op.name](backend="nope")
+
+
+def test_triton_backend_is_chosen_only_on_cuda_and_by_name_under_the_interpreter(monkeypatch):
+    monkeypatch.delenv("SSMLAB_TOY_BACKEND", raising=False)
+    monkeypatch.delenv("SSMLAB_BACKEND", raising=False)
+    op = Op("toy", register=False)
+    op.register("torch", priority=10)(lambda: "torch")
+    op.register_triton(lambda: (lambda: "triton"))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert op.resolve()() == "torch"  # never chosen by priority on a CPU tensor
+    pytest.importorskip("triton")
+    assert op.resolve("triton")() == "triton"  # but runs when asked for, through the interpreter
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(BackendUnavailableError, match="'triton' is not available for device cpu"):
+        op.resolve("triton")
