@@ -108,6 +108,10 @@ CASES = [
     # Same commit, fla/layers/hgrn2.py HGRN2Attention() with its defaults (hidden_size=1024, expand_ratio=128,
     # so 8 heads, no short convolutions). Run: 4,195,328.
     pytest.param("hgrn2", 1024, dict(), 4_195_328, id="hgrn2"),
+    # goombalab/hydra @ 55bef74, hydra/modules/hydra.py Hydra(768) with the BERT configuration
+    # (hydra/bert/src/configuration_bert.py, yamls/pretrain/hydra.yaml: hidden 768, d_state=64, d_conv=7, expand=2,
+    # headdim=64). Run: 3,825,224 (473,624 at d_model=256).
+    pytest.param("hydra", 768, dict(), 3_825_224, id="hydra"),
 ]
 
 
