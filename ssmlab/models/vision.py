@@ -7,7 +7,8 @@ order (:func:`ssmlab.layers.scan_order`). Vision Mamba (Vim, arXiv 2401.09417) i
 model with the ``bi-mamba`` mixer, row order and a class token in the middle of the
 sequence (``class_token="middle"``, ``pooling="cls"``); VMamba's cross-scan (arXiv
 2401.10166) is the ``cross-scan`` mixer over the grid of patches, whose ``image_shape``
-the model fills in.
+the model fills in. Any other bidirectional sequence mixer reads the patches the same way,
+e.g. ``hydra`` (arXiv 2407.09941, which its paper evaluates on ImageNet in place of ViT's attention).
 """
 
 from __future__ import annotations

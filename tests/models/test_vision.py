@@ -84,6 +84,7 @@ def two_class_images(step, n=32):
 @pytest.mark.parametrize("mixer, options", [
     ("bi-mamba", {"class_token": "middle", "patch_size": 2}),
     ("cross-scan", {"patch_size": 2}),
+    ("hydra", {"patch_size": 2, "mixer_options": {"d_state": 4, "headdim": 8, "chunk_size": 8}}),
 ])
 def test_vision_learns_two_classes(mixer, options):
     torch.manual_seed(0)
