@@ -71,6 +71,7 @@ class Hydra(LengthsInForward, Mixer):
 
     A right-padded batch (``lengths``) gives each row the output it has alone: padding is zeros
     to the centred convolution, and the backward pass reads each row from its last real position.
+    (The official BERT runs the layer over zero-padded rows, whose padding reaches the real outputs.)
 
     Not carried over from the official layer: ``learnable_init_states``, ``dt_limit``, ``seq_idx``
     (packed sequences; ``lengths`` serves padded batches) and its fused memory-efficient path,
