@@ -108,6 +108,10 @@ CASES = [
     # Same commit, fla/layers/hgrn2.py HGRN2Attention() with its defaults (hidden_size=1024, expand_ratio=128,
     # so 8 heads, no short convolutions). Run: 4,195,328.
     pytest.param("hgrn2", 1024, dict(), 4_195_328, id="hgrn2"),
+    # NX-AI/xlstm @ 032a6fb, xlstm/blocks/mlstm/layer.py mLSTMLayer(mLSTMLayerConfig(embedding_dim=128,
+    # num_heads=4)) with its defaults otherwise (proj_factor=2 -> inner width 256, conv1d_kernel_size=4,
+    # qkv_proj_blocksize=4, bias=False), the README's mLSTM configuration. Run: 109,320.
+    pytest.param("mlstm", 128, dict(n_heads=4), 109_320, id="mlstm"),
 ]
 
 
