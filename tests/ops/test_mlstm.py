@@ -39,17 +39,30 @@ def test_torch_matches_reference(length, initial_state, chunk_size):
 
 
 @pytest.mark.parametrize("initial_state", [False, True])
+@pytest.mark.parametrize("length", LENGTHS)
+def test_parallel_matches_reference(length, initial_state):
+    small = dict(batch=1, heads=1, key_dim=2, value_dim=2) if length == 1000 else {}
+    q, k, v, i, f, h0 = _inputs(length, **small)
+    kwargs = dict(initial_state=h0 if initial_state else None, return_final_state=True)
+    want = mlstm(q, k, v, i, f, **kwargs, backend="reference")
+    got = mlstm(q, k, v, i, f, **kwargs, backend="parallel")
+    assert_close(got[0], want[0], atol=1e-12, rtol=1e-10, name="h (parallel)")
+    _assert_states_close(got[1], want[1], "final state (parallel)", atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["torch", "parallel"])
+@pytest.mark.parametrize("initial_state", [False, True])
 @pytest.mark.parametrize("length", [1, 2, 65])
-def test_gradients_match_reference(length, initial_state):
+def test_gradients_match_reference(length, initial_state, backend):
     q, k, v, i, f, h0 = _inputs(length)
     leaves = {"q": q, "k": k, "v": v, "i": i, "f": f}
     if initial_state:
         leaves.update(C0=h0[0], n0=h0[1], m0=h0[2])
 
-    def run(backend, q, k, v, i, f, C0=None, n0=None, m0=None):
+    def run(name, q, k, v, i, f, C0=None, n0=None, m0=None):
         o, (memory, normalizer, stabilizer) = mlstm(
             q, k, v, i, f, initial_state=None if C0 is None else (C0, n0, m0), chunk_size=16,
-            return_final_state=True, backend=backend)
+            return_final_state=True, backend="reference" if name == "reference" else backend)
         # The de-stabilised memory and normaliser, C exp(m) and n exp(m), and m itself.
         scale = torch.exp(stabilizer)
         state = torch.cat([(memory * scale[..., None, None]).flatten(2), (normalizer * scale[..., None]),

@@ -41,7 +41,10 @@ Backends, computing the same function:
   by its row maxima, all chunks at once; a loop over the chunks (not the positions) carries
   ``(C, n, m)`` from chunk to chunk, each chunk's own contribution stabilised by its own maximum;
   then every output combines the two with ``m_t = max(b_t + m_chunk, max_j D_tj)``. Every
-  exponent is <= 0. Work O(L C (K + V) + L K V / C), memory O(B H L C) besides the inputs.
+  exponent is <= 0. Work O(L C (K + V) + L K V), memory O(B H L C) besides the inputs.
+* ``parallel``: the quadratic form of the paper (appendix, eqs. 29-32) over the whole sequence,
+  ``D_tj`` for all j <= t <= L at once and the initial state as one more term; O(L^2) time and
+  memory, chosen only by name (``backend="parallel"``).
 """
 
 from __future__ import annotations
@@ -86,7 +89,7 @@ def mlstm(q, k, v, i, f, *, scale: float | None = None, eps: float = 1e-6, initi
             (zeros and ``m = -inf``) when None.
         return_final_state: also return ``(C, n, m)`` after the last position.
         chunk_size: positions per chunk of the ``torch`` backend (any L works).
-        backend: "reference" or "torch"; see the module docstring.
+        backend: "reference", "torch" or "parallel"; see the module docstring.
 
     Returns:
         ``h`` (B, L, H, V) in ``v``'s dtype, or ``(h, (C, n, m))`` with the state in the computation
@@ -118,3 +121,4 @@ def mlstm_step(q, k, v, i, f, state, *, scale: float | None = None, eps: float =
 
 from ssmlab.ops.mlstm import reference as _reference  # noqa: E402  (registers the backend)
 from ssmlab.ops.mlstm import torch as _torch_backend  # noqa: E402,F401
+from ssmlab.ops.mlstm import parallel as _parallel_backend  # noqa: E402,F401
