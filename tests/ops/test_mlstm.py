@@ -1,3 +1,5 @@
+import importlib
+
 import pytest
 import torch
 
@@ -36,6 +38,25 @@ def test_torch_matches_reference(length, initial_state, chunk_size):
     got = mlstm(q, k, v, i, f, **kwargs, chunk_size=chunk_size, backend="torch")
     assert_close(got[0], want[0], atol=1e-12, rtol=1e-10, name=f"h (chunk {chunk_size})")
     _assert_states_close(got[1], want[1], f"final state (chunk {chunk_size})", atol=1e-12, rtol=1e-10)
+
+
+def test_chunk_groups(monkeypatch):
+    """Chunks taken a few at a time (groups of 3 chunks, the last of 1) give the same outputs, state and gradients."""
+    backend_module = importlib.import_module("ssmlab.ops.mlstm.torch")
+    q, k, v, i, f, h0 = _inputs(200)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v, i, f, *h0)]
+    results = {}
+    for name, group_elements in (("one group", None), ("groups of 3", 3 * 2 * 2 * 16 * 16)):
+        if group_elements is not None:
+            monkeypatch.setattr(backend_module, "GROUP_ELEMENTS", group_elements)
+            assert len(backend_module.chunk_groups(13, 2 * 2 * 16 * 16)) == 5
+        o, state = mlstm(*leaves[:5], initial_state=tuple(leaves[5:]), chunk_size=16, return_final_state=True,
+                         backend="torch")
+        grads = torch.autograd.grad(o.sin().sum() + sum(s.square().sum() for s in state), leaves)
+        results[name] = [o, *state, *grads]
+    for label, got, want in zip(["h", "C", "n", "m", "q", "k", "v", "i", "f", "C0", "n0", "m0"],
+                                results["groups of 3"], results["one group"]):
+        assert_close(got, want, atol=1e-12, rtol=1e-10, name=label)
 
 
 @pytest.mark.parametrize("initial_state", [False, True])

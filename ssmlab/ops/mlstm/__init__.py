@@ -41,7 +41,8 @@ Backends, computing the same function:
   by its row maxima, all chunks at once; a loop over the chunks (not the positions) carries
   ``(C, n, m)`` from chunk to chunk, each chunk's own contribution stabilised by its own maximum;
   then every output combines the two with ``m_t = max(b_t + m_chunk, max_j D_tj)``. Every
-  exponent is <= 0. Work O(L C (K + V) + L K V), memory O(B H L C) besides the inputs.
+  exponent is <= 0. Work O(L C (K + V) + L K V), memory O(B H L C) besides the inputs. Chunks
+  are taken in groups of about 2^20 elements per intermediate, as in ``gated_delta_rule``.
 * ``parallel``: the quadratic form of the paper (appendix, eqs. 29-32) over the whole sequence,
   ``D_tj`` for all j <= t <= L at once and the initial state as one more term; O(L^2) time and
   memory, chosen only by name (``backend="parallel"``).
