@@ -108,7 +108,7 @@ def test_gradcheck(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_matches_the_unstabilised_equations(backend):
-    """With eps = 0 the paper's unstabilised mLSTM (eqs. 19-27 of arXiv 2405.04517): C~_t = f_t C~ + i_t k v^T,
+    """With eps = 0 the paper's unstabilised mLSTM (arXiv 2405.04517 section 2.3): C~_t = f_t C~ + i_t k v^T,
     n~_t = f_t n~ + i_t k, h = C~^T q / max(|n~ . q|, 1) with f = sigmoid, i = exp, q scaled by K^-0.5."""
     q, k, v, i, f, _ = _inputs(20)
     memory, normalizer = torch.zeros(2, 2, 3, 4, dtype=torch.float64), torch.zeros(2, 2, 3, dtype=torch.float64)

@@ -2,8 +2,8 @@
 
 Each head keeps a matrix memory ``C`` (K, V), keys to values, a normaliser ``n`` (K,) and a
 stabiliser ``m`` (a scalar). With the input gate pre-activation ``i_t`` (the input gate is
-``exp(i_t)``) and the forget gate ``sigmoid(f_t)``, the paper's recurrence (section 2.3,
-eqs. 19-27) is kept in the stabilised form of its appendix and of the official code::
+``exp(i_t)``) and the forget gate ``sigmoid(f_t)``, the paper's recurrence (section 2.3) is
+kept in the stabilised form of its appendix and of the official code::
 
     m_t = max(logsigmoid(f_t) + m_{t-1}, i_t)
     f'_t = exp(logsigmoid(f_t) + m_{t-1} - m_t),  i'_t = exp(i_t - m_t)
@@ -15,12 +15,13 @@ The state ``(C, n, m)`` stands for the memory ``C exp(m)`` and normaliser ``n ex
 paper's unstabilised equations, in which ``h_t = C^T q~ / max(|n . q~|, 1)``; every ``exp`` above
 has an argument <= 0. ``eps`` (1e-6, as NX-AI's ``mlstm_kernels`` and ``xlstm``) is added to the
 denominator, which makes ``h`` depend on ``m`` by ``eps exp(m_t)``; every backend therefore
-computes the same ``m_t``, so their outputs and states agree exactly (not only up to the
-stabiliser), and their states can be compared as they are.
+computes the same ``m_t`` (the recurrence above, unrolled), so their outputs agree to rounding and
+their states can be compared as they are, not only after de-stabilising. The memory is kept keys
+first (K, V), the transpose of the paper's ``v k^T``, as in ``mlstm_kernels``.
 
 The empty memory is ``C = 0``, ``n = 0`` and ``m = -inf`` (``initial_state=None``): then
 ``m_t = max_{j<=t} (i_j + sum_{j<r<=t} logsigmoid(f_r))``, the row maximum of the paper's parallel
-form (eq. 30 of the appendix), which is how ``xlstm``'s ``mLSTMLayer.forward`` and
+form (its appendix), which is how ``xlstm``'s ``mLSTMLayer.forward`` and
 ``mlstm_kernels``' parallel form stabilise. ``mlstm_kernels``' recurrent and chunkwise forms (and
 ``xlstm``'s ``step``) start from ``m = 0`` instead, which changes ``h`` by the ``eps`` term only;
 pass ``(0, 0, 0)`` as the initial state for theirs.
@@ -43,7 +44,7 @@ Backends, computing the same function:
   then every output combines the two with ``m_t = max(b_t + m_chunk, max_j D_tj)``. Every
   exponent is <= 0. Work O(L C (K + V) + L K V), memory O(B H L C) besides the inputs. Chunks
   are taken in groups of about 2^20 elements per intermediate, as in ``gated_delta_rule``.
-* ``parallel``: the quadratic form of the paper (appendix, eqs. 29-32) over the whole sequence,
+* ``parallel``: the quadratic form of the paper's appendix over the whole sequence,
   ``D_tj`` for all j <= t <= L at once and the initial state as one more term; O(L^2) time and
   memory, chosen only by name (``backend="parallel"``).
 """

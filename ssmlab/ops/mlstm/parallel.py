@@ -1,4 +1,4 @@
-"""The mLSTM's parallel (quadratic) form of arXiv 2405.04517 (appendix, eqs. 29-32), with an initial state."""
+"""The mLSTM's parallel (quadratic) form of arXiv 2405.04517 (its appendix), with an initial state."""
 
 from __future__ import annotations
 

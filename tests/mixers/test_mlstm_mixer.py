@@ -8,7 +8,7 @@ from tests.utils import assert_close
 
 
 def _parallel_mlstm(q, k, v, i, f, eps=1e-6):
-    """The stabilised parallel form of arXiv 2405.04517 (appendix, eqs. 29-32) for one head: q, k, v (B, L, d),
+    """The stabilised parallel form of arXiv 2405.04517 (its appendix) for one head: q, k, v (B, L, d),
     i, f (B, L); D_tj = exp(sum_{j<r<=t} logsigmoid(f_r) + i_j - m_t) for j <= t, m_t the row maximum."""
     length = q.shape[1]
     cumulative = F.logsigmoid(f).cumsum(-1)
