@@ -62,9 +62,9 @@ mlstm_op = Op("mlstm")
 def check_inputs(q, k, v, i, f, state=None, scale=None, eps=1e-6, *, step=False):
     heads, key_dim, lead = check_heads("mlstm", "q", q, "K", step=step)
     if state is not None and (not isinstance(state, (tuple, list)) or len(state) != 3):
-        name = "state" if step else "initial_state"
-        raise ValueError(f"{name} must be a tuple (C, n, m) of shapes (B, H, K, V), (B, H, K), (B, H), "
-                         f"got {type(state).__name__}{'' if not isinstance(state, (tuple, list)) else f' of {len(state)}'}")
+        got = f"{len(state)} tensors" if isinstance(state, (tuple, list)) else type(state).__name__
+        raise ValueError(f"{'state' if step else 'initial_state'} must be a tuple (C, n, m) of shapes (B, H, K, V), "
+                         f"(B, H, K), (B, H), got {got}")
     check_keys_values(k, v, None if state is None else state[0], scale, lead, heads, key_dim, step=step)
     check_tensor("i", i, lead + (heads,), allow_complex=False)
     check_tensor("f", f, lead + (heads,), allow_complex=False)
