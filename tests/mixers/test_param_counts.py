@@ -112,6 +112,10 @@ CASES = [
     # (hydra/bert/src/configuration_bert.py, yamls/pretrain/hydra.yaml: hidden 768, d_state=64, d_conv=7, expand=2,
     # headdim=64). Run: 3,825,224 (473,624 at d_model=256).
     pytest.param("hydra", 768, dict(), 3_825_224, id="hydra"),
+    # NX-AI/xlstm @ 032a6fb, xlstm/blocks/mlstm/layer.py mLSTMLayer(mLSTMLayerConfig(embedding_dim=128,
+    # num_heads=4)) with its defaults otherwise (proj_factor=2 -> inner width 256, conv1d_kernel_size=4,
+    # qkv_proj_blocksize=4, bias=False), the README's mLSTM configuration. Run: 109,320.
+    pytest.param("mlstm", 128, dict(n_heads=4), 109_320, id="mlstm"),
 ]
 
 
