@@ -17,7 +17,7 @@ from einops import rearrange
 from torch import nn
 
 from ssmlab.layers import RMSNorm
-from ssmlab.mixers.base import Mixer, State, ssm_dtype, ssm_parameter
+from ssmlab.mixers.base import Mixer, State, at_least_float32, ssm_dtype, ssm_parameter
 from ssmlab.ops import Mamba3State, mamba3, mamba3_step
 from ssmlab.ops.discretize import init_dt_bias
 from ssmlab.registry import register
@@ -71,7 +71,9 @@ class Mamba3(Mixer):
         lr: learning rate for dt_bias and D (no weight decay on either).
 
     Conventions kept differently from the official code, on purpose: B_bias and C_bias take the
-    module's dtype (the official module makes them float32); the rotary layout is the official
+    module's dtype (the official module makes them float32); the projections of A and of the
+    angles are computed in float32 or wider (the official forward casts them to float32, also from
+    float64); the rotary layout is the official
     kernels' (pairs (2i, 2i+1) for SISO, (i, i + N/2) for MIMO) and the angle state is kept per
     head; the MIMO state holds the rank-expanded previous input (the official cache keeps x and
     applies ``mimo_x`` in its step kernel).
@@ -138,9 +140,9 @@ class Mamba3(Mixer):
         repeat = self.nheads // self.ngroups
         b = b.repeat_interleave(repeat, dim=-2) + self.B_bias.transpose(0, 1)
         c = c.repeat_interleave(repeat, dim=-2) + self.C_bias.transpose(0, 1)
-        A = -heavy_tail_activation(dd_A.float()).clamp_min(self.A_floor)  # (..., H)
+        A = -heavy_tail_activation(at_least_float32(dd_A)).clamp_min(self.A_floor)  # (..., H)
         dt = F.softplus(dd_dt + self.dt_bias)
-        theta = torch.tanh(angles.float())[..., None, :] * math.pi * dt[..., None]  # (..., H, S)
+        theta = torch.tanh(at_least_float32(angles))[..., None, :] * math.pi * dt[..., None]  # (..., H, S)
         if self.mimo_rank > 1:
             x = torch.einsum("...hp,hrp->...rhp", x, self.mimo_x)
         else:
