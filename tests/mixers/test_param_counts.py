@@ -108,6 +108,11 @@ CASES = [
     # Same commit, fla/layers/hgrn2.py HGRN2Attention() with its defaults (hidden_size=1024, expand_ratio=128,
     # so 8 heads, no short convolutions). Run: 4,195,328.
     pytest.param("hgrn2", 1024, dict(), 4_195_328, id="hgrn2"),
+    # state-spaces/mamba @ e9594ce, mamba_ssm/modules/mamba3.py Mamba3(1024) with its defaults (d_state=128,
+    # expand=2, headdim=64, ngroups=1, rope_fraction=0.5, SISO, no output norm). Run: 6,693,184.
+    pytest.param("mamba3", 1024, dict(), 6_693_184, id="mamba3"),
+    # Same commit, Mamba3(1024, is_mimo=True, mimo_rank=4), other options at their defaults. Run: 7,528,768.
+    pytest.param("mamba3", 1024, dict(mimo_rank=4), 7_528_768, id="mamba3-mimo"),
 ]
 
 
