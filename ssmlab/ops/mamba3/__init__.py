@@ -47,7 +47,7 @@ Backends, computing the same function:
   chunk's last position, which the next chunk's first position completes; at
   the end of the sequence that term is zero, so the final state is h itself.
   An initial state enters as ``h_0 + (1 - lambda_0) dt_0 sum_r prev_x prev_B^T``.
-  Every exponent is a decay over a span of positions (<= 0). Work O(L T R^2 N)
+  Every exponent is a decay over a span of positions (<= 0). Work O(L T R^2 (N + P))
   for chunk size T, any L.
 """
 

@@ -55,29 +55,33 @@ def mamba3_chunked(x, dt, log_alpha, B, C, trap, theta, *, rotary, chunk_size=64
         log_alpha, gamma, pending_next = (F.pad(t, (0, 0, 0, pad)) for t in (log_alpha, gamma, pending_next))
     else:
         xp = xc
-    xk = rearrange(xp, "b (c t) r h p -> b c t r h p", t=size)
-    bk = rearrange(b, "b (c t) r h n -> b c t r h n", t=size)
-    ck = rearrange(c, "b (c t) r h n -> b c t r h n", t=size)
-    a, gamma, pending_next = (rearrange(t, "b (c t) h -> b c h t", t=size) for t in (log_alpha, gamma, pending_next))
-    a_cum = a.cumsum(dim=-1)  # (B, c, H, T)
+    # Head-major, the T positions and R ranks of a chunk on one axis: every product below is a batched matmul.
+    xk = rearrange(xp, "b (c t) r h p -> b h c (t r) p", t=size)
+    bk = rearrange(b, "b (c t) r h n -> b h c (t r) n", t=size)
+    ck = rearrange(c, "b (c t) r h n -> b h c (t r) n", t=size)
+    a, gamma, pending_next = (rearrange(t, "b (c t) h -> b h c t", t=size) for t in (log_alpha, gamma, pending_next))
+    a_cum = a.cumsum(dim=-1)  # (B, H, c, T)
 
-    # 1. Inside each chunk: M_ts = exp(G_t - G_s) (gamma_s + [s < t] pending_{s+1}).
+    # 1. Inside each chunk: M_ts = exp(G_t - G_s) (gamma_s + [s < t] pending_{s+1}), for every pair of ranks.
     strictly_lower = torch.ones(size, size, dtype=torch.bool, device=x.device).tril(-1)
-    mask = _decays(a) * (gamma[..., None, :] + pending_next[..., None, :] * strictly_lower)  # (B, c, H, T, S)
-    scores = torch.einsum("bctRhn,bcsrhn->bchtRsr", ck, bk)
-    y = torch.einsum("bchtRsr,bchts,bcsrhp->bctRhp", scores, mask, xk)
+    mask = _decays(a) * (gamma[..., None, :] + pending_next[..., None, :] * strictly_lower)  # (B, H, c, T, S)
+    scores = (ck @ bk.transpose(-1, -2)).unflatten(-1, (size, rank)).unflatten(-3, (size, rank))
+    scores = (scores * mask[..., :, None, :, None]).flatten(-4, -3).flatten(-2)  # (B, H, c, TR, SR)
+    y = scores @ xk  # (B, H, c, TR, P)
 
     # 2. The state each chunk writes from a zero state, including its last input's pending beta term.
-    to_end = torch.exp(a_cum[..., -1:] - a_cum) * (gamma + pending_next)  # (B, c, H, T)
-    chunk_states = torch.einsum("bcsrhn,bchs,bcsrhp->bchpn", bk, to_end, xk)
+    to_end = torch.exp(a_cum[..., -1:] - a_cum) * (gamma + pending_next)  # (B, H, c, T)
+    weighted = xk * to_end.repeat_interleave(rank, dim=-1)[..., None]
+    chunk_states = (weighted.transpose(-1, -2) @ bk).transpose(1, 2)  # (B, c, H, P, N)
 
     # 3. Between chunks: a linear scan over them gives the state entering each chunk.
-    chunk_decay = torch.exp(a_cum[..., -1])[..., None, None].expand_as(chunk_states)  # (B, c, H, P, N)
-    after = linear_scan(chunk_decay, chunk_states, initial_state=entering)
-    entering_each = torch.cat([entering[:, None], after[:, :-1]], dim=1)
+    chunk_decay = torch.exp(a_cum[..., -1]).transpose(1, 2)[..., None, None].expand_as(chunk_states)
+    after = linear_scan(chunk_decay, chunk_states, initial_state=entering)  # (B, c, H, P, N)
+    entering_each = torch.cat([entering[:, None], after[:, :-1]], dim=1).transpose(1, 2)  # (B, H, c, P, N)
 
     # 4. The entering state's contribution to each position of the chunk.
-    y = y + torch.einsum("bctRhn,bchpn,bcht->bctRhp", ck, entering_each, torch.exp(a_cum))
-    y = rearrange(y, "b c t r h p -> b (c t) r h p")[:, :length]
+    decay_in = torch.exp(a_cum).repeat_interleave(rank, dim=-1)[..., None]  # (B, H, c, TR, 1)
+    y = y + (ck * decay_in) @ entering_each.transpose(-1, -2)
+    y = rearrange(y, "b h c (t r) p -> b (c t) r h p", r=rank)[:, :length]
     state = Mamba3State(angles[:, -1], after[:, -1], b[:, length - 1], xc[:, -1])
     return y.to(x.dtype), state
