@@ -116,6 +116,11 @@ CASES = [
     # num_heads=4)) with its defaults otherwise (proj_factor=2 -> inner width 256, conv1d_kernel_size=4,
     # qkv_proj_blocksize=4, bias=False), the README's mLSTM configuration. Run: 109,320.
     pytest.param("mlstm", 128, dict(n_heads=4), 109_320, id="mlstm"),
+    # state-spaces/mamba @ e9594ce, mamba_ssm/modules/mamba3.py Mamba3(1024) with its defaults (d_state=128,
+    # expand=2, headdim=64, ngroups=1, rope_fraction=0.5, SISO, no output norm). Run: 6,693,184.
+    pytest.param("mamba3", 1024, dict(), 6_693_184, id="mamba3"),
+    # Same commit, Mamba3(1024, is_mimo=True, mimo_rank=4), other options at their defaults. Run: 7,528,768.
+    pytest.param("mamba3", 1024, dict(mimo_rank=4), 7_528_768, id="mamba3-mimo"),
 ]
 
 

@@ -69,6 +69,9 @@ CALLS = {
         chunk_size=2, **kw)),
     "gla": _seeded(lambda randn, rand, **kw: ops.gla(
         randn(1, 5, 2, 3), randn(1, 5, 2, 3), randn(1, 5, 2, 4), -rand(1, 5, 2, 3), chunk_size=2, **kw)),
+    "mamba3": _seeded(lambda randn, rand, **kw: ops.mamba3(
+        randn(1, 5, 2, 3), rand(1, 5, 2), -rand(1, 5, 2), randn(1, 5, 1, 4), randn(1, 5, 1, 4), rand(1, 5, 2),
+        theta=randn(1, 5, 2, 1), chunk_size=2, **kw)),
     "linear_attention": _seeded(lambda randn, rand, **kw: ops.linear_attention(
         randn(1, 5, 2, 3), randn(1, 5, 2, 3), randn(1, 5, 2, 4), log_decay=-rand(2), chunk_size=2, **kw)),
     "mlstm": _seeded(lambda randn, rand, **kw: ops.mlstm(
