@@ -3,8 +3,10 @@
 The selective scan and SSD in shapes as in the Mamba papers' 1.3B-scale layers: B=4, D=1536, N=16 for the
 selective scan; B=4, H=24, P=64 (D = 1536), N=16, G=1 for SSD; L in {1024, 4096}.
 The gated delta rule (Gated DeltaNet, arXiv 2412.06464) and GLA (arXiv 2312.06635)
-run B=4, H=8 heads of K=V=64 with chunk size 64 by default; ``--batch`` and
-``--heads`` change B and H of these two, and ``--ops`` picks the ops to time.
+run B=4, H=8 heads of K=V=64 with chunk size 64 by default, and so do the mLSTM
+(arXiv 2405.04517) and Mamba-3 (arXiv 2603.15569; SISO, P=N=64, rotary angles on
+half the state); ``--batch`` and ``--heads`` change B and H of these, and ``--ops``
+picks the ops to time.
 
 Time is the median of ``--repeats`` runs (``--reference-repeats`` for the slow
 reference loop), forward only by default, forward and backward with
@@ -41,9 +43,11 @@ import torch
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
-from ssmlab.ops import gated_delta_rule, gla, selective_scan, ssd
+from ssmlab.ops import gated_delta_rule, gla, mamba3, mlstm, selective_scan, ssd
 from ssmlab.ops.gated_delta_rule import gated_delta_rule_op
 from ssmlab.ops.gla import gla_op
+from ssmlab.ops.mamba3 import mamba3_op
+from ssmlab.ops.mlstm import mlstm_op
 from ssmlab.ops.selective_scan import selective_scan_op
 from ssmlab.ops.ssd import ssd_op
 
@@ -96,6 +100,31 @@ def gla_case(length, dtype, grad, batch=4, heads=8):
     return lambda backend: gla(q, k, v, log_decay, chunk_size=64, backend=backend)
 
 
+def mlstm_case(length, dtype, grad, batch=4, heads=8):
+    k_dim = v_dim = 64
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(batch, length, heads, k_dim, generator=g, dtype=dtype, requires_grad=grad)
+    k = torch.randn(batch, length, heads, k_dim, generator=g, dtype=dtype, requires_grad=grad)
+    v = torch.randn(batch, length, heads, v_dim, generator=g, dtype=dtype, requires_grad=grad)
+    i = torch.randn(batch, length, heads, generator=g, dtype=dtype, requires_grad=grad)
+    f = (torch.randn(batch, length, heads, generator=g, dtype=dtype) + 3).requires_grad_(grad)
+    return lambda backend: mlstm(q, k, v, i, f, chunk_size=64, backend=backend)
+
+
+def mamba3_case(length, dtype, grad, batch=4, heads=8):
+    """Mamba-3 SISO with rotary angles on half the state: H heads of P=64, N=64, one group of B and C."""
+    p, n = 64, 64
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, length, heads, p, generator=g, dtype=dtype, requires_grad=grad)
+    dt = (torch.rand(batch, length, heads, generator=g, dtype=dtype) * 0.1).requires_grad_(grad)
+    log_alpha = (-dt.detach() * 2).requires_grad_(grad)
+    B = torch.randn(batch, length, 1, n, generator=g, dtype=dtype, requires_grad=grad)
+    C = torch.randn(batch, length, 1, n, generator=g, dtype=dtype, requires_grad=grad)
+    trap = torch.rand(batch, length, heads, generator=g, dtype=dtype).requires_grad_(grad)
+    theta = torch.randn(batch, length, heads, n // 4, generator=g, dtype=dtype, requires_grad=grad)
+    return lambda backend: mamba3(x, dt, log_alpha, B, C, trap, theta=theta, chunk_size=64, backend=backend)
+
+
 def run_once(fn, backend, grad):
     if grad:
         fn(backend).sum().backward()
@@ -138,8 +167,10 @@ def median_seconds(fn, backend, grad, repeats):
 
 
 CASES = {"selective_scan": selective_scan_case, "ssd": ssd_case, "gated_delta_rule": gated_delta_rule_case,
-         "gla": gla_case}
-OPS = {"selective_scan": selective_scan_op, "ssd": ssd_op, "gated_delta_rule": gated_delta_rule_op, "gla": gla_op}
+         "gla": gla_case, "mlstm": mlstm_case, "mamba3": mamba3_case}
+OPS = {"selective_scan": selective_scan_op, "ssd": ssd_op, "gated_delta_rule": gated_delta_rule_op, "gla": gla_op,
+       "mlstm": mlstm_op, "mamba3": mamba3_op}
+HEADED = ("gated_delta_rule", "gla", "mlstm", "mamba3")  # ops whose case takes --batch and --heads
 
 
 def main() -> None:
@@ -150,24 +181,25 @@ def main() -> None:
     parser.add_argument("--backward", action="store_true", help="time forward + backward")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--ops", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--batch", type=int, default=4, help="B of the gated_delta_rule and gla cases")
-    parser.add_argument("--heads", type=int, default=8, help="H of the gated_delta_rule and gla cases")
+    parser.add_argument("--batch", type=int, default=4, help="B of the cases with heads (" + ", ".join(HEADED) + ")")
+    parser.add_argument("--heads", type=int, default=8, help="H of the cases with heads")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, "
           f"{'forward+backward' if args.backward else 'forward'}; median of {args.repeats} runs "
           f"({args.reference_repeats} for the reference); load average {os.getloadavg()[0]:.2f}\n")
-    print(f"gated_delta_rule and gla: B={args.batch}, H={args.heads}, K=V=64, chunk size 64\n")
+    print(f"{', '.join(HEADED)}: B={args.batch}, H={args.heads}, K=V=64 (mamba3: P=N=64), chunk size 64\n")
     header = f"{'op':<17}{'L':>6}  {'backend':<12}{'time (s)':>10}{'speed-up':>10}{'peak MiB':>10}{'mem/ref':>9}"
     print(header)
     print("-" * len(header))
     for name in args.ops:
         op = OPS[name]
         for length in args.lengths:
-            sizes = {"batch": args.batch, "heads": args.heads} if name in ("gated_delta_rule", "gla") else {}
+            sizes = {"batch": args.batch, "heads": args.heads} if name in HEADED else {}
             fn = CASES[name](length, dtype, args.backward, **sizes)
             results = {}
-            for backend in ["reference"] + sorted(b for b in op.available_backends("cpu") if b != "reference"):
+            for backend in ["reference"] + sorted(b for b in op.available_backends("cpu")
+                                                 if b != "reference" and op.backends[b].alias_of is None):
                 repeats = args.reference_repeats if backend == "reference" else args.repeats
                 if backend == "quadratic" and length > 2048:
                     print(f"{name:<17}{length:>6}  {backend:<12}  skipped: O(L^2) memory at this length")
