@@ -23,6 +23,8 @@ Backends, all computing the same function:
 
 from __future__ import annotations
 
+import importlib
+
 from ssmlab.ops._checks import check_heads, check_tensor
 from ssmlab.ops._dispatch import Op
 
@@ -91,3 +93,4 @@ def ssd_step(x, dt, A, B, C, state, *, D=None):
 
 from ssmlab.ops.ssd import reference as _reference  # noqa: E402  (registers the backend)
 from ssmlab.ops.ssd import torch as _torch_backend  # noqa: E402,F401
+ssd_op.register_triton(lambda: importlib.import_module("ssmlab.ops.ssd.triton").ssd_triton)
