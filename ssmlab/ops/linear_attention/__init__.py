@@ -29,6 +29,8 @@ Backends, all computing the same function, with the same result dtype
 
 from __future__ import annotations
 
+import importlib
+
 from ssmlab.ops._checks import check_tensor
 from ssmlab.ops._dispatch import Op
 
@@ -89,3 +91,5 @@ def linear_attention_step(q, k, v, state, *, log_decay=None):
 
 from ssmlab.ops.linear_attention import reference as _reference  # noqa: E402  (registers the backend)
 from ssmlab.ops.linear_attention import torch as _torch_backend  # noqa: E402,F401
+linear_attention_op.register_triton(
+    lambda: importlib.import_module("ssmlab.ops.linear_attention.triton").linear_attention_triton)
