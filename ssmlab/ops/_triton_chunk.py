@@ -51,19 +51,28 @@ def _block(n: int, cap: int | None = None) -> int:
 
 
 @triton.jit
+def _add(a, b):
+    """The combination of the sums below. The kernels use only Triton's builtins: ``tl.reduce(x, axis, _add)``
+    for ``tl.sum`` and ``tl.full`` for ``tl.zeros``, because the library's own jit functions (``tl.sum``,
+    ``tl.zeros``, ``tl.cdiv``, ...) are compiled-only when ``triton`` was imported before TRITON_INTERPRET was
+    set, and Triton's interpreter could not run the kernels then."""
+    return a + b
+
+
+@triton.jit
 def _cb_kernel(C, B, CB, L, G: tl.constexpr, N: tl.constexpr, NC, T: tl.constexpr,
                BM: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr):
     """CB[b, c, g, t, s] = C_t . B_s for the positions t, s of chunk c (zero beyond L)."""
     c = tl.program_id(0)
     bg = tl.program_id(1).to(tl.int64)
     b, g = bg // G, bg % G
-    n_s = tl.cdiv(T, BS)
+    n_s = (T + BS - 1) // BS
     m_blk, s_blk = tl.program_id(2) // n_s, tl.program_id(2) % n_s
     offs_m = m_blk * BM + tl.arange(0, BM)
     offs_s = s_blk * BS + tl.arange(0, BS)
     pos_m, pos_s = c * T + offs_m, c * T + offs_s
     ok_m, ok_s = (offs_m < T) & (pos_m < L), (offs_s < T) & (pos_s < L)
-    acc = tl.zeros((BM, BS), dtype=ACC)
+    acc = tl.full((BM, BS), 0.0, ACC)
     for k0 in range(0, N, BK):
         offs_k = k0 + tl.arange(0, BK)
         cm = tl.load(C + ((b * L + pos_m[:, None]) * G + g) * N + offs_k[None, :],
@@ -90,13 +99,13 @@ def _chunk_outer_kernel(U, V, DTP, CUM, OUT, L, H: tl.constexpr, G: tl.constexpr
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
     g = h // (H // G)
-    n_n = tl.cdiv(N, BN)
+    n_n = (N + BN - 1) // BN
     p_blk, n_blk = tl.program_id(2) // n_n, tl.program_id(2) % n_n
     offs_p = p_blk * BP + tl.arange(0, BP)
     offs_n = n_blk * BN + tl.arange(0, BN)
     row = (b * H + h) * NC * T + c * T
     c_last = tl.load(CUM + row + T - 1).to(ACC)
-    acc = tl.zeros((BP, BN), dtype=ACC)
+    acc = tl.full((BP, BN), 0.0, ACC)
     for s0 in range(0, T, BS):
         offs_s = s0 + tl.arange(0, BS)
         pos = c * T + offs_s
@@ -126,7 +135,7 @@ def _state_pass_fwd_kernel(STATES, CUM, INIT, FINAL, H: tl.constexpr, PN: tl.con
     if HAS_INIT:
         state = tl.load(INIT + bh * PN + offs, mask=ok, other=0.0).to(ACC)
     else:
-        state = tl.zeros((BLOCK,), dtype=ACC)
+        state = tl.full((BLOCK,), 0.0, ACC)
     for c in range(0, NC):
         ptr = STATES + ((b * NC + c) * H + h) * PN + offs
         own = tl.load(ptr, mask=ok, other=0.0)
@@ -146,7 +155,7 @@ def _chunk_scan_fwd_kernel(X, DTP, CUM, C, CB, ENTER, D, Y, L, H: tl.constexpr, 
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
     g = h // (H // G)
-    n_p = tl.cdiv(P, BP)
+    n_p = (P + BP - 1) // BP
     m_blk, p_blk = tl.program_id(2) // n_p, tl.program_id(2) % n_p
     offs_m = m_blk * BM + tl.arange(0, BM)
     offs_p = p_blk * BP + tl.arange(0, BP)
@@ -154,7 +163,7 @@ def _chunk_scan_fwd_kernel(X, DTP, CUM, C, CB, ENTER, D, Y, L, H: tl.constexpr, 
     ok_m = (offs_m < T) & (pos_m < L)
     row = (b * H + h) * NC * T + c * T
     cum_m = tl.load(CUM + row + offs_m, mask=offs_m < T, other=0.0).to(ACC)
-    acc = tl.zeros((BM, BP), dtype=ACC)
+    acc = tl.full((BM, BP), 0.0, ACC)
     enter = ENTER + ((b * NC + c) * H + h) * P * N
     for k0 in range(0, N, BK):
         offs_k = k0 + tl.arange(0, BK)
@@ -204,11 +213,11 @@ def _state_pass_bwd_kernel(DSTATES, ENTER, FINAL, CUM, DFINAL, DINIT, DCLAST, H:
     if HAS_DFINAL:
         grad = tl.load(DFINAL + bh * PN + offs, mask=ok, other=0.0).to(ACC)
     else:
-        grad = tl.zeros((BLOCK,), dtype=ACC)
+        grad = tl.full((BLOCK,), 0.0, ACC)
     after = tl.load(FINAL + bh * PN + offs, mask=ok, other=0.0).to(ACC)
     for i in range(0, NC):
         c = NC - 1 - i
-        tl.store(DCLAST + (bh * NC + c) * NBLK + blk, tl.sum(grad * after, axis=0))
+        tl.store(DCLAST + (bh * NC + c) * NBLK + blk, tl.reduce(grad * after, 0, _add))
         ptr = DSTATES + ((b * NC + c) * H + h) * PN + offs
         local = tl.load(ptr, mask=ok, other=0.0).to(ACC)
         tl.store(ptr, grad, mask=ok)
@@ -236,7 +245,7 @@ def _dx_kernel(X, DTP, CUM, B, CB, DAFTER, DY, D, DX, DDT, L, H: tl.constexpr, G
     row = (b * H + h) * NC * T + c * T
     cum_m = tl.load(CUM + row + offs_m, mask=offs_m < T, other=0.0).to(ACC)
     c_last = tl.load(CUM + row + T - 1).to(ACC)
-    acc = tl.zeros((BM, BP), dtype=ACC)
+    acc = tl.full((BM, BP), 0.0, ACC)
     dafter = DAFTER + ((b * NC + c) * H + h) * P * N
     for k0 in range(0, N, BK):
         offs_k = k0 + tl.arange(0, BK)
@@ -263,7 +272,7 @@ def _dx_kernel(X, DTP, CUM, B, CB, DAFTER, DY, D, DX, DDT, L, H: tl.constexpr, G
     xy_ok = ok_m[:, None] & (offs_p[None, :] < P)
     xm = tl.load(X + xy_off, mask=xy_ok, other=0.0).to(ACC)
     dt_m = tl.load(DTP + row + offs_m, mask=offs_m < T, other=0.0).to(ACC)
-    tl.store(DDT + row + offs_m, tl.sum(acc * xm, axis=1), mask=offs_m < T)
+    tl.store(DDT + row + offs_m, tl.reduce(acc * xm, 1, _add), mask=offs_m < T)
     dx = acc * dt_m[:, None]
     if HAS_D:
         dym = tl.load(DY + xy_off, mask=xy_ok, other=0.0).to(ACC)
@@ -285,14 +294,14 @@ def _db_kernel(X, DTP, CUM, C, DAFTER, DY, DB, L, H: tl.constexpr, G: tl.constex
     offs_n = tl.arange(0, BN)
     pos_m = c * T + offs_m
     ok_m = (offs_m < T) & (pos_m < L)
-    total = tl.zeros((BM, BN), dtype=ACC)
+    total = tl.full((BM, BN), 0.0, ACC)
     for j in range(0, H // G):
         h = g * (H // G) + j
         row = (b * H + h) * NC * T + c * T
         cum_m = tl.load(CUM + row + offs_m, mask=offs_m < T, other=0.0).to(ACC)
         c_last = tl.load(CUM + row + T - 1).to(ACC)
         dafter = DAFTER + ((b * NC + c) * H + h) * P * N
-        acc = tl.zeros((BM, BN), dtype=ACC)
+        acc = tl.full((BM, BN), 0.0, ACC)
         for k0 in range(0, P, BK):
             offs_k = k0 + tl.arange(0, BK)
             xm = tl.load(X + ((b * L + pos_m[:, None]) * H + h) * P + offs_k[None, :],
@@ -306,7 +315,7 @@ def _db_kernel(X, DTP, CUM, C, DAFTER, DY, DB, L, H: tl.constexpr, G: tl.constex
             pos_t = c * T + offs_t
             ok_t = (offs_t < T) & (pos_t < L)
             cum_t = tl.load(CUM + row + offs_t, mask=offs_t < T, other=0.0).to(ACC)
-            xdy = tl.zeros((BM, BT), dtype=ACC)
+            xdy = tl.full((BM, BT), 0.0, ACC)
             for k0 in range(0, P, BK):
                 offs_k = k0 + tl.arange(0, BK)
                 xm = tl.load(X + ((b * L + pos_m[:, None]) * H + h) * P + offs_k[None, :],
@@ -341,13 +350,13 @@ def _dc_kernel(X, DTP, CUM, B, C, ENTER, DY, DC, DCUM, L, H: tl.constexpr, G: tl
     ok_m = (offs_m < T) & (pos_m < L)
     cm = tl.load(C + ((b * L + pos_m[:, None]) * G + g) * N + offs_n[None, :],
                  mask=ok_m[:, None] & (offs_n[None, :] < N), other=0.0).to(ACC)
-    total = tl.zeros((BM, BN), dtype=ACC)
+    total = tl.full((BM, BN), 0.0, ACC)
     for j in range(0, H // G):
         h = g * (H // G) + j
         row = (b * H + h) * NC * T + c * T
         cum_m = tl.load(CUM + row + offs_m, mask=offs_m < T, other=0.0).to(ACC)
         enter = ENTER + ((b * NC + c) * H + h) * P * N
-        acc = tl.zeros((BM, BN), dtype=ACC)
+        acc = tl.full((BM, BN), 0.0, ACC)
         for k0 in range(0, P, BK):
             offs_k = k0 + tl.arange(0, BK)
             dym = tl.load(DY + ((b * L + pos_m[:, None]) * H + h) * P + offs_k[None, :],
@@ -362,7 +371,7 @@ def _dc_kernel(X, DTP, CUM, B, C, ENTER, DY, DC, DCUM, L, H: tl.constexpr, G: tl
             ok_s = (offs_s < T) & (pos_s < L)
             cum_s = tl.load(CUM + row + offs_s, mask=offs_s < T, other=0.0).to(ACC)
             dt_s = tl.load(DTP + row + offs_s, mask=offs_s < T, other=0.0).to(ACC)
-            dyx = tl.zeros((BM, BS), dtype=ACC)
+            dyx = tl.full((BM, BS), 0.0, ACC)
             for k0 in range(0, P, BK):
                 offs_k = k0 + tl.arange(0, BK)
                 dym = tl.load(DY + ((b * L + pos_m[:, None]) * H + h) * P + offs_k[None, :],
@@ -375,7 +384,7 @@ def _dc_kernel(X, DTP, CUM, B, C, ENTER, DY, DC, DCUM, L, H: tl.constexpr, G: tl
             bs = tl.load(B + ((b * L + pos_s[:, None]) * G + g) * N + offs_n[None, :],
                          mask=ok_s[:, None] & (offs_n[None, :] < N), other=0.0)
             acc += tl.dot(w.to(DOT), bs.to(DOT), input_precision="ieee")
-        tl.store(DCUM + row + offs_m, tl.sum(acc * cm, axis=1), mask=offs_m < T)
+        tl.store(DCUM + row + offs_m, tl.reduce(acc * cm, 1, _add), mask=offs_m < T)
         total += acc
     tl.store(DC + ((b * L + pos_m[:, None]) * G + g) * N + offs_n[None, :], total,
              mask=ok_m[:, None] & (offs_n[None, :] < N))
