@@ -109,3 +109,19 @@ def test_real_size_on_gpu(compiled, length, dtype, tol):
 @pytest.mark.gpu
 def test_real_size_against_reference_on_gpu(compiled):
     _check(_inputs(1, 2048, 24, 128, 64, device="cuda"), torch.float32, 1e-4, chunk_size=64)
+
+
+def test_benchmark_cases_agree(interpreter):
+    """benchmarks/gpu_cases/linear_attention.py: its tiny cases give the same outputs and gradients through triton
+    and torch."""
+    from benchmarks.gpu_cases.linear_attention import cases
+
+    for case in cases("tiny"):
+        results = {}
+        for name in ("triton", "torch"):
+            inputs = case["inputs"]("cpu", torch.float32)
+            y, h = case["run"][name](**inputs)
+            (y.sum() + h.sum()).backward()
+            results[name] = [y, h] + [t.grad for t in inputs.values()]
+        for got, want in zip(results["triton"], results["torch"]):
+            assert_close(got, want, atol=2e-5 * want.abs().max().item(), name=case["name"])

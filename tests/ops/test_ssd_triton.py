@@ -115,3 +115,18 @@ def test_real_size_on_gpu(compiled, length, dtype, tol):
 def test_real_size_against_reference_on_gpu(compiled):
     args, kwargs = _inputs(1, 2048, 24, 64, 128, 1, device="cuda")
     _check(args, kwargs, torch.float32, 1e-4, chunk_size=64)
+
+
+def test_benchmark_cases_agree(interpreter):
+    """benchmarks/gpu_cases/ssd.py: its tiny case gives the same outputs and gradients through triton and torch."""
+    from benchmarks.gpu_cases.ssd import cases
+
+    for case in cases("tiny"):
+        results = {}
+        for name in ("triton", "torch"):
+            inputs = case["inputs"]("cpu", torch.float32)
+            y, h = case["run"][name](**inputs)
+            (y.sum() + h.sum()).backward()
+            results[name] = [y, h] + [t.grad for t in inputs.values()]
+        for got, want in zip(results["triton"], results["torch"]):
+            assert_close(got, want, atol=2e-5 * want.abs().max().item(), name=case["name"])
