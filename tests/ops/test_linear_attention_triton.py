@@ -60,7 +60,7 @@ def _check(inputs, dtype, tol, chunk_size=16, reference="reference"):
     ``reference`` in float64 (same rounded inputs), within ``tol`` of each quantity's largest value."""
     results = {}
     for backend, dt in ((reference, torch.float64), ("triton", dtype)):
-        leaves = {k: v.to(dtype).to(dt).requires_grad_(True) for k, v in inputs.items()}
+        leaves = {k: v.to(dtype).to(dt).detach().clone().requires_grad_(True) for k, v in inputs.items()}
         y, h = linear_attention(**leaves, chunk_size=chunk_size, return_final_state=True, backend=backend)
         g = torch.Generator(device=y.device).manual_seed(1)
         wy = torch.randn(y.shape, generator=g, dtype=torch.float64, device=y.device)

@@ -63,8 +63,9 @@ def _check(args, kwargs, dtype, tol, chunk_size=16, initial_state=True, referenc
     names = ["x", "dt", "A", "B", "C"] + [k for k, v in kwargs.items() if v is not None]
     results = {}
     for backend, dt in ((reference, torch.float64), ("triton", dtype)):
-        leaves = [a.to(dtype).to(dt).requires_grad_(True) for a in args]
-        kw = {k: None if v is None else v.to(dtype).to(dt).requires_grad_(True) for k, v in kwargs.items()}
+        leaves = [a.to(dtype).to(dt).detach().clone().requires_grad_(True) for a in args]
+        kw = {k: None if v is None else v.to(dtype).to(dt).detach().clone().requires_grad_(True)
+              for k, v in kwargs.items()}
         y, h = ssd(*leaves, **kw, chunk_size=chunk_size, return_final_state=True, backend=backend)
         g = torch.Generator(device=y.device).manual_seed(1)
         wy = torch.randn(y.shape, generator=g, dtype=torch.float64, device=y.device)
