@@ -30,8 +30,8 @@ state after the chunk and its gradient; a reverse cumulative sum inside each
 chunk turns it into the gradient of ``a``.
 
 Accumulation is in float32 (float64 for float64 inputs); the matrix products run
-``tl.dot`` on operands in the input dtype (bf16/fp16 at full tensor-core speed,
-float32 in IEEE precision).
+``tl.dot`` on operands in the input dtype (bf16/fp16 at full tensor-core speed;
+float32 in IEEE precision, or TF32 when PyTorch's float32 matmul precision allows it).
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def _add(a, b):
 
 @triton.jit
 def _cb_kernel(C, B, CB, L, G: tl.constexpr, N: tl.constexpr, NC, T: tl.constexpr,
-               BM: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr):
+               BM: tl.constexpr, BS: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+               ACC: tl.constexpr):
     """CB[b, c, g, t, s] = C_t . B_s for the positions t, s of chunk c (zero beyond L)."""
     c = tl.program_id(0)
     bg = tl.program_id(1).to(tl.int64)
@@ -79,7 +80,7 @@ def _cb_kernel(C, B, CB, L, G: tl.constexpr, N: tl.constexpr, NC, T: tl.constexp
                      mask=ok_m[:, None] & (offs_k[None, :] < N), other=0.0)
         bs = tl.load(B + ((b * L + pos_s[None, :]) * G + g) * N + offs_k[:, None],
                      mask=ok_s[None, :] & (offs_k[:, None] < N), other=0.0)
-        acc += tl.dot(cm.to(DOT), bs.to(DOT), input_precision="ieee")
+        acc += tl.dot(cm.to(DOT), bs.to(DOT), input_precision=PREC)
     tl.store(CB + (((b * NC + c) * G + g) * T + offs_m[:, None]) * T + offs_s[None, :], acc,
              mask=(offs_m[:, None] < T) & (offs_s[None, :] < T))
 
@@ -88,7 +89,7 @@ def _cb_kernel(C, B, CB, L, G: tl.constexpr, N: tl.constexpr, NC, T: tl.constexp
 def _chunk_outer_kernel(U, V, DTP, CUM, OUT, L, H: tl.constexpr, G: tl.constexpr, P: tl.constexpr,
                         N: tl.constexpr, NC, T: tl.constexpr, FROM_START: tl.constexpr,
                         BP: tl.constexpr, BN: tl.constexpr, BS: tl.constexpr, DOT: tl.constexpr,
-                        ACC: tl.constexpr):
+                        PREC: tl.constexpr, ACC: tl.constexpr):
     """OUT[b, c, h] = sum_t w_t U_t^T V_t (P, N) over the positions of chunk c.
 
     ``FROM_START=False``: U = x, V = B, ``w_t = exp(c_last - c_t) dt_t``: the state the chunk makes from zero.
@@ -119,7 +120,7 @@ def _chunk_outer_kernel(U, V, DTP, CUM, OUT, L, H: tl.constexpr, G: tl.constexpr
                     mask=ok[None, :] & (offs_p[:, None] < P), other=0.0)
         v = tl.load(V + ((b * L + pos[:, None]) * G + g) * N + offs_n[None, :],
                     mask=ok[:, None] & (offs_n[None, :] < N), other=0.0).to(ACC)
-        acc += tl.dot(u.to(DOT), (v * w[:, None]).to(DOT), input_precision="ieee")
+        acc += tl.dot(u.to(DOT), (v * w[:, None]).to(DOT), input_precision=PREC)
     tl.store(OUT + (((b * NC + c) * H + h) * P + offs_p[:, None]) * N + offs_n[None, :], acc,
              mask=(offs_p[:, None] < P) & (offs_n[None, :] < N))
 
@@ -149,7 +150,7 @@ def _state_pass_fwd_kernel(STATES, CUM, INIT, FINAL, H: tl.constexpr, PN: tl.con
 def _chunk_scan_fwd_kernel(X, DTP, CUM, C, CB, ENTER, D, Y, L, H: tl.constexpr, G: tl.constexpr, P: tl.constexpr,
                            N: tl.constexpr, NC, T: tl.constexpr, HAS_D: tl.constexpr, BM: tl.constexpr,
                            BS: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr,
-                           ACC: tl.constexpr):
+                           PREC: tl.constexpr, ACC: tl.constexpr):
     """y_t = exp(c_t) C_t h_enter + sum_{s <= t} exp(c_t - c_s) CB[t, s] dt_s x_s + D x_t in chunk c."""
     c = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
@@ -171,7 +172,7 @@ def _chunk_scan_fwd_kernel(X, DTP, CUM, C, CB, ENTER, D, Y, L, H: tl.constexpr, 
                      mask=ok_m[:, None] & (offs_k[None, :] < N), other=0.0)
         st = tl.load(enter + offs_p[None, :] * N + offs_k[:, None],
                      mask=(offs_p[None, :] < P) & (offs_k[:, None] < N), other=0.0)
-        acc += tl.dot(cm.to(DOT), st.to(DOT), input_precision="ieee")
+        acc += tl.dot(cm.to(DOT), st.to(DOT), input_precision=PREC)
     acc *= tl.exp(cum_m)[:, None]
     cb_base = CB + ((b * NC + c) * G + g) * T * T
     for s0 in range(0, (m_blk + 1) * BM, BS):
@@ -186,7 +187,7 @@ def _chunk_scan_fwd_kernel(X, DTP, CUM, C, CB, ENTER, D, Y, L, H: tl.constexpr, 
         w = cb * tl.exp(tl.where(causal, cum_m[:, None] - cum_s[None, :], float("-inf"))) * dt_s[None, :]
         xs = tl.load(X + ((b * L + pos_s[:, None]) * H + h) * P + offs_p[None, :],
                      mask=ok_s[:, None] & (offs_p[None, :] < P), other=0.0)
-        acc += tl.dot(w.to(DOT), xs.to(DOT), input_precision="ieee")
+        acc += tl.dot(w.to(DOT), xs.to(DOT), input_precision=PREC)
     if HAS_D:
         xm = tl.load(X + ((b * L + pos_m[:, None]) * H + h) * P + offs_p[None, :],
                      mask=ok_m[:, None] & (offs_p[None, :] < P), other=0.0).to(ACC)
@@ -230,7 +231,8 @@ def _state_pass_bwd_kernel(DSTATES, ENTER, FINAL, CUM, DFINAL, DINIT, DCLAST, H:
 @triton.jit
 def _dx_kernel(X, DTP, CUM, B, CB, DAFTER, DY, D, DX, DDT, L, H: tl.constexpr, G: tl.constexpr, P: tl.constexpr,
                N: tl.constexpr, NC, T: tl.constexpr, HAS_D: tl.constexpr, BM: tl.constexpr, BT: tl.constexpr,
-               BP: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr):
+               BP: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr,
+               ACC: tl.constexpr):
     """For the sources s of a block: ``g_s = dL/d(dt_s x_s) = exp(c_last - c_s) dH_after B_s
     + sum_{t >= s} exp(c_t - c_s) CB[t, s] dy_t``; ``dx_s = dt_s g_s + D dy_s``, ``ddt_s = x_s . g_s``."""
     c = tl.program_id(0)
@@ -253,7 +255,7 @@ def _dx_kernel(X, DTP, CUM, B, CB, DAFTER, DY, D, DX, DDT, L, H: tl.constexpr, G
                      mask=ok_m[:, None] & (offs_k[None, :] < N), other=0.0)
         da = tl.load(dafter + offs_p[None, :] * N + offs_k[:, None],
                      mask=(offs_p[None, :] < P) & (offs_k[:, None] < N), other=0.0)
-        acc += tl.dot(bm.to(DOT), da.to(DOT), input_precision="ieee")
+        acc += tl.dot(bm.to(DOT), da.to(DOT), input_precision=PREC)
     acc *= tl.exp(c_last - cum_m)[:, None]
     cb_base = CB + ((b * NC + c) * G + g) * T * T
     for t0 in range(m_blk * BM, T, BT):
@@ -267,7 +269,7 @@ def _dx_kernel(X, DTP, CUM, B, CB, DAFTER, DY, D, DX, DDT, L, H: tl.constexpr, G
         w = cbt * tl.exp(tl.where(causal, cum_t[None, :] - cum_m[:, None], float("-inf")))
         dyt = tl.load(DY + ((b * L + pos_t[:, None]) * H + h) * P + offs_p[None, :],
                       mask=ok_t[:, None] & (offs_p[None, :] < P), other=0.0)
-        acc += tl.dot(w.to(DOT), dyt.to(DOT), input_precision="ieee")
+        acc += tl.dot(w.to(DOT), dyt.to(DOT), input_precision=PREC)
     xy_off = ((b * L + pos_m[:, None]) * H + h) * P + offs_p[None, :]
     xy_ok = ok_m[:, None] & (offs_p[None, :] < P)
     xm = tl.load(X + xy_off, mask=xy_ok, other=0.0).to(ACC)
@@ -283,7 +285,7 @@ def _dx_kernel(X, DTP, CUM, B, CB, DAFTER, DY, D, DX, DDT, L, H: tl.constexpr, G
 @triton.jit
 def _db_kernel(X, DTP, CUM, C, DAFTER, DY, DB, L, H: tl.constexpr, G: tl.constexpr, P: tl.constexpr,
                N: tl.constexpr, NC, T: tl.constexpr, BM: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr,
-               BK: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr):
+               BK: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """dB_s = sum over the group's heads of dt_s (exp(c_last - c_s) x_s dH_after
     + sum_{t >= s} exp(c_t - c_s) (dy_t . x_s) C_t)."""
     c = tl.program_id(0)
@@ -308,7 +310,7 @@ def _db_kernel(X, DTP, CUM, C, DAFTER, DY, DB, L, H: tl.constexpr, G: tl.constex
                          mask=ok_m[:, None] & (offs_k[None, :] < P), other=0.0)
             da = tl.load(dafter + offs_k[:, None] * N + offs_n[None, :],
                          mask=(offs_k[:, None] < P) & (offs_n[None, :] < N), other=0.0)
-            acc += tl.dot(xm.to(DOT), da.to(DOT), input_precision="ieee")
+            acc += tl.dot(xm.to(DOT), da.to(DOT), input_precision=PREC)
         acc *= tl.exp(c_last - cum_m)[:, None]
         for t0 in range(m_blk * BM, T, BT):
             offs_t = t0 + tl.arange(0, BT)
@@ -322,12 +324,12 @@ def _db_kernel(X, DTP, CUM, C, DAFTER, DY, DB, L, H: tl.constexpr, G: tl.constex
                              mask=ok_m[:, None] & (offs_k[None, :] < P), other=0.0)
                 dyt = tl.load(DY + ((b * L + pos_t[None, :]) * H + h) * P + offs_k[:, None],
                               mask=ok_t[None, :] & (offs_k[:, None] < P), other=0.0)
-                xdy += tl.dot(xm.to(DOT), dyt.to(DOT), input_precision="ieee")
+                xdy += tl.dot(xm.to(DOT), dyt.to(DOT), input_precision=PREC)
             causal = offs_t[None, :] >= offs_m[:, None]
             w = xdy * tl.exp(tl.where(causal, cum_t[None, :] - cum_m[:, None], float("-inf")))
             ct = tl.load(C + ((b * L + pos_t[:, None]) * G + g) * N + offs_n[None, :],
                          mask=ok_t[:, None] & (offs_n[None, :] < N), other=0.0)
-            acc += tl.dot(w.to(DOT), ct.to(DOT), input_precision="ieee")
+            acc += tl.dot(w.to(DOT), ct.to(DOT), input_precision=PREC)
         dt_m = tl.load(DTP + row + offs_m, mask=offs_m < T, other=0.0).to(ACC)
         total += acc * dt_m[:, None]
     tl.store(DB + ((b * L + pos_m[:, None]) * G + g) * N + offs_n[None, :], total,
@@ -337,7 +339,7 @@ def _db_kernel(X, DTP, CUM, C, DAFTER, DY, DB, L, H: tl.constexpr, G: tl.constex
 @triton.jit
 def _dc_kernel(X, DTP, CUM, B, C, ENTER, DY, DC, DCUM, L, H: tl.constexpr, G: tl.constexpr, P: tl.constexpr,
                N: tl.constexpr, NC, T: tl.constexpr, BM: tl.constexpr, BS: tl.constexpr, BN: tl.constexpr,
-               BK: tl.constexpr, DOT: tl.constexpr, ACC: tl.constexpr):
+               BK: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """dC_t = sum over the group's heads of exp(c_t) dy_t H_enter + sum_{s <= t} exp(c_t - c_s) dt_s (dy_t . x_s) B_s;
     DCUM[b, h, t] = C_t . (head h's part of dC_t), the row sum of the quadratic form plus the state's part."""
     c = tl.program_id(0)
@@ -363,7 +365,7 @@ def _dc_kernel(X, DTP, CUM, B, C, ENTER, DY, DC, DCUM, L, H: tl.constexpr, G: tl
                           mask=ok_m[:, None] & (offs_k[None, :] < P), other=0.0)
             st = tl.load(enter + offs_k[:, None] * N + offs_n[None, :],
                          mask=(offs_k[:, None] < P) & (offs_n[None, :] < N), other=0.0)
-            acc += tl.dot(dym.to(DOT), st.to(DOT), input_precision="ieee")
+            acc += tl.dot(dym.to(DOT), st.to(DOT), input_precision=PREC)
         acc *= tl.exp(cum_m)[:, None]
         for s0 in range(0, (m_blk + 1) * BM, BS):
             offs_s = s0 + tl.arange(0, BS)
@@ -378,12 +380,12 @@ def _dc_kernel(X, DTP, CUM, B, C, ENTER, DY, DC, DCUM, L, H: tl.constexpr, G: tl
                               mask=ok_m[:, None] & (offs_k[None, :] < P), other=0.0)
                 xs = tl.load(X + ((b * L + pos_s[None, :]) * H + h) * P + offs_k[:, None],
                              mask=ok_s[None, :] & (offs_k[:, None] < P), other=0.0)
-                dyx += tl.dot(dym.to(DOT), xs.to(DOT), input_precision="ieee")
+                dyx += tl.dot(dym.to(DOT), xs.to(DOT), input_precision=PREC)
             causal = offs_s[None, :] <= offs_m[:, None]
             w = dyx * tl.exp(tl.where(causal, cum_m[:, None] - cum_s[None, :], float("-inf"))) * dt_s[None, :]
             bs = tl.load(B + ((b * L + pos_s[:, None]) * G + g) * N + offs_n[None, :],
                          mask=ok_s[:, None] & (offs_n[None, :] < N), other=0.0)
-            acc += tl.dot(w.to(DOT), bs.to(DOT), input_precision="ieee")
+            acc += tl.dot(w.to(DOT), bs.to(DOT), input_precision=PREC)
         tl.store(DCUM + row + offs_m, tl.reduce(acc * cm, 1, _add), mask=offs_m < T)
         total += acc
     tl.store(DC + ((b * L + pos_m[:, None]) * G + g) * N + offs_n[None, :], total,
@@ -406,6 +408,11 @@ class _Plan:
         self.bn = _block(self.n)
         self.bk_n = _block(self.n, 64)
         self.bk_p = _block(self.p, 64)
+        # The backward kernels that hold a whole (BM, P) or (BM, N) block or two: more warps, fewer registers each.
+        self.warps = 8 if self.bm * max(self.bp, self.bn) >= 64 * 128 else 4
+        # float32 products as PyTorch's matmuls: IEEE unless TF32 is allowed (torch.set_float32_matmul_precision).
+        self.prec = "tf32" if x.dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest" \
+            else "ieee"
 
 
 def _per_position(dt, a, plan):
@@ -422,7 +429,7 @@ def _cb(B, C, plan):
     cb = torch.empty(plan.batch, plan.nc, plan.groups, plan.t, plan.t, device=B.device, dtype=plan.acc_torch)
     grid = (plan.nc, plan.batch * plan.groups, triton.cdiv(plan.t, plan.bm) ** 2)
     _cb_kernel[grid](C, B, cb, plan.length, plan.groups, plan.n, plan.nc, plan.t, BM=plan.bm, BS=plan.bm,
-                     BK=plan.bk_n, DOT=plan.dot, ACC=plan.acc)
+                     BK=plan.bk_n, DOT=plan.dot, PREC=plan.prec, ACC=plan.acc)
     return cb
 
 
@@ -431,7 +438,8 @@ def _chunk_outer(U, V, dtp, cum, plan, from_start):
     bp, bn = _block(plan.p, 64), _block(plan.n, 64)
     grid = (plan.nc, plan.batch * plan.heads, triton.cdiv(plan.p, bp) * triton.cdiv(plan.n, bn))
     _chunk_outer_kernel[grid](U, V, dtp, cum, out, plan.length, plan.heads, plan.groups, plan.p, plan.n, plan.nc,
-                              plan.t, FROM_START=from_start, BP=bp, BN=bn, BS=plan.bm, DOT=plan.dot, ACC=plan.acc)
+                              plan.t, FROM_START=from_start, BP=bp, BN=bn, BS=plan.bm, DOT=plan.dot, PREC=plan.prec,
+                              ACC=plan.acc)
     return out
 
 
@@ -459,7 +467,7 @@ def chunk_forward(x, dt, a, B, C, D, initial_state, chunk_size):
     grid = (plan.nc, plan.batch * plan.heads, triton.cdiv(plan.t, plan.bm) * triton.cdiv(plan.p, bp))
     _chunk_scan_fwd_kernel[grid](x, dtp, cum, C, cb, states, d, y, plan.length, plan.heads, plan.groups, plan.p,
                                  plan.n, plan.nc, plan.t, HAS_D=D is not None, BM=plan.bm, BS=plan.bm, BP=bp,
-                                 BK=plan.bk_n, DOT=plan.dot, ACC=plan.acc)
+                                 BK=plan.bk_n, DOT=plan.dot, PREC=plan.prec, ACC=plan.acc)
     return y, final, (dtp, cum, cb, states)
 
 
@@ -488,16 +496,19 @@ def chunk_backward(dy, dfinal, x, B, C, D, saved, final, chunk_size):
     d = D.contiguous() if D is not None else dtp
     _dx_kernel[(plan.nc, plan.batch * plan.heads, n_m)](
         x, dtp, cum, B, cb, dafter, dy, d, dx, ddt, plan.length, plan.heads, plan.groups, plan.p, plan.n, plan.nc,
-        plan.t, HAS_D=D is not None, BM=plan.bm, BT=plan.bm, BP=plan.bp, BK=plan.bk_n, DOT=plan.dot, ACC=plan.acc)
+        plan.t, HAS_D=D is not None, BM=plan.bm, BT=plan.bm, BP=plan.bp, BK=plan.bk_n, DOT=plan.dot, PREC=plan.prec,
+        ACC=plan.acc, num_warps=plan.warps)
     dB = torch.empty_like(B)
     _db_kernel[(plan.nc, plan.batch * plan.groups, n_m)](
         x, dtp, cum, C, dafter, dy, dB, plan.length, plan.heads, plan.groups, plan.p, plan.n, plan.nc, plan.t,
-        BM=plan.bm, BT=plan.bm, BN=plan.bn, BK=plan.bk_p, DOT=plan.dot, ACC=plan.acc)
+        BM=plan.bm, BT=plan.bm, BN=plan.bn, BK=plan.bk_p, DOT=plan.dot, PREC=plan.prec, ACC=plan.acc,
+        num_warps=plan.warps)
     dC = torch.empty_like(C)
     dcum = torch.empty_like(dtp)
     _dc_kernel[(plan.nc, plan.batch * plan.groups, n_m)](
         x, dtp, cum, B, C, enter, dy, dC, dcum, plan.length, plan.heads, plan.groups, plan.p, plan.n, plan.nc,
-        plan.t, BM=plan.bm, BS=plan.bm, BN=plan.bn, BK=plan.bk_p, DOT=plan.dot, ACC=plan.acc)
+        plan.t, BM=plan.bm, BS=plan.bm, BN=plan.bn, BK=plan.bk_p, DOT=plan.dot, PREC=plan.prec, ACC=plan.acc,
+        num_warps=plan.warps)
 
     # dcum: row sums (from dC) minus column sums (x . g = ddt dt), plus the chunk totals at each last position.
     dcum = (dcum - ddt * dtp).unflatten(-1, (plan.nc, plan.t))

@@ -102,6 +102,29 @@ def test_one_position(interpreter):
     _check(args, kwargs, torch.float32, 2e-5)
 
 
+
+def test_right_padding_with_zero_dt(interpreter):
+    """The mixers' ``lengths`` contract reaches the op as dt = 0 on the padding: the state is kept there, and the
+    gradients of the real positions (of an output-only loss) are those of the unpadded sequence."""
+    args, kwargs = _inputs(1, 30, 2, 3, 4, 1, seed=3)
+    real = 21
+    args[1][:, real:] = 0.0
+    cut = [a[:, :real] if a.dim() > 1 else a for a in args]
+    results = {}
+    for backend, inputs in (("reference", cut), ("triton", args)):
+        leaves = [a.float().detach().clone().requires_grad_(True) for a in inputs]
+        kw = {k: v.float().detach().clone().requires_grad_(True) for k, v in kwargs.items()}
+        y, h = ssd(*leaves, **kw, chunk_size=16, return_final_state=True, backend=backend)
+        y[:, :real].sin().sum().backward()
+        results[backend] = [y[:, :real], h] + [t.grad[:, :real] if t.dim() > 1 else t.grad for t in leaves] + \
+            [v.grad for v in kw.values()]
+        if backend == "triton":
+            for t in leaves[:2] + leaves[3:]:
+                assert not t.grad[:, real:].any(), "padding has a gradient"
+    for label, got, want in zip(["y", "final state", "x", "dt", "A", "B", "C", "D", "h0"], results["triton"],
+                                results["reference"]):
+        assert_close(got, want, atol=2e-5 * want.abs().max().item(), name=label)
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("length", [2048, 8192])
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])

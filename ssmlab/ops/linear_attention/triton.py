@@ -31,6 +31,7 @@ class _LinearAttention(torch.autograd.Function):
         y, final, saved = chunk_forward(v, dt, a, k, q, None, init, chunk_size)
         ctx.save_for_backward(q, k, v, final, *saved)
         ctx.chunk_size = chunk_size
+        ctx.set_materialize_grads(False)  # an unused final state has no gradient to pass
         ctx.dtypes = (None if log_decay is None else log_decay.dtype,
                       None if initial_state is None else initial_state.dtype)
         return y, final.transpose(-1, -2).to(dtype)
@@ -39,8 +40,9 @@ class _LinearAttention(torch.autograd.Function):
     def backward(ctx, dy, dfinal):
         q, k, v, final, *saved = ctx.saved_tensors
         decay_dtype, init_dtype = ctx.dtypes
-        dv, _, da, dk, dq, _, dinit = chunk_backward(dy.to(v.dtype), dfinal.transpose(-1, -2), v, k, q, None, saved,
-                                                     final, ctx.chunk_size)
+        dy = torch.zeros_like(v) if dy is None else dy.to(v.dtype)
+        dfinal = None if dfinal is None else dfinal.transpose(-1, -2)
+        dv, _, da, dk, dq, _, dinit = chunk_backward(dy, dfinal, v, k, q, None, saved, final, ctx.chunk_size)
         dlog_decay = None if decay_dtype is None else da.sum((0, 1)).to(decay_dtype)
         dinit = None if init_dtype is None else dinit.transpose(-1, -2).to(init_dtype)
         return dq, dk, dv, dlog_decay, dinit, None

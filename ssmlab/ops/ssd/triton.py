@@ -27,6 +27,7 @@ class _SSD(torch.autograd.Function):
         y, final, saved = chunk_forward(x, dt32, dt32 * A32, Bx, Cx, d, init, chunk_size)
         ctx.save_for_backward(x, dt32, A32, Bx, Cx, d, final, *saved)
         ctx.chunk_size = chunk_size
+        ctx.set_materialize_grads(False)  # an unused final state has no gradient to pass
         ctx.meta = (dt.dtype, A.dtype, B.dtype, C.dtype, None if D is None else D.dim(),
                     None if D is None else D.dtype, None if initial_state is None else initial_state.dtype)
         return y, final
@@ -35,6 +36,7 @@ class _SSD(torch.autograd.Function):
     def backward(ctx, dy, dfinal):
         x, dt32, A32, Bx, Cx, d, final, *saved = ctx.saved_tensors
         dt_dtype, A_dtype, B_dtype, C_dtype, d_dim, d_dtype, init_dtype = ctx.meta
+        dy = torch.zeros_like(x) if dy is None else dy
         dx, ddt, da, dB, dC, dD, dinit = chunk_backward(dy.to(x.dtype), dfinal, x, Bx, Cx, d, saved, final,
                                                         ctx.chunk_size)
         ddt = ddt + da * A32
