@@ -284,21 +284,21 @@ def _dx_kernel(X, DTP, CUM, B, CB, DAFTER, DY, D, DX, DDT, L, H: tl.constexpr, G
 
 @triton.jit
 def _db_kernel(X, DTP, CUM, C, DAFTER, DY, DB, L, H: tl.constexpr, G: tl.constexpr, P: tl.constexpr,
-               N: tl.constexpr, NC, T: tl.constexpr, BM: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr,
-               BK: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
-    """dB_s = sum over the group's heads of dt_s (exp(c_last - c_s) x_s dH_after
-    + sum_{t >= s} exp(c_t - c_s) (dy_t . x_s) C_t)."""
+               N: tl.constexpr, NC, T: tl.constexpr, SPLIT: tl.constexpr, BM: tl.constexpr, BT: tl.constexpr,
+               BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    """dB_s = sum over heads of ``dt_s (exp(c_last - c_s) x_s dH_after + sum_{t >= s} exp(c_t - c_s) (dy_t . x_s)
+    C_t)``: the heads of a group in SPLIT parts, one part to a program, written side by side and summed afterwards."""
     c = tl.program_id(0)
-    bg = tl.program_id(1).to(tl.int64)
-    b, g = bg // G, bg % G
+    bgs = tl.program_id(1).to(tl.int64)
+    b, g, split = bgs // (G * SPLIT), (bgs // SPLIT) % G, bgs % SPLIT
     m_blk = tl.program_id(2)
     offs_m = m_blk * BM + tl.arange(0, BM)
     offs_n = tl.arange(0, BN)
     pos_m = c * T + offs_m
     ok_m = (offs_m < T) & (pos_m < L)
     total = tl.full((BM, BN), 0.0, ACC)
-    for j in range(0, H // G):
-        h = g * (H // G) + j
+    for j in range(0, H // G // SPLIT):
+        h = g * (H // G) + split * (H // G // SPLIT) + j
         row = (b * H + h) * NC * T + c * T
         cum_m = tl.load(CUM + row + offs_m, mask=offs_m < T, other=0.0).to(ACC)
         c_last = tl.load(CUM + row + T - 1).to(ACC)
@@ -332,19 +332,20 @@ def _db_kernel(X, DTP, CUM, C, DAFTER, DY, DB, L, H: tl.constexpr, G: tl.constex
             acc += tl.dot(w.to(DOT), ct.to(DOT), input_precision=PREC)
         dt_m = tl.load(DTP + row + offs_m, mask=offs_m < T, other=0.0).to(ACC)
         total += acc * dt_m[:, None]
-    tl.store(DB + ((b * L + pos_m[:, None]) * G + g) * N + offs_n[None, :], total,
+    tl.store(DB + (((b * L + pos_m[:, None]) * G + g) * SPLIT + split) * N + offs_n[None, :], total,
              mask=ok_m[:, None] & (offs_n[None, :] < N))
 
 
 @triton.jit
 def _dc_kernel(X, DTP, CUM, B, C, ENTER, DY, DC, DCUM, L, H: tl.constexpr, G: tl.constexpr, P: tl.constexpr,
-               N: tl.constexpr, NC, T: tl.constexpr, BM: tl.constexpr, BS: tl.constexpr, BN: tl.constexpr,
-               BK: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
-    """dC_t = sum over the group's heads of exp(c_t) dy_t H_enter + sum_{s <= t} exp(c_t - c_s) dt_s (dy_t . x_s) B_s;
-    DCUM[b, h, t] = C_t . (head h's part of dC_t), the row sum of the quadratic form plus the state's part."""
+               N: tl.constexpr, NC, T: tl.constexpr, SPLIT: tl.constexpr, BM: tl.constexpr, BS: tl.constexpr,
+               BN: tl.constexpr, BK: tl.constexpr, DOT: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    """dC_t = sum over heads of ``exp(c_t) dy_t H_enter + sum_{s <= t} exp(c_t - c_s) dt_s (dy_t . x_s) B_s`` (the
+    heads of a group in SPLIT parts as in ``_db_kernel``); DCUM[b, h, t] = C_t . (head h's part of dC_t), the row
+    sum of the quadratic form plus the state's part."""
     c = tl.program_id(0)
-    bg = tl.program_id(1).to(tl.int64)
-    b, g = bg // G, bg % G
+    bgs = tl.program_id(1).to(tl.int64)
+    b, g, split = bgs // (G * SPLIT), (bgs // SPLIT) % G, bgs % SPLIT
     m_blk = tl.program_id(2)
     offs_m = m_blk * BM + tl.arange(0, BM)
     offs_n = tl.arange(0, BN)
@@ -353,8 +354,8 @@ def _dc_kernel(X, DTP, CUM, B, C, ENTER, DY, DC, DCUM, L, H: tl.constexpr, G: tl
     cm = tl.load(C + ((b * L + pos_m[:, None]) * G + g) * N + offs_n[None, :],
                  mask=ok_m[:, None] & (offs_n[None, :] < N), other=0.0).to(ACC)
     total = tl.full((BM, BN), 0.0, ACC)
-    for j in range(0, H // G):
-        h = g * (H // G) + j
+    for j in range(0, H // G // SPLIT):
+        h = g * (H // G) + split * (H // G // SPLIT) + j
         row = (b * H + h) * NC * T + c * T
         cum_m = tl.load(CUM + row + offs_m, mask=offs_m < T, other=0.0).to(ACC)
         enter = ENTER + ((b * NC + c) * H + h) * P * N
@@ -388,7 +389,7 @@ def _dc_kernel(X, DTP, CUM, B, C, ENTER, DY, DC, DCUM, L, H: tl.constexpr, G: tl
             acc += tl.dot(w.to(DOT), bs.to(DOT), input_precision=PREC)
         tl.store(DCUM + row + offs_m, tl.reduce(acc * cm, 1, _add), mask=offs_m < T)
         total += acc
-    tl.store(DC + ((b * L + pos_m[:, None]) * G + g) * N + offs_n[None, :], total,
+    tl.store(DC + (((b * L + pos_m[:, None]) * G + g) * SPLIT + split) * N + offs_n[None, :], total,
              mask=ok_m[:, None] & (offs_n[None, :] < N))
 
 
@@ -444,6 +445,19 @@ def _chunk_outer(U, V, dtp, cum, plan, from_start):
 
 
 _STATE_BLOCK = 1024
+_PROGRAMS = 1024  # enough programs to fill an H100/H200 several times over
+
+
+def _head_split(plan, n_m):
+    """Into how many programs the heads of a group are split by the dB and dC kernels (a divisor of H / G): the
+    fewest that make ``_PROGRAMS`` programs, so that one group (Mamba-2's usual) still fills the GPU; the parts are
+    summed afterwards."""
+    per_group = plan.heads // plan.groups
+    programs = plan.nc * plan.batch * plan.groups * n_m
+    for split in range(1, per_group + 1):
+        if per_group % split == 0 and programs * split >= _PROGRAMS:
+            return split
+    return per_group
 
 
 def chunk_forward(x, dt, a, B, C, D, initial_state, chunk_size):
@@ -498,16 +512,17 @@ def chunk_backward(dy, dfinal, x, B, C, D, saved, final, chunk_size):
         x, dtp, cum, B, cb, dafter, dy, d, dx, ddt, plan.length, plan.heads, plan.groups, plan.p, plan.n, plan.nc,
         plan.t, HAS_D=D is not None, BM=plan.bm, BT=plan.bm, BP=plan.bp, BK=plan.bk_n, DOT=plan.dot, PREC=plan.prec,
         ACC=plan.acc, num_warps=plan.warps)
-    dB = torch.empty_like(B)
-    _db_kernel[(plan.nc, plan.batch * plan.groups, n_m)](
-        x, dtp, cum, C, dafter, dy, dB, plan.length, plan.heads, plan.groups, plan.p, plan.n, plan.nc, plan.t,
+    split = _head_split(plan, n_m)
+    dB = torch.empty(plan.batch, plan.length, plan.groups, split, plan.n, device=x.device, dtype=plan.acc_torch)
+    _db_kernel[(plan.nc, plan.batch * plan.groups * split, n_m)](
+        x, dtp, cum, C, dafter, dy, dB, plan.length, plan.heads, plan.groups, plan.p, plan.n, plan.nc, plan.t, split,
         BM=plan.bm, BT=plan.bm, BN=plan.bn, BK=plan.bk_p, DOT=plan.dot, PREC=plan.prec, ACC=plan.acc,
         num_warps=plan.warps)
-    dC = torch.empty_like(C)
+    dC = torch.empty_like(dB)
     dcum = torch.empty_like(dtp)
-    _dc_kernel[(plan.nc, plan.batch * plan.groups, n_m)](
+    _dc_kernel[(plan.nc, plan.batch * plan.groups * split, n_m)](
         x, dtp, cum, B, C, enter, dy, dC, dcum, plan.length, plan.heads, plan.groups, plan.p, plan.n, plan.nc,
-        plan.t, BM=plan.bm, BS=plan.bm, BN=plan.bn, BK=plan.bk_p, DOT=plan.dot, PREC=plan.prec, ACC=plan.acc,
+        plan.t, split, BM=plan.bm, BS=plan.bm, BN=plan.bn, BK=plan.bk_p, DOT=plan.dot, PREC=plan.prec, ACC=plan.acc,
         num_warps=plan.warps)
 
     # dcum: row sums (from dC) minus column sums (x . g = ddt dt), plus the chunk totals at each last position.
@@ -515,6 +530,7 @@ def chunk_backward(dy, dfinal, x, B, C, D, saved, final, chunk_size):
     dcum[..., -1] += dclast.sum(-1)
     da = dcum.flip(-1).cumsum(-1).flip(-1).flatten(-2)[..., :plan.length].transpose(1, 2)  # (B, L, H)
     ddt = ddt[..., :plan.length].transpose(1, 2)
+    dB, dC = dB.sum(3).to(B.dtype), dC.sum(3).to(C.dtype)
     dD = None
     if D is not None:
         dD = torch.einsum("blhp,blhp->hp", dy.to(plan.acc_torch), x.to(plan.acc_torch))

@@ -86,8 +86,10 @@ CASES = [(1, 37, 4, 3, 5, 2, "hp", 16), (2, 21, 2, 4, 3, 1, "h", 16), (1, 45, 2,
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
-def test_float32_matches_reference(interpreter, case):
+def test_float32_matches_reference(interpreter, monkeypatch, case):
     *shape, d_shape, chunk_size = case
+    if case == CASES[0]:  # all the heads of a group in one program of the dB and dC kernels (not one head each)
+        monkeypatch.setattr(importlib.import_module(MODULES[0]), "_PROGRAMS", 1)
     args, kwargs = _inputs(*shape, d_shape=d_shape)
     _check(args, kwargs, torch.float32, 2e-5, chunk_size=chunk_size, initial_state=d_shape != "h")
 
