@@ -18,12 +18,12 @@ def _inputs(batch, length, heads, key_dim, value_dim, retention):
     def make(device, dtype):
         g = torch.Generator(device=device).manual_seed(0)
 
-        def r(*shape, dt=dtype, scale=1.0):
-            return (torch.randn(*shape, generator=g, device=device, dtype=torch.float32) * scale).to(dt)
+        def r(*shape, as_dtype=dtype, scale=1.0):
+            return (torch.randn(*shape, generator=g, device=device, dtype=torch.float32) * scale).to(as_dtype)
 
         inputs = {"q": r(batch, length, heads, key_dim, scale=key_dim ** -0.5), "k": r(batch, length, heads, key_dim),
                   "v": r(batch, length, heads, value_dim),
-                  "initial_state": r(batch, heads, key_dim, value_dim, dt=torch.float32)}
+                  "initial_state": r(batch, heads, key_dim, value_dim, as_dtype=torch.float32)}
         if retention:
             h = torch.arange(heads, device=device, dtype=torch.float32)
             inputs["log_decay"] = torch.log1p(-torch.pow(2.0, -5.0 - h))

@@ -16,14 +16,14 @@ def _inputs(batch, length, heads, head_dim, n_state, groups):
     def make(device, dtype):
         g = torch.Generator(device=device).manual_seed(0)
 
-        def r(*shape, dt=dtype, scale=1.0):
-            return (torch.randn(*shape, generator=g, device=device, dtype=torch.float32) * scale).to(dt)
+        def r(*shape, as_dtype=dtype):
+            return torch.randn(*shape, generator=g, device=device, dtype=torch.float32).to(as_dtype)
 
-        dt = torch.nn.functional.softplus(r(batch, length, heads, dt=torch.float32) - 4.0)  # Mamba-2's dt range
+        dt = torch.nn.functional.softplus(r(batch, length, heads, as_dtype=torch.float32) - 4.0)  # Mamba-2's dt range
         inputs = {"x": r(batch, length, heads, head_dim), "dt": dt,
-                  "A": -torch.exp(r(heads, dt=torch.float32)), "B": r(batch, length, groups, n_state),
-                  "C": r(batch, length, groups, n_state), "D": r(heads, dt=torch.float32),
-                  "initial_state": r(batch, heads, head_dim, n_state, dt=torch.float32)}
+                  "A": -torch.exp(r(heads, as_dtype=torch.float32)), "B": r(batch, length, groups, n_state),
+                  "C": r(batch, length, groups, n_state), "D": r(heads, as_dtype=torch.float32),
+                  "initial_state": r(batch, heads, head_dim, n_state, as_dtype=torch.float32)}
         return {k: v.requires_grad_(True) for k, v in inputs.items()}
 
     return make
@@ -46,8 +46,8 @@ def _fla(x, dt, A, B, C, D, initial_state):
     q = C.repeat_interleave(per_head, dim=2)
     k = B.repeat_interleave(per_head, dim=2)
     v = (x * dt[..., None].to(x.dtype)).to(x.dtype)
-    y, state = chunk_simple_gla(q, k, v, g=dt * A, scale=1.0, initial_state=initial_state.transpose(-1, -2),
-                                output_final_state=True)
+    h0 = initial_state.transpose(-1, -2).contiguous()  # (B, H, N, P): fla's (K, V)
+    y, state = chunk_simple_gla(q, k, v, g=dt * A, scale=1.0, initial_state=h0, output_final_state=True)
     return y + x * D[:, None].to(x.dtype), state.transpose(-1, -2)
 
 
