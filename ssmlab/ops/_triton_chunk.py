@@ -393,6 +393,9 @@ def _dc_kernel(X, DTP, CUM, B, C, ENTER, DY, DC, DCUM, L, H: tl.constexpr, G: tl
              mask=ok_m[:, None] & (offs_n[None, :] < N))
 
 
+_BLOCK_M = 64  # positions of a chunk per block: a chunk of T > 64 is several blocks
+
+
 class _Plan:
     """Sizes, block sizes and dtypes of one call."""
 
@@ -404,7 +407,7 @@ class _Plan:
         self.acc_torch = torch.float64 if x.dtype == torch.float64 else torch.float32
         self.acc = _TL_DTYPES[self.acc_torch]
         self.dot = _TL_DTYPES[x.dtype]
-        self.bm = min(self.t, 64)
+        self.bm = min(self.t, _BLOCK_M)
         self.bp = _block(self.p)
         self.bn = _block(self.n)
         self.bk_n = _block(self.n, 64)

@@ -81,7 +81,8 @@ def _check(args, kwargs, dtype, tol, chunk_size=16, initial_state=True, referenc
 
 
 # (batch, length, heads, head_dim, n_state, groups, D, chunk_size): every option; L = 37 is not a multiple of the
-# chunk; two heads per group (their dB and dC add up); a chunk_size that is not a power of two (rounded up to 32).
+# chunk; two heads per group (their dB and dC add up); a chunk_size that is not a power of two (rounded up to 32,
+# in two blocks of 16).
 CASES = [(1, 37, 4, 3, 5, 2, "hp", 16), (2, 21, 2, 4, 3, 1, "h", 16), (1, 45, 2, 2, 17, 2, None, 20)]
 
 
@@ -90,6 +91,8 @@ def test_float32_matches_reference(interpreter, monkeypatch, case):
     *shape, d_shape, chunk_size = case
     if case == CASES[0]:  # all the heads of a group in one program of the dB and dC kernels (not one head each)
         monkeypatch.setattr(importlib.import_module(MODULES[0]), "_PROGRAMS", 1)
+    if case == CASES[2]:  # chunks of two blocks (as T = 256 on a GPU, in blocks of 64)
+        monkeypatch.setattr(importlib.import_module(MODULES[0]), "_BLOCK_M", 16)
     args, kwargs = _inputs(*shape, d_shape=d_shape)
     _check(args, kwargs, torch.float32, 2e-5, chunk_size=chunk_size, initial_state=d_shape != "h")
 
