@@ -1,6 +1,7 @@
 """GPU benchmark cases of ``ssd`` (Mamba-2, arXiv 2405.21060) for ``benchmarks/gpu.py``.
 
-Real size: Mamba-2's layer in the issue, B=4, H=24, P=64, N=128, one group, L in {2048, 8192}. fla's
+Real size: Mamba-2's layer in the issue, B=4, H=24, P=64, N=128, one group, L in {2048, 8192}, chunks of 256
+positions as the Mamba-2 mixer runs them. fla's
 counterpart is ``fla.ops.simple_gla.chunk_simple_gla`` (scalar per-position decays): q = C, k = B, v = dt x,
 g = dt A, scale 1, B and C copied to every head, plus D x; its state is (K, V) = (N, P).
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+CHUNK = 256  # the chunk of the Mamba-2 mixer (and of the official kernels); fla's simple_gla has its own, 64
 SIZES = {"real": [(4, 2048, 24, 64, 128, 1), (4, 8192, 24, 64, 128, 1)], "tiny": [(1, 40, 2, 4, 8, 1)]}
 
 
@@ -33,7 +35,8 @@ def _ours(backend):
     def run(x, dt, A, B, C, D, initial_state):
         from ssmlab.ops import ssd
 
-        return ssd(x, dt, A, B, C, D=D, initial_state=initial_state, return_final_state=True, backend=backend)
+        return ssd(x, dt, A, B, C, chunk_size=CHUNK, D=D, initial_state=initial_state, return_final_state=True,
+                   backend=backend)
 
     return run
 
@@ -60,6 +63,6 @@ def _bytes(batch, length, heads, head_dim, n_state, groups, itemsize):
 def cases(size: str) -> list[dict]:
     """The benchmark cases at ``size``, "real" (the issue's sizes) or "tiny" (seconds under the interpreter).
     ``bytes`` is for bf16 inputs (2 bytes an element)."""
-    return [{"name": f"ssd B={s[0]} L={s[1]} H={s[2]} P={s[3]} N={s[4]} G={s[5]}", "inputs": _inputs(*s),
+    return [{"name": f"ssd B={s[0]} L={s[1]} H={s[2]} P={s[3]} N={s[4]} G={s[5]} T={CHUNK}", "inputs": _inputs(*s),
              "run": {"triton": _ours("triton"), "torch": _ours("torch"), "fla": _fla},
              "bytes": _bytes(*s, itemsize=2)} for s in SIZES[size]]
