@@ -24,10 +24,11 @@ The backward runs through the same pieces: the gradient of each entering state
 from the chunk's own outputs (``_chunk_outer_kernel`` again), a reverse pass over
 the chunks (``_state_pass_bwd_kernel``), then dx and ddt, dB and dC in one kernel
 each. The gradient of the cumulative decays comes out of those without extra
-work: ``dc_t = C_t . dC_t - x_t . dx_t / dt_t`` per head (the row and column sums
-of the quadratic form) and, at each chunk's last position, the product of the
-state after the chunk and its gradient; a reverse cumulative sum inside each
-chunk turns it into the gradient of ``a``.
+work: ``dc_t = C_t . dC_t - dt_t x_t . g_t`` per head, with ``g_t`` the gradient of
+``dt_t x_t`` (the row and column sums of the decayed quadratic form and of the
+state terms) and, at each chunk's last position, the product of the state after
+the chunk and its gradient; a reverse cumulative sum inside each chunk turns it
+into the gradient of ``a``.
 
 Accumulation is in float32 (float64 for float64 inputs); the matrix products run
 ``tl.dot`` on operands in the input dtype (bf16/fp16 at full tensor-core speed;
