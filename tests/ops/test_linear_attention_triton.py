@@ -80,6 +80,7 @@ def _check(inputs, dtype, tol, chunk_size=16, reference="reference"):
 CASES = [(1, 37, 2, 3, 5, True, True, 16), (2, 21, 1, 4, 4, False, False, 16), (1, 45, 2, 17, 6, True, False, 20)]
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_float32_matches_reference(interpreter, monkeypatch, case):
     *shape, decay, state, chunk_size = case
@@ -88,10 +89,12 @@ def test_float32_matches_reference(interpreter, monkeypatch, case):
     _check(_inputs(*shape, decay=decay, state=state), torch.float32, 2e-5, chunk_size=chunk_size)
 
 
+@pytest.mark.triton
 def test_float64_matches_reference_exactly(interpreter):
     _check(_inputs(1, 19, 2, 3, 4), torch.float64, 1e-12)
 
 
+@pytest.mark.triton
 def test_normaliser_column(interpreter):
     """Katharopoulos' normaliser through a column of ones appended to v (the mixers' use): its gradient too."""
     inputs = _inputs(1, 20, 1, 4, 3, decay=False, state=False)
@@ -114,6 +117,7 @@ def test_real_size_against_reference_on_gpu(compiled):
     _check(_inputs(1, 2048, 24, 128, 64, device="cuda"), torch.float32, 1e-4, chunk_size=64)
 
 
+@pytest.mark.triton
 def test_benchmark_cases_agree(interpreter):
     """benchmarks/gpu_cases/linear_attention.py: its tiny cases give the same outputs and gradients through triton
     and torch."""

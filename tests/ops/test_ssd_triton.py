@@ -86,6 +86,7 @@ def _check(args, kwargs, dtype, tol, chunk_size=16, initial_state=True, referenc
 CASES = [(1, 37, 4, 3, 5, 2, "hp", 16), (2, 21, 2, 4, 3, 1, "h", 16), (1, 45, 2, 2, 17, 2, None, 20)]
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_float32_matches_reference(interpreter, monkeypatch, case):
     *shape, d_shape, chunk_size = case
@@ -97,17 +98,20 @@ def test_float32_matches_reference(interpreter, monkeypatch, case):
     _check(args, kwargs, torch.float32, 2e-5, chunk_size=chunk_size, initial_state=d_shape != "h")
 
 
+@pytest.mark.triton
 def test_float64_matches_reference_exactly(interpreter):
     args, kwargs = _inputs(1, 19, 2, 3, 4, 1)
     _check(args, kwargs, torch.float64, 1e-12)
 
 
+@pytest.mark.triton
 def test_one_position(interpreter):
     args, kwargs = _inputs(1, 1, 2, 2, 3, 1)
     _check(args, kwargs, torch.float32, 2e-5)
 
 
 
+@pytest.mark.triton
 def test_right_padding_with_zero_dt(interpreter):
     """The mixers' ``lengths`` contract reaches the op as dt = 0 on the padding: the state is kept there, and the
     gradients of the real positions (of an output-only loss) are those of the unpadded sequence."""
@@ -147,6 +151,7 @@ def test_real_size_against_reference_on_gpu(compiled):
     _check(args, kwargs, torch.float32, 1e-4, chunk_size=64)
 
 
+@pytest.mark.triton
 def test_benchmark_cases_agree(interpreter):
     """benchmarks/gpu_cases/ssd.py: its tiny case gives the same outputs and gradients through triton and torch."""
     from benchmarks.gpu_cases.ssd import cases
