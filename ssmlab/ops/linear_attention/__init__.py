@@ -25,9 +25,14 @@ Backends, all computing the same function, with the same result dtype
 * ``torch`` (default): the chunkwise form: the quadratic form inside chunks of
   ``chunk_size`` positions, the state carried between chunks by ``linear_scan``
   over the chunks with decay ``gamma^chunk_size``; linear in L.
+* ``triton`` (default on CUDA tensors when Triton is importable): the chunkwise form as
+  Triton kernels, forward and backward, shared with ``ssd`` (:mod:`ssmlab.ops.linear_attention.triton`);
+  on the CPU only by name, under Triton's interpreter (``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
+
+import importlib
 
 from ssmlab.ops._checks import check_tensor
 from ssmlab.ops._dispatch import Op
@@ -61,8 +66,9 @@ def linear_attention(q, k, v, *, log_decay=None, initial_state=None, return_fina
         log_decay: (H,) ``log gamma <= 0`` per head; None for no decay (gamma = 1).
         initial_state: (B, H, K, V) state ``S_{-1}`` before the first position; zeros when None.
         return_final_state: also return the state after the last position.
-        chunk_size: positions per chunk of the ``torch`` backend (any L works; default 64).
-        backend: "reference", "quadratic" or "torch"; see the module docstring.
+        chunk_size: positions per chunk of the ``torch`` backend (any L works; default 64); the ``triton``
+            backend rounds it up to a power of two in [16, 256].
+        backend: "reference", "quadratic", "torch" or "triton"; see the module docstring.
 
     Returns:
         ``y`` (B, L, H, V), or ``(y, final_state)`` with state (B, H, K, V).
@@ -89,3 +95,5 @@ def linear_attention_step(q, k, v, state, *, log_decay=None):
 
 from ssmlab.ops.linear_attention import reference as _reference  # noqa: E402  (registers the backend)
 from ssmlab.ops.linear_attention import torch as _torch_backend  # noqa: E402,F401
+linear_attention_op.register_triton(
+    lambda: importlib.import_module("ssmlab.ops.linear_attention.triton").linear_attention_triton)

@@ -19,9 +19,14 @@ Backends, all computing the same function:
   quadratic form inside chunks of ``chunk_size`` positions, chunk states passed
   between chunks by :func:`ssmlab.ops.linear_scan` over the chunks; any chunk size
   and any L. Memory O(B L H (T + P + P N / T)) for chunk size T.
+* ``triton`` (default on CUDA tensors when Triton is importable): the same block
+  decomposition as Triton kernels, forward and backward (:mod:`ssmlab.ops.ssd.triton`);
+  on the CPU only by name, under Triton's interpreter (``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
+
+import importlib
 
 from ssmlab.ops._checks import check_heads, check_tensor
 from ssmlab.ops._dispatch import Op
@@ -56,11 +61,12 @@ def ssd(x, dt, A, B, C, *, chunk_size: int = 64, D=None, initial_state=None, ret
             are the mixer's business (not checked, as that would need the values).
         A: (H,) real decay rate per head, negative for a stable scan.
         B, C: (B, L, G, N), G groups dividing H; head h reads group h // (H / G).
-        chunk_size: positions per chunk for the ``torch`` backend (any L works).
+        chunk_size: positions per chunk for the ``torch`` backend (any L works); the ``triton`` backend rounds it
+            up to a power of two in [16, 256].
         D: (H,) or (H, P) skip connection ``y += D x``; none when None.
         initial_state: (B, H, P, N) state before the first position; zeros when None.
         return_final_state: also return the state after the last position.
-        backend: "reference", "torch" (also "chunked") or "quadratic"; see the module docstring.
+        backend: "reference", "torch" (also "chunked"), "quadratic" or "triton"; see the module docstring.
 
     Returns:
         ``y`` (B, L, H, P) in ``x``'s dtype, or ``(y, final_state)`` with state
@@ -91,3 +97,4 @@ def ssd_step(x, dt, A, B, C, state, *, D=None):
 
 from ssmlab.ops.ssd import reference as _reference  # noqa: E402  (registers the backend)
 from ssmlab.ops.ssd import torch as _torch_backend  # noqa: E402,F401
+ssd_op.register_triton(lambda: importlib.import_module("ssmlab.ops.ssd.triton").ssd_triton)
