@@ -138,7 +138,10 @@ def test_every_op_has_a_reference_and_a_fast_path(op, monkeypatch):
     _clear_env(monkeypatch, op)
     available = op.available_backends("cpu")
     assert "reference" in available and len(available) >= 2, available
-    best = max((op.backends[b] for b in available if op.backends[b].alias_of is None), key=lambda b: b.priority)
+    # Priority chooses among the backends allowed to be chosen on the CPU (never triton, even when interpreted).
+    best = max((op.backends[b] for b in available if op.backends[b].alias_of is None
+                and (op.backends[b].auto_devices is None or "cpu" in op.backends[b].auto_devices)),
+               key=lambda b: b.priority)
     assert best.name != "reference"
     calls = _record_calls(monkeypatch, op)
     CALLS[op.name]()
