@@ -51,7 +51,7 @@ def _pre_activation(x_ptr, w_ptr, b_ptr, h0_ptr, pid_b, pos, d, d_ok, L, DIM,
 def _fwd_kernel(x_ptr, w_ptr, b_ptr, h0_ptr, y_ptr, L, DIM,
                 HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, SILU: tl.constexpr, ACC: tl.constexpr,
                 K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_b = tl.program_id(0)
+    pid_b = tl.program_id(0).to(tl.int64)  # offsets past 2^31 elements at large B L D
     pos = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = d < DIM
@@ -67,7 +67,7 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, h0_ptr, y_ptr, L, DIM,
 def _bwd_kernel(x_ptr, w_ptr, b_ptr, h0_ptr, dy_ptr, dhT_ptr, dx_ptr, dh0_ptr, dw_ptr, db_ptr, L, DIM, START,
                 HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, SILU: tl.constexpr,
                 ACC: tl.constexpr, K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_b = tl.program_id(0)
+    pid_b = tl.program_id(0).to(tl.int64)  # offsets past 2^31 elements at large B L D
     pid_l = tl.program_id(1)
     pos = START + pid_l * BLOCK_L + tl.arange(0, BLOCK_L)  # from -(K - 1) with an initial state
     d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)

@@ -15,7 +15,8 @@ Gradients shared by the channels of a group (B, C) or by the batch (A, D, delta_
 one partial sum per program and summed in torch, so the result does not depend on scheduling.
 
 A block of channels never straddles two groups of B and C: ``BLOCK_D`` is a power of two dividing
-``D / G`` (at most 32), so a block reads one (CHUNK, N) tile of B and of C per chunk.
+``D / G`` (at most 32, and smaller for N above 16), so a block reads one (CHUNK, N) tile of B and of C
+per chunk. The block sizes and warp counts are set by rule, not yet measured on a GPU.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr,
                 SOFTPLUS: tl.constexpr, SAVE: tl.constexpr, ACC: tl.constexpr,
                 CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_b = tl.program_id(0)
+    pid_b = tl.program_id(0).to(tl.int64)  # offsets past 2^31 elements at large B L D
     pid_d = tl.program_id(1)
     G = DIM // CH_PER_GROUP
     group = pid_d * BLOCK_D // CH_PER_GROUP
@@ -114,7 +115,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, s
                 HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DHT: tl.constexpr,
                 HAS_DY: tl.constexpr, SOFTPLUS: tl.constexpr, ACC: tl.constexpr,
                 CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_b = tl.program_id(0)
+    pid_b = tl.program_id(0).to(tl.int64)  # offsets past 2^31 elements at large B L D
     pid_d = tl.program_id(1)
     n_blocks = tl.num_programs(1)
     G = DIM // CH_PER_GROUP
@@ -217,9 +218,16 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, s
     tl.store(dbias_ptr + pid_b * DIM + d, grad_bias, mask=d_ok)
 
 
-def _block_d(channels_per_group: int) -> int:
-    """The largest power of two dividing D / G, at most MAX_BLOCK_D: a block of channels reads one group."""
-    return min(MAX_BLOCK_D, channels_per_group & -channels_per_group)
+def _num_warps(block_d: int, block_n: int) -> int:
+    """Eight warps once a chunk's (CHUNK, BLOCK_D, N) tiles hold 8192 numbers (N=16 and up), so that the
+    handful of them live at once fit in registers; four below."""
+    return 8 if CHUNK * block_d * block_n >= 8192 else 4
+
+
+def _block_d(channels_per_group: int, block_n: int) -> int:
+    """The largest power of two dividing D / G (a block of channels reads one group), at most MAX_BLOCK_D
+    and at most what keeps a chunk's (CHUNK, BLOCK_D, N) tiles to 8192 numbers."""
+    return min(MAX_BLOCK_D, channels_per_group & -channels_per_group, max(1, 8192 // (CHUNK * block_n)))
 
 
 def _tl_dtype(dtype: torch.dtype):
@@ -250,7 +258,8 @@ class _SelectiveScanTriton(torch.autograd.Function):
         D_ = None if D is None else D.to(dtype).contiguous()
         bias_ = None if delta_bias is None else delta_bias.to(dtype).contiguous()
         h0 = None if initial_state is None else initial_state.to(dtype).contiguous()
-        block_d = _block_d(per_group)
+        block_n = triton.next_power_of_2(n_state)
+        block_d = _block_d(per_group, block_n)
         n_chunks = triton.cdiv(length, CHUNK)
         y = torch.empty_like(u_)
         final = u.new_empty(batch, channels, n_state, dtype=dtype)
@@ -260,7 +269,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
                           length, channels, n_state, per_group, n_chunks,
                           HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                           HAS_H0=h0 is not None, SOFTPLUS=delta_softplus, SAVE=keep, ACC=_tl_dtype(dtype),
-                          CHUNK=CHUNK, BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(n_state))
+                          CHUNK=CHUNK, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=_num_warps(block_d, block_n))
         ctx.set_materialize_grads(False)
         ctx.options = (delta_softplus, B.dim() == 3, C.dim() == 3, block_d, n_chunks)
         ctx.save_for_backward(u_, delta_, A_, Bg, Cg, D_, z_, bias_, saved if keep else None)
@@ -278,7 +287,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
         batch, length, channels = u.shape
         n_state = A.shape[1]
         groups = Bg.shape[2]
-        n_blocks = channels // block_d
+        n_blocks, block_n = channels // block_d, triton.next_power_of_2(n_state)
         grad_u, grad_delta = torch.empty_like(u), torch.empty_like(delta)
         grad_z = None if z is None else torch.empty_like(z)
         new = lambda *shape: u.new_empty(*shape, dtype=dtype)  # noqa: E731
@@ -293,7 +302,7 @@ class _SelectiveScanTriton(torch.autograd.Function):
             length, channels, n_state, channels // groups, n_chunks,
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, HAS_DHT=dhT is not None,
             HAS_DY=dy is not None, SOFTPLUS=delta_softplus, ACC=_tl_dtype(dtype),
-            CHUNK=CHUNK, BLOCK_D=block_d, BLOCK_N=triton.next_power_of_2(n_state))
+            CHUNK=CHUNK, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=_num_warps(block_d, block_n))
         per_group = lambda p: p.view(batch, length, groups, n_blocks // groups, n_state).sum(3)  # noqa: E731
         grad_B, grad_C = per_group(part_B), per_group(part_C)  # (B, L, G, N)
         return (grad_u, grad_delta, part_A.sum(0).to(A_dtype),
