@@ -22,20 +22,20 @@ from ssmlab.ops.causal_conv.reference import compute_dtype
 
 
 @triton.jit
-def _load_x(x_ptr, h0_ptr, pid_b, pos, d, d_ok, L, DIM, HAS_H0: tl.constexpr, K: tl.constexpr):
-    """x at positions ``pos`` (BLOCK_L,) and channels ``d`` (BLOCK_D,); positions -(K-1)..-1 are the state."""
+def _load_x(x_ptr, h0_ptr, pos, d, d_ok, L, DIM, HAS_H0: tl.constexpr, K: tl.constexpr):
+    """One batch's x at positions ``pos`` (BLOCK_L,) and channels ``d`` (BLOCK_D,); positions -(K-1)..-1
+    are the state."""
     in_x = (pos >= 0) & (pos < L)
-    v = tl.load(x_ptr + pid_b * L * DIM + pos[:, None] * DIM + d[None, :], mask=in_x[:, None] & d_ok[None, :],
-                other=0.0)
+    v = tl.load(x_ptr + pos[:, None] * DIM + d[None, :], mask=in_x[:, None] & d_ok[None, :], other=0.0)
     if HAS_H0:
         in_state = (pos < 0) & (pos >= 1 - K)
-        v += tl.load(h0_ptr + pid_b * DIM * (K - 1) + d[None, :] * (K - 1) + (pos[:, None] + K - 1),
-                     mask=in_state[:, None] & d_ok[None, :], other=0.0)
+        v += tl.load(h0_ptr + d[None, :] * (K - 1) + (pos[:, None] + K - 1), mask=in_state[:, None] & d_ok[None, :],
+                     other=0.0)
     return v
 
 
 @triton.jit
-def _pre_activation(x_ptr, w_ptr, b_ptr, h0_ptr, pid_b, pos, d, d_ok, L, DIM,
+def _pre_activation(x_ptr, w_ptr, b_ptr, h0_ptr, pos, d, d_ok, L, DIM,
                     HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr, ACC: tl.constexpr, K: tl.constexpr,
                     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
     acc = tl.zeros([BLOCK_L, BLOCK_D], dtype=ACC)
@@ -43,7 +43,7 @@ def _pre_activation(x_ptr, w_ptr, b_ptr, h0_ptr, pid_b, pos, d, d_ok, L, DIM,
         acc += tl.load(b_ptr + d, mask=d_ok, other=0.0).to(ACC)[None, :]
     for j in tl.static_range(K):
         w = tl.load(w_ptr + d * K + j, mask=d_ok, other=0.0).to(ACC)
-        acc += w[None, :] * _load_x(x_ptr, h0_ptr, pid_b, pos + (j - (K - 1)), d, d_ok, L, DIM, HAS_H0, K).to(ACC)
+        acc += w[None, :] * _load_x(x_ptr, h0_ptr, pos + (j - (K - 1)), d, d_ok, L, DIM, HAS_H0, K).to(ACC)
     return acc
 
 
@@ -55,11 +55,16 @@ def _fwd_kernel(x_ptr, w_ptr, b_ptr, h0_ptr, y_ptr, L, DIM,
     pos = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = d < DIM
-    y = _pre_activation(x_ptr, w_ptr, b_ptr, h0_ptr, pid_b, pos, d, d_ok, L, DIM, HAS_BIAS, HAS_H0, ACC, K,
-                        BLOCK_L, BLOCK_D)
+    # The batch's offsets once, as 64-bit scalars; the offsets within a batch are 32-bit tiles.
+    x_ptr += pid_b * L * DIM
+    y_ptr += pid_b * L * DIM
+    if HAS_H0:
+        h0_ptr += pid_b * DIM * (K - 1)
+    y = _pre_activation(x_ptr, w_ptr, b_ptr, h0_ptr, pos, d, d_ok, L, DIM, HAS_BIAS, HAS_H0, ACC, K, BLOCK_L,
+                        BLOCK_D)
     if SILU:
         y = y * tl.sigmoid(y)
-    tl.store(y_ptr + pid_b * L * DIM + pos[:, None] * DIM + d[None, :], y.to(y_ptr.dtype.element_ty),
+    tl.store(y_ptr + pos[:, None] * DIM + d[None, :], y.to(y_ptr.dtype.element_ty),
              mask=(pos < L)[:, None] & d_ok[None, :])
 
 
@@ -73,15 +78,22 @@ def _bwd_kernel(x_ptr, w_ptr, b_ptr, h0_ptr, dy_ptr, dhT_ptr, dx_ptr, dh0_ptr, d
     d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     d_ok = d < DIM
     part = (pid_b * tl.num_programs(1) + pid_l) * DIM + d  # this program's row of the partial sums
+    x_ptr += pid_b * L * DIM
+    dy_ptr += pid_b * L * DIM
+    dx_ptr += pid_b * L * DIM
+    if HAS_H0:
+        h0_ptr += pid_b * DIM * (K - 1)
+        dh0_ptr += pid_b * DIM * (K - 1)
+    if HAS_DHT:
+        dhT_ptr += pid_b * DIM * (K - 1)
     dx = tl.zeros([BLOCK_L, BLOCK_D], dtype=ACC)
     for s in tl.static_range(K):
         q = pos + s  # the outputs that input ``pos`` reaches through tap K - 1 - s
         q_ok = (q >= 0) & (q < L)
-        g = tl.load(dy_ptr + pid_b * L * DIM + q[:, None] * DIM + d[None, :], mask=q_ok[:, None] & d_ok[None, :],
-                    other=0.0).to(ACC)
+        g = tl.load(dy_ptr + q[:, None] * DIM + d[None, :], mask=q_ok[:, None] & d_ok[None, :], other=0.0).to(ACC)
         if SILU:
-            pre = _pre_activation(x_ptr, w_ptr, b_ptr, h0_ptr, pid_b, q, d, d_ok, L, DIM, HAS_BIAS, HAS_H0, ACC,
-                                  K, BLOCK_L, BLOCK_D)
+            pre = _pre_activation(x_ptr, w_ptr, b_ptr, h0_ptr, q, d, d_ok, L, DIM, HAS_BIAS, HAS_H0, ACC, K,
+                                  BLOCK_L, BLOCK_D)
             sig = tl.sigmoid(pre)
             g = g * sig * (1.0 + pre * (1.0 - sig))
         w = tl.load(w_ptr + d * K + (K - 1 - s), mask=d_ok, other=0.0).to(ACC)
@@ -90,18 +102,18 @@ def _bwd_kernel(x_ptr, w_ptr, b_ptr, h0_ptr, dy_ptr, dhT_ptr, dx_ptr, dh0_ptr, d
             if HAS_BIAS:
                 tl.store(db_ptr + part, tl.sum(g, axis=0), mask=d_ok)
             for j in tl.static_range(K):
-                xj = _load_x(x_ptr, h0_ptr, pid_b, pos + (j - (K - 1)), d, d_ok, L, DIM, HAS_H0, K).to(ACC)
+                xj = _load_x(x_ptr, h0_ptr, pos + (j - (K - 1)), d, d_ok, L, DIM, HAS_H0, K).to(ACC)
                 tl.store(dw_ptr + part * K + j, tl.sum(g * xj, axis=0), mask=d_ok)
     if HAS_DHT:
         # The final state is inputs L - (K - 1) .. L - 1 (some of them the initial state's when L < K - 1).
         idx = pos - (L - (K - 1))
         ok = (idx >= 0) & (pos < L) & (pos >= 1 - K)
-        dx += tl.load(dhT_ptr + pid_b * DIM * (K - 1) + d[None, :] * (K - 1) + idx[:, None],
+        dx += tl.load(dhT_ptr + d[None, :] * (K - 1) + idx[:, None],
                       mask=ok[:, None] & d_ok[None, :], other=0.0).to(ACC)
-    tl.store(dx_ptr + pid_b * L * DIM + pos[:, None] * DIM + d[None, :], dx.to(dx_ptr.dtype.element_ty),
+    tl.store(dx_ptr + pos[:, None] * DIM + d[None, :], dx.to(dx_ptr.dtype.element_ty),
              mask=((pos >= 0) & (pos < L))[:, None] & d_ok[None, :])
     if HAS_H0:
-        tl.store(dh0_ptr + pid_b * DIM * (K - 1) + d[None, :] * (K - 1) + (pos[:, None] + K - 1), dx,
+        tl.store(dh0_ptr + d[None, :] * (K - 1) + (pos[:, None] + K - 1), dx,
                  mask=((pos < 0) & (pos >= 1 - K))[:, None] & d_ok[None, :])
 
 

@@ -71,26 +71,33 @@ def _fwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h
         bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(ACC)
     else:
         bias = tl.zeros([BLOCK_D], dtype=ACC)
+    # The batch's offsets once, as 64-bit scalars; the offsets within a batch are 32-bit tiles.
+    u_ptr += pid_b * L * DIM
+    delta_ptr += pid_b * L * DIM
+    y_ptr += pid_b * L * DIM
+    if HAS_Z:
+        z_ptr += pid_b * L * DIM
+    B_ptr += pid_b * L * G * N + group * N
+    C_ptr += pid_b * L * G * N + group * N
+    saved_ptr += pid_b * n_chunks * DIM * N
     state_off = pid_b * DIM * N + d[:, None] * N + n[None, :]  # (BLOCK_D, BLOCK_N)
     if HAS_H0:
         h = tl.load(h0_ptr + state_off, mask=dn_ok, other=0.0).to(ACC)
     else:
         h = tl.zeros([BLOCK_D, BLOCK_N], dtype=ACC)
-    row = pid_b * L * DIM  # (B, L, D) tensors
-    bc_row = pid_b * L * G * N + group * N  # (B, L, G, N) tensors
     for c in range(n_chunks):
         if SAVE:
-            tl.store(saved_ptr + (pid_b * n_chunks + c) * DIM * N + d[:, None] * N + n[None, :], h, mask=dn_ok)
+            tl.store(saved_ptr + c * DIM * N + d[:, None] * N + n[None, :], h, mask=dn_ok)
         pos = c * CHUNK + t
         pos_ok = pos < L
         td_ok = pos_ok[:, None] & d_ok[None, :]
         tn_ok = pos_ok[:, None] & n_ok[None, :]
-        td = row + pos[:, None] * DIM + d[None, :]  # (CHUNK, BLOCK_D)
+        td = pos[:, None] * DIM + d[None, :]  # (CHUNK, BLOCK_D)
         u = tl.load(u_ptr + td, mask=td_ok, other=0.0).to(ACC)
         raw = tl.load(delta_ptr + td, mask=td_ok, other=0.0).to(ACC)
         _, dt = _step_size(raw, bias[None, :], SOFTPLUS)
         dt = tl.where(td_ok, dt, 0.0)
-        tn = bc_row + pos[:, None] * G * N + n[None, :]  # (CHUNK, BLOCK_N)
+        tn = pos[:, None] * G * N + n[None, :]  # (CHUNK, BLOCK_N)
         Bm = tl.load(B_ptr + tn, mask=tn_ok, other=0.0).to(ACC)
         Cm = tl.load(C_ptr + tn, mask=tn_ok, other=0.0).to(ACC)
         a = tl.exp(dt[:, :, None] * A[None, :, :])  # (CHUNK, BLOCK_D, BLOCK_N)
@@ -141,9 +148,21 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, s
     grad_A = tl.zeros([BLOCK_D, BLOCK_N], dtype=ACC)
     grad_D = tl.zeros([BLOCK_D], dtype=ACC)
     grad_bias = tl.zeros([BLOCK_D], dtype=ACC)
-    row = pid_b * L * DIM
-    bc_row = pid_b * L * G * N + group * N
-    part_row = pid_b * L * n_blocks * N + pid_d * N  # (B, L, D / BLOCK_D, N) partial sums of dB, dC
+    u_ptr += pid_b * L * DIM
+    delta_ptr += pid_b * L * DIM
+    du_ptr += pid_b * L * DIM
+    ddelta_ptr += pid_b * L * DIM
+    if HAS_DY:
+        dy_ptr += pid_b * L * DIM
+    if HAS_Z:
+        z_ptr += pid_b * L * DIM
+        dz_ptr += pid_b * L * DIM
+    B_ptr += pid_b * L * G * N + group * N
+    C_ptr += pid_b * L * G * N + group * N
+    saved_ptr += pid_b * n_chunks * DIM * N
+    part = pid_b * L * n_blocks * N + pid_d * N  # (B, L, D / BLOCK_D, N) partial sums of dB, dC
+    dB_ptr += part
+    dC_ptr += part
     last = (t == CHUNK - 1)[:, None, None]
     for i in range(n_chunks):
         c = n_chunks - 1 - i
@@ -152,7 +171,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, s
         nxt_ok = (pos + 1) < L
         td_ok = pos_ok[:, None] & d_ok[None, :]
         tn_ok = pos_ok[:, None] & n_ok[None, :]
-        td = row + pos[:, None] * DIM + d[None, :]
+        td = pos[:, None] * DIM + d[None, :]
         u = tl.load(u_ptr + td, mask=td_ok, other=0.0).to(ACC)
         raw = tl.load(delta_ptr + td, mask=td_ok, other=0.0).to(ACC)
         pre, dt = _step_size(raw, bias[None, :], SOFTPLUS)
@@ -160,10 +179,10 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, s
         raw_next = tl.load(delta_ptr + td + DIM, mask=nxt_ok[:, None] & d_ok[None, :], other=0.0).to(ACC)
         _, dt_next = _step_size(raw_next, bias[None, :], SOFTPLUS)
         dt_next = tl.where(nxt_ok[:, None] & d_ok[None, :], dt_next, 0.0)
-        tn = bc_row + pos[:, None] * G * N + n[None, :]
+        tn = pos[:, None] * G * N + n[None, :]
         Bm = tl.load(B_ptr + tn, mask=tn_ok, other=0.0).to(ACC)
         Cm = tl.load(C_ptr + tn, mask=tn_ok, other=0.0).to(ACC)
-        h_in = tl.load(saved_ptr + (pid_b * n_chunks + c) * DIM * N + d[:, None] * N + n[None, :],
+        h_in = tl.load(saved_ptr + c * DIM * N + d[:, None] * N + n[None, :],
                        mask=dn_ok, other=0.0).to(ACC)
         a = tl.exp(dt[:, :, None] * A[None, :, :])  # (CHUNK, BLOCK_D, BLOCK_N)
         bu = (dt * u)[:, :, None] * Bm[:, None, :]  # delta B u
@@ -188,7 +207,7 @@ def _bwd_kernel(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, s
             du = dy * Dv[None, :]
         else:
             du = tl.zeros([CHUNK, BLOCK_D], dtype=ACC)
-        ptn = part_row + pos[:, None] * n_blocks * N + n[None, :]
+        ptn = pos[:, None] * n_blocks * N + n[None, :]
         tl.store(dC_ptr + ptn, tl.sum(states * dy[:, :, None], axis=1), mask=tn_ok)
 
         # Adjoint: g_t = C_t dy_t + a_{t+1} g_{t+1}, with the carry entering the chunk's last row.
