@@ -61,6 +61,14 @@ def test_triton_matches_reference(interpreter, width, length, bias, state, activ
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("positions", [16, 32])
+def test_triton_backward_split_over_programs(interpreter, monkeypatch, positions):
+    """Several backward programs along the sequence, each with its partial sums of dweight and dbias."""
+    monkeypatch.setattr(importlib.import_module(MODULE), "BWD_POSITIONS", positions)
+    _check(_inputs(37, 4, batch=1), torch.float32, 1e-5, "silu")
+
+
+@pytest.mark.triton
 def test_triton_float64_is_exact(interpreter):
     _check(_inputs(35, 4, batch=1, channels=130), torch.float64, 1e-12, "silu")
 
