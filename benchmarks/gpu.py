@@ -142,18 +142,20 @@ def backends(name: str):
     by name, so that it runs on the CPU too under Triton's interpreter)."""
     from ssmlab.ops._dispatch import registered_ops
 
-    saved = dict(os.environ)
     if name == "torch":
-        os.environ["SSMLAB_BACKEND"] = "torch"
+        changes = {"SSMLAB_BACKEND": "torch"}
     else:
-        for op in registered_ops():
-            if name in op.backends:
-                os.environ[op.env_var] = name
+        changes = {op.env_var: name for op in registered_ops() if name in op.backends}
+    saved = {key: os.environ.get(key) for key in changes}
+    os.environ.update(changes)
     try:
         yield
     finally:
-        os.environ.clear()
-        os.environ.update(saved)
+        for key, value in saved.items():
+            if value is None:
+                del os.environ[key]
+            else:
+                os.environ[key] = value
 
 
 def _fmt_ms(seconds: float | None) -> str:
