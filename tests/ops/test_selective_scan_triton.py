@@ -19,8 +19,13 @@ MODULE = "ssmlab.ops.selective_scan.triton"
 
 @pytest.fixture
 def interpreter(monkeypatch):
-    """Run the kernels through Triton's interpreter, which ``triton.jit`` reads when the module is imported:
-    a module imported before without it (a GPU run) is imported again."""
+    """Run the kernels through Triton's interpreter, which ``triton.jit`` reads when a module is imported:
+    a kernel module imported before without it is imported again. ``triton.language`` itself must have been
+    imported under it too (tests/conftest.py does so when there is no GPU)."""
+    import triton.language
+
+    if type(triton.language.standard.sum).__name__ != "InterpretedFunction":
+        pytest.skip("triton.language was imported for the GPU in this process; run with TRITON_INTERPRET=1 set")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.delenv(selective_scan_op.env_var, raising=False)
     monkeypatch.delenv("SSMLAB_BACKEND", raising=False)
