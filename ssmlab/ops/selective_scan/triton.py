@@ -16,7 +16,9 @@ one partial sum per program and summed in torch, so the result does not depend o
 
 A block of channels never straddles two groups of B and C: ``BLOCK_D`` is a power of two dividing
 ``D / G`` (at most 32, and smaller for N above 16), so a block reads one (CHUNK, N) tile of B and of C
-per chunk. The block sizes and warp counts are set by rule, not yet measured on a GPU.
+per chunk. The block sizes and warp counts are set by rule and not yet timed on a GPU; compiled for
+sm_90 (bf16 inputs, N=16, BLOCK_D=32, 8 warps) ptxas gives the forward kernel 128 registers and the
+backward 255, neither spilling (at N=128 the backward spills).
 """
 
 from __future__ import annotations
