@@ -9,32 +9,38 @@ inputs. To continue a sequence, or to run one position at a time, the state is t
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ssmlab import ops
+
 
 def causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                state: torch.Tensor | None = None, lengths: torch.Tensor | None = None):
+                state: torch.Tensor | None = None, lengths: torch.Tensor | None = None, *,
+                activation: str | None = None):
     """Depthwise causal convolution over x (B, L, C) continuing from the last ``k - 1`` inputs.
 
     ``weight`` (C, 1, k) is laid out as ``nn.Conv1d``'s (a cross-correlation: tap ``j`` multiplies
     the input ``k - 1 - j`` steps back), ``bias`` (C,) or None. ``state`` (B, C, k - 1) holds the
-    inputs before this segment (zeros when None). Returns the output (B, L, C) and the new state
-    (B, C, k - 1): the last ``k - 1`` inputs, or, for a right-padded batch with ``lengths`` (B,),
-    those before each row's padding.
+    inputs before this segment (zeros when None). ``activation`` None or "silu", applied to the output.
+    Returns the output (B, L, C) and the new state (B, C, k - 1): the last ``k - 1`` inputs, or, for a
+    right-padded batch with ``lengths`` (B,), those before each row's padding.
+
+    The convolution is the ``causal_conv`` op (:mod:`ssmlab.ops.causal_conv`), so its backend (the Triton
+    kernels on a GPU) is chosen as for every op.
     """
+    y, new_state = ops.causal_conv(x, weight[:, 0], bias, activation=activation, initial_state=state,
+                                   return_final_state=True)
+    if lengths is None:
+        return y, new_state
     width = weight.shape[-1]
     xt = rearrange(x, "b l c -> b c l")
     if state is None:
         state = xt.new_zeros(xt.shape[0], xt.shape[1], width - 1)
     full = torch.cat([state.to(xt.dtype), xt], dim=-1)  # (B, C, k - 1 + L)
-    y = F.conv1d(full, weight, bias, groups=weight.shape[0])  # (B, C, L)
-    if lengths is None:
-        return rearrange(y, "b c l -> b l c"), full[..., full.shape[-1] - (width - 1):]
     # Row b's last k - 1 real inputs sit at [n_b, n_b + k - 1) of ``full``.
     index = lengths[:, None, None] + torch.arange(width - 1, device=x.device)  # (B, 1, k - 1)
-    return rearrange(y, "b c l -> b l c"), full.gather(-1, index.expand(-1, full.shape[1], -1))
+    return y, full.gather(-1, index.expand(-1, full.shape[1], -1))
 
 
 class ShortConvolution(nn.Conv1d):

@@ -6,6 +6,7 @@ specification, and fast backends chosen as described in :mod:`ssmlab.ops._dispat
 """
 
 from ssmlab.ops._dispatch import BackendUnavailableError, Op
+from ssmlab.ops.causal_conv import causal_conv, causal_conv_step
 from ssmlab.ops.fftconv import fft_conv
 from ssmlab.ops.gated_delta_rule import gated_delta_rule, gated_delta_rule_step
 from ssmlab.ops.gla import gla, gla_step

@@ -75,3 +75,11 @@ def test_functional_form_takes_any_weight():
     y, state = causal_conv(x, weight)
     assert_close(y[:, 0], weight[:, 0, -1] * x[:, 0], atol=1e-15, name="first output sees only x_0")
     assert_close(state, x.transpose(1, 2)[..., 3:], atol=0, name="state")
+
+
+def test_functional_form_applies_the_activation():
+    x, weight, bias = inputs(5), torch.randn(C, 1, 3, dtype=torch.float64), torch.randn(C, dtype=torch.float64)
+    plain, state = causal_conv(x, weight, bias)
+    y, state_silu = causal_conv(x, weight, bias, activation="silu")
+    assert_close(y, nn.functional.silu(plain), atol=1e-15, name="silu of the convolution")
+    assert_close(state_silu, state, atol=0, name="the state holds inputs, not outputs")

@@ -64,6 +64,8 @@ def _seeded(call):
 
 # One tiny valid call of each op's public function, by op name; keywords (backend=) are passed on.
 CALLS = {
+    "causal_conv": _seeded(lambda randn, rand, **kw: ops.causal_conv(
+        randn(1, 5, 2), randn(2, 3), randn(2), activation="silu", initial_state=randn(1, 2, 2), **kw)),
     "gated_delta_rule": _seeded(lambda randn, rand, **kw: ops.gated_delta_rule(
         randn(1, 5, 2, 3), randn(1, 5, 2, 3), randn(1, 5, 2, 4), rand(1, 5, 2), log_alpha=-rand(1, 5, 2),
         chunk_size=2, **kw)),
@@ -143,7 +145,10 @@ def test_every_op_has_a_reference_and_a_fast_path(op, monkeypatch):
     _clear_env(monkeypatch, op)
     available = op.available_backends("cpu")
     assert "reference" in available and len(available) >= 2, available
-    best = max((op.backends[b] for b in available if op.backends[b].alias_of is None), key=lambda b: b.priority)
+    # Priority chooses among the backends allowed to be chosen on the CPU (never triton, even when interpreted).
+    best = max((op.backends[b] for b in available if op.backends[b].alias_of is None
+                and (op.backends[b].auto_devices is None or "cpu" in op.backends[b].auto_devices)),
+               key=lambda b: b.priority)
     assert best.name != "reference"
     calls = _record_calls(monkeypatch, op)
     CALLS[op.name]()
