@@ -10,6 +10,7 @@ from ssmlab.ops.fftconv import fft_conv
 from ssmlab.ops.gated_delta_rule import gated_delta_rule, gated_delta_rule_step
 from ssmlab.ops.gla import gla, gla_step
 from ssmlab.ops.linear_attention import linear_attention, linear_attention_step
+from ssmlab.ops.rwkv7 import rwkv7, rwkv7_step
 from ssmlab.ops.scan import linear_scan
 from ssmlab.ops.selective_scan import selective_scan, selective_scan_step
 from ssmlab.ops.ssd import ssd, ssd_step
