@@ -108,6 +108,11 @@ CASES = [
     # Same commit, fla/layers/hgrn2.py HGRN2Attention() with its defaults (hidden_size=1024, expand_ratio=128,
     # so 8 heads, no short convolutions). Run: 4,195,328.
     pytest.param("hgrn2", 1024, dict(), 4_195_328, id="hgrn2"),
+    # Same commit, fla/layers/rwkv7.py RWKV7Attention(hidden_size=1024, head_dim=64, layer_idx=0,
+    # num_hidden_layers=12): 16 heads of 64, LoRA ranks 64 (decay), 64 (a), 160 (gate), no value-residual LoRA
+    # (layer 0). Run: 4,797,440. The official train_temp RWKV_Tmix_x070 also declares v0, v1, v2 at layer 0,
+    # which its first layer never uses (+ 1024 + 2 * 1024 * 64 = 4,929,536).
+    pytest.param("rwkv7", 1024, dict(), 4_797_440, id="rwkv7"),
 ]
 
 
