@@ -72,7 +72,8 @@ class RWKV7(LengthsInForward, Mixer):
             mixes ``mu_c = 1 - (d / D) ^ (e_c ratio_1_to_almost0)`` (e = 0.2, 0.9, 0.7, 0.7, 0.9, 0.2
             for r, w, k, v, a, g), ``w0`` from -6 + 6 (d / (D - 1)) ^ (1 + ratio_0_to_1 ^ 0.3) plus a
             zigzag over each head, ``a0``, ``k_k = 0.71 - 0.1 linear``, ``k_a = 1.02``, ``r_k = -0.04``,
-            the LoRA down-projections at zero and up-projections orthogonal with gain 0.1,
+            the LoRA down-projections at zero and up-projections orthogonal with gain 0.1 (times
+            ``sqrt(rank / D)`` when the rank exceeds D),
             W_r, W_v uniform in +-0.5 / sqrt(D), W_k in +-0.05 / sqrt(D), and the GroupNorm weight
             ``((layer_id + 1) / n_layers) ^ 0.7``.
         norm_eps: the GroupNorm epsilon is ``head_dim * norm_eps`` (1e-5: 64e-5 at K = 64, as the
@@ -150,8 +151,10 @@ class RWKV7(LengthsInForward, Mixer):
         self.r_k.fill_(-0.04)
         for lora in (self.w_lora, self.a_lora, self.g_lora):
             nn.init.zeros_(lora[0].weight)
-            up = torch.empty(lora[2].weight.shape[::-1], dtype=torch.float64)  # the official (rank, D) matrix
-            lora[2].weight.copy_(nn.init.orthogonal_(up, gain=0.1).T)
+            rank = lora[0].out_features
+            up = torch.empty(rank, d, dtype=torch.float64)  # the official (rank, D) matrix
+            gain = 0.1 * (math.sqrt(rank / d) if rank > d else 1.0)
+            lora[2].weight.copy_(nn.init.orthogonal_(up, gain=gain).T)
         self.w_lora[2].bias.copy_(www + 0.5 + 2.5 * zigzag)
         self.a_lora[2].bias.copy_(-0.19 + 0.3 * zigzag + 0.4 * linear)
         bound = d ** -0.5

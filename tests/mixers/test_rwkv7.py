@@ -85,6 +85,9 @@ def test_official_initialisation():
     assert mixer.k_proj.weight.abs().max() <= 0.05 / math.sqrt(d)
     assert 0.4 / math.sqrt(d) < mixer.r_proj.weight.abs().max() <= 0.5 / math.sqrt(d)
     assert mixer.g_norm.eps == pytest.approx(64e-5)
+    narrow = ssmlab.create_mixer("rwkv7", 16, head_dim=8, dtype=torch.float64)  # rank 32 > D: gain 0.1 sqrt(32 / 16)
+    up = narrow.w_lora[2].weight  # (16, 32): orthonormal rows times 0.1 sqrt(2)
+    assert_close(up @ up.T, 0.02 * torch.eye(16, dtype=torch.float64), atol=1e-14, name="LoRA up, rank > D")
 
 
 @pytest.mark.parametrize("d_model, ranks, heads", [(768, (64, 64, 128), 12), (1024, (64, 64, 160), 16),
