@@ -65,7 +65,8 @@ class RWKV7(LengthsInForward, Mixer):
         n_heads: used instead of ``head_dim`` when given: ``head_dim = D // n_heads``.
         decay_low_rank_dim, a_low_rank_dim, gate_low_rank_dim: ranks of the LoRA projections of the
             decay, the in-context learning rate and the output gate (None: the official rules,
-            ``max(32, round(c sqrt(D) / 32) * 32)`` with c = 2.5, 2.5 and 5: 64, 64, 128 at D = 768).
+            ``max(32, round(c sqrt(D) / 32) * 32)`` with c = 2.5, 2.5 and 5: 64, 64, 128 at D = 768;
+            fla's layer multiplies c by ``head_dim / 64`` for the first two, the same at K = 64).
         layer_id, n_layers: the position of the layer in the stack (0 and 1), used only by the
             initialisation, as in the official ``train_temp`` code (``ratio_0_to_1 = layer_id /
             (n_layers - 1)``, ``ratio_1_to_almost0 = 1 - layer_id / n_layers``): the token-shift
@@ -89,7 +90,8 @@ class RWKV7(LengthsInForward, Mixer):
     Linear)``: official ``w1`` is ``w_lora[0].weight`` transposed, ``w2`` is ``w_lora[2].weight``
     transposed, ``w0`` is ``w_lora[2].bias``; the same for ``a``, and ``g`` has no bias),
     ``k_k``, ``k_a``, ``r_k`` and ``g_norm`` (official ``ln_x``); the mixes and ``k_k``, ``k_a`` are
-    (D,), not (1, 1, D).
+    (D,), not (1, 1, D). Not provided: fla's ``value_dim`` other than D and its ``fuse_norm``
+    variant (the same function through its Triton GroupNorm).
 
     State: ``{"shift": (B, D), the previous position's input, in the activations' dtype;
     "memory": (B, H, K, V), the matrix memory with keys first (the transpose of the official
