@@ -2,9 +2,9 @@
 
 The selective scan and SSD in shapes as in the Mamba papers' 1.3B-scale layers: B=4, D=1536, N=16 for the
 selective scan; B=4, H=24, P=64 (D = 1536), N=16, G=1 for SSD; L in {1024, 4096}.
-The gated delta rule (Gated DeltaNet, arXiv 2412.06464), GLA (arXiv 2312.06635) and RWKV-7
-(arXiv 2503.14456) run B=4, H=8 heads of K=V=64 with chunk size 64 by default; ``--batch`` and
-``--heads`` change B and H of these three, and ``--ops`` picks the ops to time.
+The gated delta rule (Gated DeltaNet, arXiv 2412.06464) and GLA (arXiv 2312.06635)
+run B=4, H=8 heads of K=V=64 with chunk size 64 by default; ``--batch`` and
+``--heads`` change B and H of these two, and ``--ops`` picks the ops to time.
 
 Time is the median of ``--repeats`` runs (``--reference-repeats`` for the slow
 reference loop), forward only by default, forward and backward with
@@ -41,9 +41,10 @@ import torch
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
-from ssmlab.ops import gated_delta_rule, gla, rwkv7, selective_scan, ssd
+from ssmlab.ops import gated_delta_rule, gla, selective_scan, ssd
 from ssmlab.ops.gated_delta_rule import gated_delta_rule_op
 from ssmlab.ops.gla import gla_op
+from ssmlab.ops import rwkv7
 from ssmlab.ops.rwkv7 import rwkv7_op
 from ssmlab.ops.selective_scan import selective_scan_op
 from ssmlab.ops.ssd import ssd_op
@@ -95,7 +96,6 @@ def gla_case(length, dtype, grad, batch=4, heads=8):
     log_decay = torch.nn.functional.logsigmoid(torch.randn(batch, length, heads, k_dim, generator=g, dtype=dtype) + 3)
     log_decay.requires_grad_(grad)
     return lambda backend: gla(q, k, v, log_decay, chunk_size=64, backend=backend)
-
 
 
 def rwkv7_case(length, dtype, grad, batch=4, heads=8):
@@ -152,9 +152,10 @@ def median_seconds(fn, backend, grad, repeats):
 
 
 CASES = {"selective_scan": selective_scan_case, "ssd": ssd_case, "gated_delta_rule": gated_delta_rule_case,
-         "gla": gla_case, "rwkv7": rwkv7_case}
-OPS = {"selective_scan": selective_scan_op, "ssd": ssd_op, "gated_delta_rule": gated_delta_rule_op, "gla": gla_op,
-       "rwkv7": rwkv7_op}
+         "gla": gla_case}
+OPS = {"selective_scan": selective_scan_op, "ssd": ssd_op, "gated_delta_rule": gated_delta_rule_op, "gla": gla_op}
+# RWKV-7 (arXiv 2503.14456): B=4, H=8 heads of K=V=64, chunk size 64 by default, like the gated delta rule and GLA.
+CASES["rwkv7"], OPS["rwkv7"] = rwkv7_case, rwkv7_op
 
 
 def main() -> None:
@@ -165,14 +166,14 @@ def main() -> None:
     parser.add_argument("--backward", action="store_true", help="time forward + backward")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--ops", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--batch", type=int, default=4, help="B of the gated_delta_rule, gla and rwkv7 cases")
-    parser.add_argument("--heads", type=int, default=8, help="H of the gated_delta_rule, gla and rwkv7 cases")
+    parser.add_argument("--batch", type=int, default=4, help="B of the gated_delta_rule and gla cases")
+    parser.add_argument("--heads", type=int, default=8, help="H of the gated_delta_rule and gla cases")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dtype}, "
           f"{'forward+backward' if args.backward else 'forward'}; median of {args.repeats} runs "
           f"({args.reference_repeats} for the reference); load average {os.getloadavg()[0]:.2f}\n")
-    print(f"gated_delta_rule, gla and rwkv7: B={args.batch}, H={args.heads}, K=V=64, chunk size 64\n")
+    print(f"gated_delta_rule and gla: B={args.batch}, H={args.heads}, K=V=64, chunk size 64\n")
     header = f"{'op':<17}{'L':>6}  {'backend':<12}{'time (s)':>10}{'speed-up':>10}{'peak MiB':>10}{'mem/ref':>9}"
     print(header)
     print("-" * len(header))
