@@ -4,7 +4,7 @@ The selective scan and SSD in shapes as in the Mamba papers' 1.3B-scale layers: 
 selective scan; B=4, H=24, P=64 (D = 1536), N=16, G=1 for SSD; L in {1024, 4096}.
 The gated delta rule (Gated DeltaNet, arXiv 2412.06464) and GLA (arXiv 2312.06635)
 run B=4, H=8 heads of K=V=64 with chunk size 64 by default, and so do the mLSTM
-(arXiv 2405.04517) and Mamba-3 (arXiv 2603.15569; SISO, P=N=64, rotary angles on
+(arXiv 2405.04517), RWKV-7 (arXiv 2503.14456) and Mamba-3 (arXiv 2603.15569; SISO, P=N=64, rotary angles on
 half the state); ``--batch`` and ``--heads`` change B and H of these, and ``--ops``
 picks the ops to time.
 
@@ -43,11 +43,12 @@ import torch
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
-from ssmlab.ops import gated_delta_rule, gla, mamba3, mlstm, selective_scan, ssd
+from ssmlab.ops import gated_delta_rule, gla, mamba3, mlstm, rwkv7, selective_scan, ssd
 from ssmlab.ops.gated_delta_rule import gated_delta_rule_op
 from ssmlab.ops.gla import gla_op
 from ssmlab.ops.mamba3 import mamba3_op
 from ssmlab.ops.mlstm import mlstm_op
+from ssmlab.ops.rwkv7 import rwkv7_op
 from ssmlab.ops.selective_scan import selective_scan_op
 from ssmlab.ops.ssd import ssd_op
 
@@ -123,6 +124,16 @@ def mamba3_case(length, dtype, grad, batch=4, heads=8):
     trap = torch.rand(batch, length, heads, generator=g, dtype=dtype).requires_grad_(grad)
     theta = torch.randn(batch, length, heads, n // 4, generator=g, dtype=dtype, requires_grad=grad)
     return lambda backend: mamba3(x, dt, log_alpha, B, C, trap, theta=theta, chunk_size=64, backend=backend)
+def rwkv7_case(length, dtype, grad, batch=4, heads=8):
+    dim = 64
+    g = torch.Generator().manual_seed(0)
+    r, k, v = (torch.randn(batch, length, heads, dim, generator=g, dtype=dtype, requires_grad=grad) for _ in range(3))
+    kappa = torch.nn.functional.normalize(torch.randn(batch, length, heads, dim, generator=g, dtype=dtype), dim=-1)
+    iclr = torch.sigmoid(torch.randn(batch, length, heads, dim, generator=g, dtype=dtype))
+    log_decay = -0.6065 * torch.sigmoid(torch.randn(batch, length, heads, dim, generator=g, dtype=dtype))
+    a, b = (-kappa).requires_grad_(grad), (kappa * iclr).requires_grad_(grad)
+    log_decay.requires_grad_(grad)
+    return lambda backend: rwkv7(r, k, v, log_decay, a, b, chunk_size=64, backend=backend)
 
 
 def run_once(fn, backend, grad):
@@ -167,10 +178,10 @@ def median_seconds(fn, backend, grad, repeats):
 
 
 CASES = {"selective_scan": selective_scan_case, "ssd": ssd_case, "gated_delta_rule": gated_delta_rule_case,
-         "gla": gla_case, "mlstm": mlstm_case, "mamba3": mamba3_case}
+         "gla": gla_case, "mlstm": mlstm_case, "mamba3": mamba3_case, "rwkv7": rwkv7_case}
 OPS = {"selective_scan": selective_scan_op, "ssd": ssd_op, "gated_delta_rule": gated_delta_rule_op, "gla": gla_op,
-       "mlstm": mlstm_op, "mamba3": mamba3_op}
-HEADED = ("gated_delta_rule", "gla", "mlstm", "mamba3")  # ops whose case takes --batch and --heads
+       "mlstm": mlstm_op, "mamba3": mamba3_op, "rwkv7": rwkv7_op}
+HEADED = ("gated_delta_rule", "gla", "mlstm", "mamba3", "rwkv7")  # ops whose case takes --batch and --heads
 
 
 def main() -> None:

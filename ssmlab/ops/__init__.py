@@ -13,6 +13,7 @@ from ssmlab.ops.gla import gla, gla_step
 from ssmlab.ops.linear_attention import linear_attention, linear_attention_step
 from ssmlab.ops.mlstm import mlstm, mlstm_step
 from ssmlab.ops.mamba3 import Mamba3State, mamba3, mamba3_step
+from ssmlab.ops.rwkv7 import rwkv7, rwkv7_step
 from ssmlab.ops.scan import linear_scan
 from ssmlab.ops.selective_scan import selective_scan, selective_scan_step
 from ssmlab.ops.ssd import ssd, ssd_step

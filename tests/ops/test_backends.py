@@ -78,6 +78,9 @@ CALLS = {
         randn(1, 5, 2, 3), randn(1, 5, 2, 3), randn(1, 5, 2, 4), log_decay=-rand(2), chunk_size=2, **kw)),
     "mlstm": _seeded(lambda randn, rand, **kw: ops.mlstm(
         randn(1, 5, 2, 3), randn(1, 5, 2, 3), randn(1, 5, 2, 4), randn(1, 5, 2), randn(1, 5, 2), chunk_size=2, **kw)),
+    "rwkv7": _seeded(lambda randn, rand, **kw: ops.rwkv7(
+        randn(1, 5, 2, 3), randn(1, 5, 2, 3), randn(1, 5, 2, 4), -rand(1, 5, 2, 3), -rand(1, 5, 2, 3),
+        rand(1, 5, 2, 3), chunk_size=2, **kw)),
     "wkv": _seeded(lambda randn, rand, **kw: ops.wkv(randn(1, 5, 3), randn(1, 5, 3), rand(3) + 0.1, randn(3), **kw)),
     "fft_conv": _seeded(lambda randn, rand, **kw: ops.fft_conv(randn(1, 5, 2), randn(2, 5), **kw)),
     "linear_scan": _seeded(lambda randn, rand, **kw: ops.linear_scan(rand(1, 5, 2), randn(1, 5, 2), **kw)),
