@@ -184,3 +184,16 @@ class Mamba3(Mixer):
         r, h, p, n = self.mimo_rank, self.nheads, self.headdim, self.d_state
         return {"angle": new(h, self.num_rope_angles), "ssm": new(h, p, n), "prev_B": new(r, h, n),
                 "prev_x": new(r, h, p)}
+
+
+@register("mixer", "mamba3-mimo", description="Mamba-3 MIMO: the mamba3 block with rank-4 multi-input multi-output updates",
+          paper="2603.15569")
+class Mamba3MIMO(Mamba3):
+    """Mamba-3's MIMO model (arXiv 2603.15569, the official ``is_mimo=True``): :class:`Mamba3` with
+    ``mimo_rank=4`` by default, registered under its own name so that listings and suites show both models.
+    ``mimo_rank`` must be at least 2 (rank 1 is ``mamba3``)."""
+
+    def __init__(self, d_model: int, *args, mimo_rank: int = 4, **kwargs):
+        if isinstance(mimo_rank, int) and not isinstance(mimo_rank, bool) and mimo_rank < 2:
+            raise ValueError(f"mamba3-mimo: mimo_rank must be at least 2 (rank 1 is mamba3), got {mimo_rank!r}")
+        super().__init__(d_model, *args, mimo_rank=mimo_rank, **kwargs)

@@ -77,3 +77,10 @@ def test_mimo_with_identical_ranks_is_siso():
     assert_close(state["prev_x"] * rank, want_state["prev_x"].expand(-1, rank, -1, -1), atol=1e-12,
                  name="previous x")
     assert want.abs().max() > 1e-3
+
+
+def test_mimo_is_registered_as_its_own_model():
+    mixer = create_mixer("mamba3-mimo", d_model=16, headdim=8, d_state=8)
+    assert mixer.mimo_rank == 4
+    with pytest.raises(ValueError, match="mimo_rank must be at least 2"):
+        create_mixer("mamba3-mimo", d_model=16, headdim=8, d_state=8, mimo_rank=1)

@@ -120,7 +120,7 @@ CASES = [
     # expand=2, headdim=64, ngroups=1, rope_fraction=0.5, SISO, no output norm). Run: 6,693,184.
     pytest.param("mamba3", 1024, dict(), 6_693_184, id="mamba3"),
     # Same commit, Mamba3(1024, is_mimo=True, mimo_rank=4), other options at their defaults. Run: 7,528,768.
-    pytest.param("mamba3", 1024, dict(mimo_rank=4), 7_528_768, id="mamba3-mimo"),
+    pytest.param("mamba3-mimo", 1024, dict(), 7_528_768, id="mamba3-mimo"),
     # Same commit, fla/layers/rwkv7.py RWKV7Attention(hidden_size=1024, head_dim=64, layer_idx=0,
     # num_hidden_layers=12): 16 heads of 64, LoRA ranks 64 (decay), 64 (a), 160 (gate), no value-residual LoRA
     # (layer 0). Run: 4,797,440. The official train_temp RWKV_Tmix_x070 also declares v0, v1, v2 at layer 0,
