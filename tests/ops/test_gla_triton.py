@@ -1,4 +1,4 @@
-"""The triton backend of ``gla`` against the reference: on the CPU through Triton's interpreter, at real sizes on a GPU."""
+"""The triton backend of ``gla`` against the reference: on the CPU through Triton's interpreter, real sizes on a GPU."""
 
 import sys
 

@@ -140,7 +140,8 @@ def _fwd_o(q, v, gc, h, A, o, scale, L, Lp, NT, H: tl.constexpr, K: tl.constexpr
 
 @triton.jit
 def _bwd_dh(q, do, gc, dh, dht, dh0, scale, L, Lp, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_DHT: tl.constexpr, HAS_DH0: tl.constexpr, DT: tl.constexpr):
+            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_DHT: tl.constexpr, HAS_DH0: tl.constexpr,
+            DT: tl.constexpr):
     i_kv, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     NV: tl.constexpr = (V + BV - 1) // BV
     i_k, i_v = i_kv // NV, i_kv % NV
@@ -172,7 +173,8 @@ def _bwd_dh(q, do, gc, dh, dht, dh0, scale, L, Lp, NT, H: tl.constexpr, K: tl.co
 
 
 @triton.jit
-def _bwd_da(v, do, dA, scale, L, Lp, H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr):
+def _bwd_da(v, do, dA, scale, L, Lp, H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+            DT: tl.constexpr):
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t = tl.arange(0, BT)
@@ -332,14 +334,14 @@ def _chunk_cumsum(g: torch.Tensor, n_chunks: int) -> torch.Tensor:
     return g.view(batch, n_chunks, BT, heads, dim).cumsum(2).view(batch, n_chunks * BT, heads, dim)
 
 
-def _states(k, v, gc, h0, n_chunks, bk, bv):
+def _states(k, v, gc, h0, n_chunks, bk, bv, dt):
     batch, length, heads, key_dim = k.shape
     value_dim = v.shape[-1]
     h = k.new_empty(batch, heads, n_chunks, key_dim, value_dim, dtype=torch.float32)
     ht = k.new_empty(batch, heads, key_dim, value_dim, dtype=torch.float32)
     grid = (triton.cdiv(key_dim, bk) * triton.cdiv(value_dim, bv), batch * heads)
     _fwd_h[grid](k, v, gc, h, h0 if h0 is not None else ht, ht, length, gc.shape[1], n_chunks, heads, key_dim,
-                 value_dim, BT=BT, DT=_dot_dtype(k), BK=bk, BV=bv, HAS_H0=h0 is not None)
+                 value_dim, BT=BT, DT=dt, BK=bk, BV=bv, HAS_H0=h0 is not None)
     return h, ht
 
 
@@ -352,13 +354,15 @@ class _GLA(torch.autograd.Function):
         bk_full, bk, bv = _blocks(key_dim, value_dim)
         n_chunks = triton.cdiv(length, BT)
         gc = _chunk_cumsum(g, n_chunks)  # (B, Lp, H, K)
-        h, ht = _states(k, v, gc, h0, n_chunks, bk, bv)
+        dt = _dot_dtype(q)
+        h, ht = _states(k, v, gc, h0, n_chunks, bk, bv, dt)
         A = q.new_zeros(batch * heads, n_chunks * BT, BT, dtype=torch.float32)
-        _fwd_a[(n_chunks * (BT // BC), batch * heads)](q, k, gc, A, length, gc.shape[1], heads, key_dim, BT=BT, DT=_dot_dtype(q), BC=BC,
-                                                        BK=bk_full, NC=BT // BC)
+        _fwd_a[(n_chunks * (BT // BC), batch * heads)](q, k, gc, A, length, gc.shape[1], heads, key_dim, BT=BT, BC=BC,
+                                                        BK=bk_full, NC=BT // BC, DT=dt)
         o = torch.empty_like(v)
         _fwd_o[(triton.cdiv(value_dim, bv), n_chunks, batch * heads)](
-            q, v, gc, h, A, o, scale, length, gc.shape[1], n_chunks, heads, key_dim, value_dim, BT=BT, DT=_dot_dtype(q), BK=bk, BV=bv)
+            q, v, gc, h, A, o, scale, length, gc.shape[1], n_chunks, heads, key_dim, value_dim, BT=BT, BK=bk, BV=bv,
+            DT=dt)
         ctx.save_for_backward(q, k, v, gc, h0, A, ht)
         ctx.scale = scale
         ctx.g_dtype = g.dtype
@@ -374,27 +378,29 @@ class _GLA(torch.autograd.Function):
         n_chunks = triton.cdiv(length, BT)
         lp = gc.shape[1]
         do = do.contiguous()
-        h, _ = _states(k, v, gc, h0, n_chunks, bk, bv)
+        dt = _dot_dtype(q)
+        h, _ = _states(k, v, gc, h0, n_chunks, bk, bv, dt)
         dh = torch.empty_like(h)
         dh0 = torch.empty_like(h0, dtype=torch.float32) if h0 is not None else None
         if dht is not None:
             dht = dht.contiguous()
         _bwd_dh[(triton.cdiv(key_dim, bk) * triton.cdiv(value_dim, bv), batch * heads)](
             q, do, gc, dh, dht if dht is not None else ht, dh0 if dh0 is not None else ht, scale, length, lp,
-            n_chunks, heads, key_dim, value_dim, BT=BT, DT=_dot_dtype(q), BK=bk, BV=bv, HAS_DHT=dht is not None, HAS_DH0=h0 is not None)
+            n_chunks, heads, key_dim, value_dim, BT=BT, BK=bk, BV=bv, HAS_DHT=dht is not None, HAS_DH0=h0 is not None,
+            DT=dt)
         dA = torch.empty_like(A)
-        _bwd_da[(n_chunks, batch * heads)](v, do, dA, scale, length, lp, heads, value_dim, BT=BT, DT=_dot_dtype(q), BV=bv)
+        _bwd_da[(n_chunks, batch * heads)](v, do, dA, scale, length, lp, heads, value_dim, BT=BT, DT=dt, BV=bv)
         dv = torch.empty_like(v)
         _bwd_dv[(triton.cdiv(value_dim, bv), n_chunks, batch * heads)](
-            k, do, gc, dh, A, dv, scale, length, lp, n_chunks, heads, key_dim, value_dim, BT=BT, DT=_dot_dtype(q), BK=bk, BV=bv)
+            k, do, gc, dh, A, dv, scale, length, lp, n_chunks, heads, key_dim, value_dim, BT=BT, BK=bk, BV=bv, DT=dt)
         dq = q.new_empty(q.shape, dtype=torch.float32)
         dk = torch.empty_like(dq)
         _bwd_dqk_intra[(n_chunks * (BT // BC), batch * heads)](q, k, gc, dA, dq, dk, length, lp, heads, key_dim,
-                                                               BT=BT, DT=_dot_dtype(q), BC=BC, BK=bk_full, NC=BT // BC)
+                                                               BT=BT, DT=dt, BC=BC, BK=bk_full, NC=BT // BC)
         dg = torch.empty_like(dq)
         _bwd_dqk_inter[(triton.cdiv(key_dim, bk), n_chunks, batch * heads)](
             q, k, v, do, gc, h, dh, dq, dk, dg, scale, length, lp, n_chunks, heads, key_dim, value_dim,
-            BT=BT, DT=_dot_dtype(q), BK=bk, BV=bv)
+            BT=BT, DT=dt, BK=bk, BV=bv)
         dg = dg.flip(1).cumsum(1).flip(1)
         if dht is not None:
             dg = dg + (dht * ht).sum(-1)[:, None]
