@@ -1,0 +1,370 @@
+"""The gated delta rule (arXiv 2412.06464) as Triton kernels: the chunkwise WY form, forward and backward.
+
+The sequence is cut into chunks of ``BT`` = 64 positions. With ``G`` the cumulative
+log-decay inside a chunk (float32, a cumsum in torch) and ``S`` the memory entering it,
+the forward kernels are (the algorithm of the ``torch`` backend, see ``ssmlab.ops.gated_delta_rule``):
+
+* ``_fwd_wy``, one program per chunk: ``A_ij = beta_i (k_i . k_j) exp(G_i - G_j)`` for
+  j < i (a ``tl.dot`` of the keys), ``T = (I + A)^-1`` by forward substitution over the
+  rows, and the WY factors ``W = T diag(beta exp(G)) K`` and ``U = T diag(beta) V``.
+* ``_fwd_h``, one program per (value block, batch x head) walking the chunks in order:
+  stores ``S``, the corrected values ``u = U - W S`` and passes
+  ``S <- exp(G_C) S + (K exp(G_C - G))^T u``; the last is the final state.
+* ``_fwd_o``: ``o = scale ((Q exp(G)) S + (Q K^T o exp(G_i - G_j))_{j <= i} u)``.
+
+Every exponent is a decay over a span of positions (<= 0), so nothing overflows. The
+backward passes the state gradient backwards through the chunks and forms the
+gradient of the corrected values on the way (``_bwd_dhu``, recomputing the chunk states
+first with ``_fwd_h``), then one program per chunk (``_bwd_chunk``) forms the gradients
+of q, k, v, beta and of ``G`` through the outputs, the state update and the triangular
+solve (``dA = -T^T dT T^T``); the gradient of log_alpha is the reverse cumulative sum of
+that of ``G`` inside each chunk.
+
+Shapes as in ``ssmlab.ops.gated_delta_rule``: q, k (B, L, H, K); v (B, L, H, V); beta,
+log_alpha (B, L, H); states (B, H, K, V). K and V up to 256. Accumulation in float32;
+the matrix products take the inputs' dtype (bf16 / fp16 on the tensor cores); beta,
+log_alpha, the triangular factors and the states stay float32.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+
+from ssmlab.ops.gated_delta_rule.reference import compute_dtype
+
+BT = 64  # positions per chunk
+
+
+@triton.jit
+def _fwd_wy(k, v, beta, gc, T, w, u, L, Lp, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+            BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr):
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t = tl.arange(0, BT)
+    t = i_t * BT + o_t
+    m_t = t < L
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    b_k = tl.load(k + ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+                  other=0.)
+    b_beta = tl.load(beta + (i_b * L + t) * H + i_h, mask=m_t, other=0.).to(tl.float32)
+    b_g = tl.load(gc + (i_b * Lp + t) * H + i_h)
+    strict = o_t[:, None] > o_t[None, :]
+    b_a = tl.dot(b_k.to(DT), tl.trans(b_k.to(DT))) * b_beta[:, None]
+    b_a = tl.where(strict, b_a * tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], 0.)), 0.)
+    # T = (I + A)^-1, A strictly lower triangular: row i of T is e_i - sum_{j < i} A_ij T_j.
+    b_T = tl.where(o_t[:, None] == o_t[None, :], 1., 0.)
+    for i in range(1, BT):
+        b_ai = tl.sum(tl.where(o_t[:, None] == i, b_a, 0.), 0)  # A_i., (BT,)
+        b_T = tl.where(o_t[:, None] == i, b_T - tl.sum(b_ai[:, None] * b_T, 0)[None, :], b_T)
+    tl.store(T + (i_bh * Lp + t[:, None]) * BT + o_t[None, :], b_T)
+    b_x = (b_k * (b_beta * tl.exp(b_g))[:, None]).to(DT)
+    b_w = tl.dot(b_T.to(DT), b_x)
+    tl.store(w + (i_bh * Lp + t[:, None]) * K + o_k[None, :], b_w, mask=m_k[None, :])
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        b_v = tl.load(v + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+                      other=0.)
+        b_u = tl.dot(b_T.to(DT), (b_v * b_beta[:, None]).to(DT))
+        tl.store(u + (i_bh * Lp + t[:, None]) * V + o_v[None, :], b_u, mask=m_v[None, :])
+
+
+@triton.jit
+def _fwd_h(k, w, u, gc, h, vn, h0, ht, L, Lp, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, DT: tl.constexpr):
+    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_kv = o_k[:, None] * V + o_v[None, :]
+    b_s = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_H0:
+        b_s += tl.load(h0 + i_bh * K * V + p_kv, mask=m_kv, other=0.).to(tl.float32)
+    for i_t in range(NT):
+        tl.store(h + (i_bh * NT + i_t) * K * V + p_kv, b_s, mask=m_kv)
+        t = i_t * BT + o_t
+        m_t = t < L
+        b_w = tl.load(w + (i_bh * Lp + t[:, None]) * K + o_k[None, :], mask=m_k[None, :], other=0.)
+        b_u = tl.load(u + (i_bh * Lp + t[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.)
+        b_vn = b_u - tl.dot(b_w.to(DT), b_s.to(DT))
+        tl.store(vn + (i_bh * Lp + t[:, None]) * V + o_v[None, :], b_vn, mask=m_v[None, :])
+        b_k = tl.load(k + ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+                      other=0.)
+        b_g = tl.load(gc + (i_b * Lp + t) * H + i_h)
+        b_gl = tl.load(gc + (i_b * Lp + i_t * BT + BT - 1) * H + i_h)
+        b_kd = (b_k * tl.exp(b_gl - b_g)[:, None]).to(DT)
+        b_s = b_s * tl.exp(b_gl) + tl.dot(tl.trans(b_kd), b_vn.to(DT))
+    tl.store(ht + i_bh * K * V + p_kv, b_s, mask=m_kv)
+
+
+@triton.jit
+def _fwd_o(q, k, gc, h, vn, o, scale, L, Lp, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr):
+    i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t = tl.arange(0, BT)
+    t = i_t * BT + o_t
+    m_t = t < L
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    m = m_t[:, None] & m_k[None, :]
+    b_q = tl.load(q + ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m, other=0.)
+    b_k = tl.load(k + ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m, other=0.)
+    b_g = tl.load(gc + (i_b * Lp + t) * H + i_h)
+    b_h = tl.load(h + (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :],
+                  other=0.)
+    b_o = tl.dot((b_q * tl.exp(b_g)[:, None]).to(DT), b_h.to(DT))
+    causal = o_t[:, None] >= o_t[None, :]
+    b_sc = tl.dot(b_q.to(DT), tl.trans(b_k.to(DT)))
+    b_sc = tl.where(causal, b_sc * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.)), 0.)
+    b_vn = tl.load(vn + (i_bh * Lp + t[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.)
+    b_o += tl.dot(b_sc.to(DT), b_vn.to(DT))
+    tl.store(o + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty),
+             mask=m_t[:, None] & m_v[None, :])
+
+
+@triton.jit
+def _bwd_dhu(q, k, w, gc, do, dh, dvn, dht, dh0, scale, L, Lp, NT, H: tl.constexpr, K: tl.constexpr,
+             V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_DHT: tl.constexpr,
+             HAS_DH0: tl.constexpr, DT: tl.constexpr):
+    i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_kv = o_k[:, None] * V + o_v[None, :]
+    causal = o_t[:, None] >= o_t[None, :]
+    b_ds = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_DHT:
+        b_ds += tl.load(dht + i_bh * K * V + p_kv, mask=m_kv, other=0.).to(tl.float32)
+    for i_r in range(NT):
+        i_t = NT - 1 - i_r
+        tl.store(dh + (i_bh * NT + i_t) * K * V + p_kv, b_ds, mask=m_kv)
+        t = i_t * BT + o_t
+        m_t = t < L
+        m = m_t[:, None] & m_k[None, :]
+        b_q = tl.load(q + ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m, other=0.)
+        b_k = tl.load(k + ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m, other=0.)
+        b_w = tl.load(w + (i_bh * Lp + t[:, None]) * K + o_k[None, :], mask=m_k[None, :], other=0.)
+        b_do = tl.load(do + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+                       other=0.)
+        b_g = tl.load(gc + (i_b * Lp + t) * H + i_h)
+        b_gl = tl.load(gc + (i_b * Lp + i_t * BT + BT - 1) * H + i_h)
+        b_sc = tl.dot(b_q.to(DT), tl.trans(b_k.to(DT)))
+        b_sc = tl.where(causal, b_sc * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.)) * scale, 0.)
+        b_kd = (b_k * tl.exp(b_gl - b_g)[:, None]).to(DT)
+        b_dvn = tl.dot(tl.trans(b_sc.to(DT)), b_do.to(DT)) + tl.dot(b_kd, b_ds.to(DT))
+        tl.store(dvn + (i_bh * Lp + t[:, None]) * V + o_v[None, :], b_dvn, mask=m_v[None, :])
+        b_qg = (b_q * (tl.exp(b_g) * scale)[:, None]).to(DT)
+        b_ds = (b_ds * tl.exp(b_gl) + tl.dot(tl.trans(b_qg), b_do.to(DT))
+                - tl.dot(tl.trans(b_w.to(DT)), b_dvn.to(DT)))
+    if HAS_DH0:
+        tl.store(dh0 + i_bh * K * V + p_kv, b_ds, mask=m_kv)
+
+
+@triton.jit
+def _bwd_chunk(q, k, v, beta, gc, T, h, dh, vn, dvn, do, dq, dk, dv, dbeta, dg, scale, L, Lp, NT, H: tl.constexpr,
+               K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+               DT: tl.constexpr):
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t = tl.arange(0, BT)
+    t = i_t * BT + o_t
+    m_t = t < L
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    m = m_t[:, None] & m_k[None, :]
+    p_qk = ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :]
+    b_q = tl.load(q + p_qk, mask=m, other=0.).to(tl.float32)
+    b_k = tl.load(k + p_qk, mask=m, other=0.).to(tl.float32)
+    b_beta = tl.load(beta + (i_b * L + t) * H + i_h, mask=m_t, other=0.).to(tl.float32)
+    b_g = tl.load(gc + (i_b * Lp + t) * H + i_h)
+    b_gl = tl.load(gc + (i_b * Lp + i_t * BT + BT - 1) * H + i_h)
+    b_T = tl.load(T + (i_bh * Lp + t[:, None]) * BT + o_t[None, :])
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)  # dO S^T
+    b_dkd = tl.zeros([BT, BK], dtype=tl.float32)  # u dS'^T, the gradient of K exp(G_C - G)
+    b_dw = tl.zeros([BT, BK], dtype=tl.float32)  # du S^T = -dW
+    b_dp = tl.zeros([BT, BT], dtype=tl.float32)  # dO u^T
+    b_dt = tl.zeros([BT, BT], dtype=tl.float32)  # dT through U
+    b_db = tl.zeros([BT], dtype=tl.float32)
+    b_hdh = tl.zeros([BK], dtype=tl.float32)
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        p_tv = ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        b_do = tl.load(do + p_tv, mask=m_tv, other=0.).to(DT)
+        b_v = tl.load(v + p_tv, mask=m_tv, other=0.).to(tl.float32)
+        b_vn = tl.load(vn + (i_bh * Lp + t[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.)
+        b_dvn = tl.load(dvn + (i_bh * Lp + t[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.)
+        p_h = (i_bh * NT + i_t) * K * V + o_v[:, None] + o_k[None, :] * V  # (BV, BK): the state transposed
+        m_h = m_v[:, None] & m_k[None, :]
+        b_h = tl.load(h + p_h, mask=m_h, other=0.)
+        b_dh = tl.load(dh + p_h, mask=m_h, other=0.)
+        b_dq += tl.dot(b_do, b_h.to(DT))
+        b_dp += tl.dot(b_do, tl.trans(b_vn.to(DT)))
+        b_dkd += tl.dot(b_vn.to(DT), b_dh.to(DT))
+        b_dw += tl.dot(b_dvn.to(DT), b_h.to(DT))
+        b_hdh += tl.sum(b_h * b_dh, 0)
+        b_dy = tl.dot(tl.trans(b_T.to(DT)), b_dvn.to(DT))  # T^T du
+        tl.store(dv + p_tv, (b_dy * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_tv)
+        b_db += tl.sum(b_dy * b_v, 1)
+        b_dt += tl.dot(b_dvn.to(DT), tl.trans((b_v * b_beta[:, None]).to(DT)))
+    b_eg = tl.exp(b_g)
+    causal = o_t[:, None] >= o_t[None, :]
+    strict = o_t[:, None] > o_t[None, :]
+    # Through the outputs: the memory entering the chunk and the scores inside it.
+    b_dq = b_dq * (b_eg * scale)[:, None]
+    b_dg = tl.sum(b_q * b_dq, 1)
+    b_dps = tl.where(causal, b_dp * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.)) * scale, 0.)
+    b_dq += tl.dot(b_dps.to(DT), b_k.to(DT))
+    b_dk = tl.dot(tl.trans(b_dps.to(DT)), b_q.to(DT))
+    b_z = b_dps * tl.dot(b_q.to(DT), tl.trans(b_k.to(DT)))
+    b_dg += tl.sum(b_z, 1) - tl.sum(b_z, 0)
+    # Through the memory leaving the chunk: exp(G_C) S + (K exp(G_C - G))^T u.
+    b_kdec = tl.exp(b_gl - b_g)
+    b_dk += b_dkd * b_kdec[:, None]
+    b_zk = tl.sum(b_dkd * b_k, 1) * b_kdec
+    b_dg -= b_zk
+    b_dgl = tl.sum(b_hdh, 0) * tl.exp(b_gl) + tl.sum(b_zk, 0)
+    # Through W = T diag(beta exp(G)) K (dW = -b_dw) and U = T diag(beta) V.
+    b_dx = -tl.dot(tl.trans(b_T.to(DT)), b_dw.to(DT))
+    b_dk += b_dx * (b_beta * b_eg)[:, None]
+    b_xk = tl.sum(b_dx * b_k, 1) * b_eg
+    b_db += b_xk
+    b_dg += b_xk * b_beta
+    b_dt -= tl.dot(b_dw.to(DT), tl.trans((b_k * (b_beta * b_eg)[:, None]).to(DT)))
+    # Through T = (I + A)^-1: dA = -T^T dT T^T on the strictly lower triangle.
+    b_da = -tl.dot(tl.dot(tl.trans(b_T.to(DT)), b_dt.to(DT)).to(DT), tl.trans(b_T.to(DT)))
+    b_dakd = tl.where(strict, b_da * tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], 0.)), 0.)
+    b_dakd = b_dakd * tl.dot(b_k.to(DT), tl.trans(b_k.to(DT)))  # dA_ij (k_i . k_j) exp(G_i - G_j)
+    b_db += tl.sum(b_dakd, 1)
+    b_za = b_dakd * b_beta[:, None]  # dA * A
+    b_dg += tl.sum(b_za, 1) - tl.sum(b_za, 0)
+    b_p = tl.where(strict, b_da * tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], 0.)), 0.) * b_beta[:, None]
+    b_dk += tl.dot(b_p.to(DT), b_k.to(DT)) + tl.dot(tl.trans(b_p.to(DT)), b_k.to(DT))
+    b_dg += tl.where(o_t == BT - 1, b_dgl, 0.)
+    tl.store(dq + p_qk, b_dq, mask=m)
+    tl.store(dk + p_qk, b_dk, mask=m)
+    tl.store(dbeta + (i_b * L + t) * H + i_h, b_db, mask=m_t)
+    tl.store(dg + (i_b * Lp + t) * H + i_h, b_dg)
+
+
+def _dot_dtype(t: torch.Tensor):
+    """The operand type of the matrix products: bf16 or fp16 inputs' own (the tensor cores), float32 otherwise, and
+    float32 under Triton's interpreter, whose ``tl.dot`` multiplies the raw bits of bf16 operands (triton 3.9)."""
+    if t.dtype not in (torch.bfloat16, torch.float16) or isinstance(_fwd_h, InterpretedFunction):
+        return tl.float32
+    return tl.bfloat16 if t.dtype == torch.bfloat16 else tl.float16
+
+
+def _blocks(K: int, V: int):
+    if K > 256 or V > 256:
+        raise ValueError(f"the triton backend of gated_delta_rule supports K, V <= 256, got K={K}, V={V}")
+    return max(16, triton.next_power_of_2(K)), min(64, max(16, triton.next_power_of_2(V)))
+
+
+def _chunk_cumsum(log_alpha: torch.Tensor, n_chunks: int) -> torch.Tensor:
+    """The cumulative sum of ``log_alpha`` (B, L, H) inside each chunk, float32, padded with zeros to (B, n BT, H)."""
+    batch, length, heads = log_alpha.shape
+    g = F.pad(log_alpha.float(), (0, 0, 0, n_chunks * BT - length))
+    return g.view(batch, n_chunks, BT, heads).cumsum(2).view(batch, n_chunks * BT, heads)
+
+
+def _states(k, w, u, gc, h0, n_chunks, bk, bv, dt):
+    """The memory entering every chunk (B H, n, K, V), the corrected values u - W S (B H, n BT, V), the final state."""
+    batch, length, heads, key_dim = k.shape
+    value_dim = u.shape[-1]
+    h = k.new_empty(batch * heads, n_chunks, key_dim, value_dim, dtype=torch.float32)
+    vn = torch.empty_like(u)
+    ht = k.new_empty(batch, heads, key_dim, value_dim, dtype=torch.float32)
+    _fwd_h[(triton.cdiv(value_dim, bv), batch * heads)](
+        k, w, u, gc, h, vn, h0 if h0 is not None else ht, ht, length, gc.shape[1], n_chunks, heads, key_dim,
+        value_dim, BT=BT, BK=bk, BV=bv, HAS_H0=h0 is not None, DT=dt)
+    return h, vn, ht
+
+
+class _GatedDeltaRule(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, q, k, v, beta, log_alpha, h0, scale):
+        batch, length, heads, key_dim = q.shape
+        value_dim = v.shape[-1]
+        bk, bv = _blocks(key_dim, value_dim)
+        dt = _dot_dtype(q)
+        n_chunks = triton.cdiv(length, BT)
+        lp = n_chunks * BT
+        gc = _chunk_cumsum(log_alpha, n_chunks) if log_alpha is not None else \
+            q.new_zeros(batch, lp, heads, dtype=torch.float32)
+        T = q.new_empty(batch * heads, lp, BT, dtype=torch.float32)
+        w = q.new_empty(batch * heads, lp, key_dim, dtype=torch.float32)
+        u = q.new_empty(batch * heads, lp, value_dim, dtype=torch.float32)
+        _fwd_wy[(n_chunks, batch * heads)](k, v, beta, gc, T, w, u, length, lp, heads, key_dim, value_dim, BT=BT,
+                                           BK=bk, BV=bv, DT=dt)
+        h, vn, ht = _states(k, w, u, gc, h0, n_chunks, bk, bv, dt)
+        o = torch.empty_like(v)
+        _fwd_o[(triton.cdiv(value_dim, bv), n_chunks, batch * heads)](
+            q, k, gc, h, vn, o, scale, length, lp, n_chunks, heads, key_dim, value_dim, BT=BT, BK=bk, BV=bv, DT=dt)
+        ctx.save_for_backward(q, k, v, beta, gc, h0, T, w, u)
+        ctx.scale = scale
+        ctx.has_log_alpha = log_alpha is not None
+        ctx.log_alpha_dtype = None if log_alpha is None else log_alpha.dtype
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, beta, gc, h0, T, w, u = ctx.saved_tensors
+        scale = ctx.scale
+        batch, length, heads, key_dim = q.shape
+        value_dim = v.shape[-1]
+        bk, bv = _blocks(key_dim, value_dim)
+        dt = _dot_dtype(q)
+        n_chunks = triton.cdiv(length, BT)
+        lp = gc.shape[1]
+        do = do.contiguous()
+        h, vn, ht = _states(k, w, u, gc, h0, n_chunks, bk, bv, dt)
+        dh = torch.empty_like(h)
+        dvn = torch.empty_like(vn)
+        dh0 = torch.empty_like(h0, dtype=torch.float32) if h0 is not None else None
+        if dht is not None:
+            dht = dht.contiguous()
+        _bwd_dhu[(triton.cdiv(value_dim, bv), batch * heads)](
+            q, k, w, gc, do, dh, dvn, dht if dht is not None else ht, dh0 if dh0 is not None else ht, scale, length,
+            lp, n_chunks, heads, key_dim, value_dim, BT=BT, BK=bk, BV=bv, HAS_DHT=dht is not None,
+            HAS_DH0=h0 is not None, DT=dt)
+        dq = q.new_empty(q.shape, dtype=torch.float32)
+        dk = torch.empty_like(dq)
+        dv = torch.empty_like(v)
+        dbeta = beta.new_empty(beta.shape, dtype=torch.float32)
+        dg = gc.new_empty(gc.shape)
+        _bwd_chunk[(n_chunks, batch * heads)](
+            q, k, v, beta, gc, T, h, dh, vn, dvn, do, dq, dk, dv, dbeta, dg, scale, length, lp, n_chunks, heads,
+            key_dim, value_dim, BT=BT, BK=bk, BV=bv, DT=dt, num_warps=8)
+        dlog_alpha = None
+        if ctx.has_log_alpha:
+            dg = dg.view(batch, n_chunks, BT, heads).flip(2).cumsum(2).flip(2)
+            dlog_alpha = dg.reshape(batch, lp, heads)[:, :length].to(ctx.log_alpha_dtype)
+        return (dq.to(q.dtype), dk.to(k.dtype), dv, dbeta.to(beta.dtype), dlog_alpha,
+                None if h0 is None else dh0.to(h0.dtype), None)
+
+
+def gated_delta_rule_triton(q, k, v, beta, log_alpha, *, scale, chunk_size=64, initial_state=None):
+    """The ``triton`` backend of ``gated_delta_rule``; ``chunk_size`` is ignored (the kernels use chunks of 64)."""
+    dtype = compute_dtype(q.dtype)
+    q, k, v, beta = (t.contiguous() for t in (q, k, v, beta))
+    log_alpha = None if log_alpha is None else log_alpha.contiguous()
+    h0 = None if initial_state is None else initial_state.contiguous()
+    o, state = _GatedDeltaRule.apply(q, k, v, beta, log_alpha, h0, float(scale))
+    return o, state.to(dtype)
