@@ -41,7 +41,7 @@ BT = 64  # positions per chunk
 
 @triton.jit
 def _fwd_wy(k, v, beta, gc, T, w, u, L, Lp, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-            BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr):
+            BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t = tl.arange(0, BT)
@@ -54,7 +54,7 @@ def _fwd_wy(k, v, beta, gc, T, w, u, L, Lp, H: tl.constexpr, K: tl.constexpr, V:
     b_beta = tl.load(beta + (i_b * L + t) * H + i_h, mask=m_t, other=0.).to(tl.float32)
     b_g = tl.load(gc + (i_b * Lp + t) * H + i_h)
     strict = o_t[:, None] > o_t[None, :]
-    b_a = tl.dot(b_k.to(DT), tl.trans(b_k.to(DT))) * b_beta[:, None]
+    b_a = tl.dot(b_k.to(DT), tl.trans(b_k.to(DT)), input_precision=PREC) * b_beta[:, None]
     b_a = tl.where(strict, b_a * tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], 0.)), 0.)
     # T = (I + A)^-1, A strictly lower triangular: row i of T is e_i - sum_{j < i} A_ij T_j.
     b_T = tl.where(o_t[:, None] == o_t[None, :], 1., 0.)
@@ -63,20 +63,21 @@ def _fwd_wy(k, v, beta, gc, T, w, u, L, Lp, H: tl.constexpr, K: tl.constexpr, V:
         b_T = tl.where(o_t[:, None] == i, b_T - tl.sum(b_ai[:, None] * b_T, 0)[None, :], b_T)
     tl.store(T + (i_bh * Lp + t[:, None]) * BT + o_t[None, :], b_T)
     b_x = (b_k * (b_beta * tl.exp(b_g))[:, None]).to(DT)
-    b_w = tl.dot(b_T.to(DT), b_x)
+    b_w = tl.dot(b_T.to(DT), b_x, input_precision=PREC)
     tl.store(w + (i_bh * Lp + t[:, None]) * K + o_k[None, :], b_w, mask=m_k[None, :])
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
         b_v = tl.load(v + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                       other=0.)
-        b_u = tl.dot(b_T.to(DT), (b_v * b_beta[:, None]).to(DT))
+        b_u = tl.dot(b_T.to(DT), (b_v * b_beta[:, None]).to(DT), input_precision=PREC)
         tl.store(u + (i_bh * Lp + t[:, None]) * V + o_v[None, :], b_u, mask=m_v[None, :])
 
 
 @triton.jit
 def _fwd_h(k, w, u, gc, h, vn, h0, ht, L, Lp, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, DT: tl.constexpr):
+           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, DT: tl.constexpr,
+           PREC: tl.constexpr):
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t = tl.arange(0, BT)
@@ -94,20 +95,20 @@ def _fwd_h(k, w, u, gc, h, vn, h0, ht, L, Lp, NT, H: tl.constexpr, K: tl.constex
         m_t = t < L
         b_w = tl.load(w + (i_bh * Lp + t[:, None]) * K + o_k[None, :], mask=m_k[None, :], other=0.)
         b_u = tl.load(u + (i_bh * Lp + t[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.)
-        b_vn = b_u - tl.dot(b_w.to(DT), b_s.to(DT))
+        b_vn = b_u - tl.dot(b_w.to(DT), b_s.to(DT), input_precision=PREC)
         tl.store(vn + (i_bh * Lp + t[:, None]) * V + o_v[None, :], b_vn, mask=m_v[None, :])
         b_k = tl.load(k + ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
                       other=0.)
         b_g = tl.load(gc + (i_b * Lp + t) * H + i_h)
         b_gl = tl.load(gc + (i_b * Lp + i_t * BT + BT - 1) * H + i_h)
         b_kd = (b_k * tl.exp(b_gl - b_g)[:, None]).to(DT)
-        b_s = b_s * tl.exp(b_gl) + tl.dot(tl.trans(b_kd), b_vn.to(DT))
+        b_s = b_s * tl.exp(b_gl) + tl.dot(tl.trans(b_kd), b_vn.to(DT), input_precision=PREC)
     tl.store(ht + i_bh * K * V + p_kv, b_s, mask=m_kv)
 
 
 @triton.jit
 def _fwd_o(q, k, gc, h, vn, o, scale, L, Lp, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr):
+           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t = tl.arange(0, BT)
@@ -123,12 +124,12 @@ def _fwd_o(q, k, gc, h, vn, o, scale, L, Lp, NT, H: tl.constexpr, K: tl.constexp
     b_g = tl.load(gc + (i_b * Lp + t) * H + i_h)
     b_h = tl.load(h + (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :],
                   other=0.)
-    b_o = tl.dot((b_q * tl.exp(b_g)[:, None]).to(DT), b_h.to(DT))
+    b_o = tl.dot((b_q * tl.exp(b_g)[:, None]).to(DT), b_h.to(DT), input_precision=PREC)
     causal = o_t[:, None] >= o_t[None, :]
-    b_sc = tl.dot(b_q.to(DT), tl.trans(b_k.to(DT)))
+    b_sc = tl.dot(b_q.to(DT), tl.trans(b_k.to(DT)), input_precision=PREC)
     b_sc = tl.where(causal, b_sc * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.)), 0.)
     b_vn = tl.load(vn + (i_bh * Lp + t[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.)
-    b_o += tl.dot(b_sc.to(DT), b_vn.to(DT))
+    b_o += tl.dot(b_sc.to(DT), b_vn.to(DT), input_precision=PREC)
     tl.store(o + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty),
              mask=m_t[:, None] & m_v[None, :])
 
@@ -136,7 +137,7 @@ def _fwd_o(q, k, gc, h, vn, o, scale, L, Lp, NT, H: tl.constexpr, K: tl.constexp
 @triton.jit
 def _bwd_dhu(q, k, w, gc, do, dh, dvn, dht, dh0, scale, L, Lp, NT, H: tl.constexpr, K: tl.constexpr,
              V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_DHT: tl.constexpr,
-             HAS_DH0: tl.constexpr, DT: tl.constexpr):
+             HAS_DH0: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t = tl.arange(0, BT)
@@ -162,14 +163,15 @@ def _bwd_dhu(q, k, w, gc, do, dh, dvn, dht, dh0, scale, L, Lp, NT, H: tl.constex
                        other=0.)
         b_g = tl.load(gc + (i_b * Lp + t) * H + i_h)
         b_gl = tl.load(gc + (i_b * Lp + i_t * BT + BT - 1) * H + i_h)
-        b_sc = tl.dot(b_q.to(DT), tl.trans(b_k.to(DT)))
+        b_sc = tl.dot(b_q.to(DT), tl.trans(b_k.to(DT)), input_precision=PREC)
         b_sc = tl.where(causal, b_sc * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.)) * scale, 0.)
         b_kd = (b_k * tl.exp(b_gl - b_g)[:, None]).to(DT)
-        b_dvn = tl.dot(tl.trans(b_sc.to(DT)), b_do.to(DT)) + tl.dot(b_kd, b_ds.to(DT))
+        b_dvn = (tl.dot(tl.trans(b_sc.to(DT)), b_do.to(DT), input_precision=PREC)
+                 + tl.dot(b_kd, b_ds.to(DT), input_precision=PREC))
         tl.store(dvn + (i_bh * Lp + t[:, None]) * V + o_v[None, :], b_dvn, mask=m_v[None, :])
         b_qg = (b_q * (tl.exp(b_g) * scale)[:, None]).to(DT)
-        b_ds = (b_ds * tl.exp(b_gl) + tl.dot(tl.trans(b_qg), b_do.to(DT))
-                - tl.dot(tl.trans(b_w.to(DT)), b_dvn.to(DT)))
+        b_ds = (b_ds * tl.exp(b_gl) + tl.dot(tl.trans(b_qg), b_do.to(DT), input_precision=PREC)
+                - tl.dot(tl.trans(b_w.to(DT)), b_dvn.to(DT), input_precision=PREC))
     if HAS_DH0:
         tl.store(dh0 + i_bh * K * V + p_kv, b_ds, mask=m_kv)
 
@@ -177,7 +179,7 @@ def _bwd_dhu(q, k, w, gc, do, dh, dvn, dht, dh0, scale, L, Lp, NT, H: tl.constex
 @triton.jit
 def _bwd_chunk(q, k, v, beta, gc, T, h, dh, vn, dvn, do, dq, dk, dv, dbeta, dg, scale, L, Lp, NT, H: tl.constexpr,
                K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-               DT: tl.constexpr):
+               DT: tl.constexpr, PREC: tl.constexpr):
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t = tl.arange(0, BT)
@@ -213,15 +215,15 @@ def _bwd_chunk(q, k, v, beta, gc, T, h, dh, vn, dvn, do, dq, dk, dv, dbeta, dg, 
         m_h = m_v[:, None] & m_k[None, :]
         b_h = tl.load(h + p_h, mask=m_h, other=0.)
         b_dh = tl.load(dh + p_h, mask=m_h, other=0.)
-        b_dq += tl.dot(b_do, b_h.to(DT))
-        b_dp += tl.dot(b_do, tl.trans(b_vn.to(DT)))
-        b_dkd += tl.dot(b_vn.to(DT), b_dh.to(DT))
-        b_dw += tl.dot(b_dvn.to(DT), b_h.to(DT))
+        b_dq += tl.dot(b_do, b_h.to(DT), input_precision=PREC)
+        b_dp += tl.dot(b_do, tl.trans(b_vn.to(DT)), input_precision=PREC)
+        b_dkd += tl.dot(b_vn.to(DT), b_dh.to(DT), input_precision=PREC)
+        b_dw += tl.dot(b_dvn.to(DT), b_h.to(DT), input_precision=PREC)
         b_hdh += tl.sum(b_h * b_dh, 0)
-        b_dy = tl.dot(tl.trans(b_T.to(DT)), b_dvn.to(DT))  # T^T du
+        b_dy = tl.dot(tl.trans(b_T.to(DT)), b_dvn.to(DT), input_precision=PREC)  # T^T du
         tl.store(dv + p_tv, (b_dy * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_tv)
         b_db += tl.sum(b_dy * b_v, 1)
-        b_dt += tl.dot(b_dvn.to(DT), tl.trans((b_v * b_beta[:, None]).to(DT)))
+        b_dt += tl.dot(b_dvn.to(DT), tl.trans((b_v * b_beta[:, None]).to(DT)), input_precision=PREC)
     b_eg = tl.exp(b_g)
     causal = o_t[:, None] >= o_t[None, :]
     strict = o_t[:, None] > o_t[None, :]
@@ -229,9 +231,9 @@ def _bwd_chunk(q, k, v, beta, gc, T, h, dh, vn, dvn, do, dq, dk, dv, dbeta, dg, 
     b_dq = b_dq * (b_eg * scale)[:, None]
     b_dg = tl.sum(b_q * b_dq, 1)
     b_dps = tl.where(causal, b_dp * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.)) * scale, 0.)
-    b_dq += tl.dot(b_dps.to(DT), b_k.to(DT))
-    b_dk = tl.dot(tl.trans(b_dps.to(DT)), b_q.to(DT))
-    b_z = b_dps * tl.dot(b_q.to(DT), tl.trans(b_k.to(DT)))
+    b_dq += tl.dot(b_dps.to(DT), b_k.to(DT), input_precision=PREC)
+    b_dk = tl.dot(tl.trans(b_dps.to(DT)), b_q.to(DT), input_precision=PREC)
+    b_z = b_dps * tl.dot(b_q.to(DT), tl.trans(b_k.to(DT)), input_precision=PREC)
     b_dg += tl.sum(b_z, 1) - tl.sum(b_z, 0)
     # Through the memory leaving the chunk: exp(G_C) S + (K exp(G_C - G))^T u.
     b_kdec = tl.exp(b_gl - b_g)
@@ -240,21 +242,22 @@ def _bwd_chunk(q, k, v, beta, gc, T, h, dh, vn, dvn, do, dq, dk, dv, dbeta, dg, 
     b_dg -= b_zk
     b_dgl = tl.sum(b_hdh, 0) * tl.exp(b_gl) + tl.sum(b_zk, 0)
     # Through W = T diag(beta exp(G)) K (dW = -b_dw) and U = T diag(beta) V.
-    b_dx = -tl.dot(tl.trans(b_T.to(DT)), b_dw.to(DT))
+    b_dx = -tl.dot(tl.trans(b_T.to(DT)), b_dw.to(DT), input_precision=PREC)
     b_dk += b_dx * (b_beta * b_eg)[:, None]
     b_xk = tl.sum(b_dx * b_k, 1) * b_eg
     b_db += b_xk
     b_dg += b_xk * b_beta
-    b_dt -= tl.dot(b_dw.to(DT), tl.trans((b_k * (b_beta * b_eg)[:, None]).to(DT)))
+    b_dt -= tl.dot(b_dw.to(DT), tl.trans((b_k * (b_beta * b_eg)[:, None]).to(DT)), input_precision=PREC)
     # Through T = (I + A)^-1: dA = -T^T dT T^T on the strictly lower triangle.
-    b_da = -tl.dot(tl.dot(tl.trans(b_T.to(DT)), b_dt.to(DT)).to(DT), tl.trans(b_T.to(DT)))
+    b_da = -tl.dot(tl.dot(tl.trans(b_T.to(DT)), b_dt.to(DT)).to(DT), tl.trans(b_T.to(DT)), input_precision=PREC)
     b_dakd = tl.where(strict, b_da * tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], 0.)), 0.)
-    b_dakd = b_dakd * tl.dot(b_k.to(DT), tl.trans(b_k.to(DT)))  # dA_ij (k_i . k_j) exp(G_i - G_j)
+    b_dakd = b_dakd * tl.dot(b_k.to(DT), tl.trans(b_k.to(DT)), input_precision=PREC)  # dA_ij (k_i . k_j) exp(G_i - G_j)
     b_db += tl.sum(b_dakd, 1)
     b_za = b_dakd * b_beta[:, None]  # dA * A
     b_dg += tl.sum(b_za, 1) - tl.sum(b_za, 0)
     b_p = tl.where(strict, b_da * tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], 0.)), 0.) * b_beta[:, None]
-    b_dk += tl.dot(b_p.to(DT), b_k.to(DT)) + tl.dot(tl.trans(b_p.to(DT)), b_k.to(DT))
+    b_dk += (tl.dot(b_p.to(DT), b_k.to(DT), input_precision=PREC)
+             + tl.dot(tl.trans(b_p.to(DT)), b_k.to(DT), input_precision=PREC))
     b_dg += tl.where(o_t == BT - 1, b_dgl, 0.)
     tl.store(dq + p_qk, b_dq, mask=m)
     tl.store(dk + p_qk, b_dk, mask=m)
@@ -262,12 +265,13 @@ def _bwd_chunk(q, k, v, beta, gc, T, h, dh, vn, dvn, do, dq, dk, dv, dbeta, dg, 
     tl.store(dg + (i_b * Lp + t) * H + i_h, b_dg)
 
 
-def _dot_dtype(t: torch.Tensor):
-    """The operand type of the matrix products: bf16 or fp16 inputs' own (the tensor cores), float32 otherwise, and
-    float32 under Triton's interpreter, whose ``tl.dot`` multiplies the raw bits of bf16 operands (triton 3.9)."""
+def _dot_args(t: torch.Tensor) -> dict:
+    """The operand type and precision of the matrix products: bf16 or fp16 inputs' own type (the tensor cores),
+    float32 otherwise, multiplied in full float32 ("ieee", not tf32, as torch's matmul by default). Float32 under
+    Triton's interpreter, whose ``tl.dot`` multiplies the raw bits of bf16 operands (triton 3.9)."""
     if t.dtype not in (torch.bfloat16, torch.float16) or isinstance(_fwd_h, InterpretedFunction):
-        return tl.float32
-    return tl.bfloat16 if t.dtype == torch.bfloat16 else tl.float16
+        return dict(DT=tl.float32, PREC="ieee")
+    return dict(DT=tl.bfloat16 if t.dtype == torch.bfloat16 else tl.float16, PREC="tf32")
 
 
 def _blocks(K: int, V: int):
@@ -292,7 +296,7 @@ def _states(k, w, u, gc, h0, n_chunks, bk, bv, dt):
     ht = k.new_empty(batch, heads, key_dim, value_dim, dtype=torch.float32)
     _fwd_h[(triton.cdiv(value_dim, bv), batch * heads)](
         k, w, u, gc, h, vn, h0 if h0 is not None else ht, ht, length, gc.shape[1], n_chunks, heads, key_dim,
-        value_dim, BT=BT, BK=bk, BV=bv, HAS_H0=h0 is not None, DT=dt)
+        value_dim, BT=BT, BK=bk, BV=bv, HAS_H0=h0 is not None, **dt)
     return h, vn, ht
 
 
@@ -303,7 +307,7 @@ class _GatedDeltaRule(torch.autograd.Function):
         batch, length, heads, key_dim = q.shape
         value_dim = v.shape[-1]
         bk, bv = _blocks(key_dim, value_dim)
-        dt = _dot_dtype(q)
+        dt = _dot_args(q)
         n_chunks = triton.cdiv(length, BT)
         lp = n_chunks * BT
         gc = _chunk_cumsum(log_alpha, n_chunks) if log_alpha is not None else \
@@ -312,11 +316,11 @@ class _GatedDeltaRule(torch.autograd.Function):
         w = q.new_empty(batch * heads, lp, key_dim, dtype=torch.float32)
         u = q.new_empty(batch * heads, lp, value_dim, dtype=torch.float32)
         _fwd_wy[(n_chunks, batch * heads)](k, v, beta, gc, T, w, u, length, lp, heads, key_dim, value_dim, BT=BT,
-                                           BK=bk, BV=bv, DT=dt)
+                                           BK=bk, BV=bv, **dt)
         h, vn, ht = _states(k, w, u, gc, h0, n_chunks, bk, bv, dt)
         o = torch.empty_like(v)
         _fwd_o[(triton.cdiv(value_dim, bv), n_chunks, batch * heads)](
-            q, k, gc, h, vn, o, scale, length, lp, n_chunks, heads, key_dim, value_dim, BT=BT, BK=bk, BV=bv, DT=dt)
+            q, k, gc, h, vn, o, scale, length, lp, n_chunks, heads, key_dim, value_dim, BT=BT, BK=bk, BV=bv, **dt)
         ctx.save_for_backward(q, k, v, beta, gc, h0, T, w, u)
         ctx.scale = scale
         ctx.has_log_alpha = log_alpha is not None
@@ -330,7 +334,7 @@ class _GatedDeltaRule(torch.autograd.Function):
         batch, length, heads, key_dim = q.shape
         value_dim = v.shape[-1]
         bk, bv = _blocks(key_dim, value_dim)
-        dt = _dot_dtype(q)
+        dt = _dot_args(q)
         n_chunks = triton.cdiv(length, BT)
         lp = gc.shape[1]
         do = do.contiguous()
@@ -343,7 +347,7 @@ class _GatedDeltaRule(torch.autograd.Function):
         _bwd_dhu[(triton.cdiv(value_dim, bv), batch * heads)](
             q, k, w, gc, do, dh, dvn, dht if dht is not None else ht, dh0 if dh0 is not None else ht, scale, length,
             lp, n_chunks, heads, key_dim, value_dim, BT=BT, BK=bk, BV=bv, HAS_DHT=dht is not None,
-            HAS_DH0=h0 is not None, DT=dt)
+            HAS_DH0=h0 is not None, **dt)
         dq = q.new_empty(q.shape, dtype=torch.float32)
         dk = torch.empty_like(dq)
         dv = torch.empty_like(v)
@@ -351,7 +355,7 @@ class _GatedDeltaRule(torch.autograd.Function):
         dg = gc.new_empty(gc.shape)
         _bwd_chunk[(n_chunks, batch * heads)](
             q, k, v, beta, gc, T, h, dh, vn, dvn, do, dq, dk, dv, dbeta, dg, scale, length, lp, n_chunks, heads,
-            key_dim, value_dim, BT=BT, BK=bk, BV=bv, DT=dt, num_warps=8)
+            key_dim, value_dim, BT=BT, BK=bk, BV=bv, **dt, num_warps=8)
         dlog_alpha = None
         if ctx.has_log_alpha:
             dg = dg.view(batch, n_chunks, BT, heads).flip(2).cumsum(2).flip(2)

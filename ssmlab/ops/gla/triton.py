@@ -45,7 +45,8 @@ BC = 16  # positions per sub-chunk
 
 @triton.jit
 def _fwd_h(k, v, gc, h, h0, ht, L, Lp, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, DT: tl.constexpr):
+           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, DT: tl.constexpr,
+           PREC: tl.constexpr):
     i_kv, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     NV: tl.constexpr = (V + BV - 1) // BV
     i_k, i_v = i_kv // NV, i_kv % NV
@@ -70,13 +71,13 @@ def _fwd_h(k, v, gc, h, h0, ht, L, Lp, NT, H: tl.constexpr, K: tl.constexpr, V: 
         b_g = tl.load(gc + ((i_b * Lp + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.)
         b_gl = tl.load(gc + ((i_b * Lp + i_t * BT + BT - 1) * H + i_h) * K + o_k, mask=m_k, other=0.)
         b_kd = (b_k * tl.exp(b_gl[None, :] - b_g)).to(DT)
-        b_s = b_s * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_kd), b_v.to(DT))
+        b_s = b_s * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_kd), b_v.to(DT), input_precision=PREC)
     tl.store(ht + i_bh * K * V + p_kv, b_s, mask=m_kv)
 
 
 @triton.jit
 def _fwd_a(q, k, gc, A, L, Lp, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-           BK: tl.constexpr, NC: tl.constexpr, DT: tl.constexpr):
+           BK: tl.constexpr, NC: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     i_tc, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_t, i_i = i_tc // NC, i_tc % NC
     i_b, i_h = i_bh // H, i_bh % H
@@ -97,7 +98,7 @@ def _fwd_a(q, k, gc, A, L, Lp, H: tl.constexpr, K: tl.constexpr, BT: tl.constexp
                        mask=(t_j < L)[:, None] & m_k[None, :], other=0.)
         b_gj = tl.load(gc + ((i_b * Lp + t_j[:, None]) * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.)
         b_kg = (b_kj * tl.exp(b_gr[None, :] - b_gj)).to(DT)
-        tl.store(p_a + i_j * BC + o_c[None, :], tl.dot(b_qg, tl.trans(b_kg)))
+        tl.store(p_a + i_j * BC + o_c[None, :], tl.dot(b_qg, tl.trans(b_kg), input_precision=PREC))
     b_a = tl.zeros([BC, BC], dtype=tl.float32)
     b_qf = b_q.to(tl.float32)
     for j in range(BC):
@@ -112,7 +113,7 @@ def _fwd_a(q, k, gc, A, L, Lp, H: tl.constexpr, K: tl.constexpr, BT: tl.constexp
 
 @triton.jit
 def _fwd_o(q, v, gc, h, A, o, scale, L, Lp, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr):
+           BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t = tl.arange(0, BT)
@@ -129,11 +130,11 @@ def _fwd_o(q, v, gc, h, A, o, scale, L, Lp, NT, H: tl.constexpr, K: tl.constexpr
         b_g = tl.load(gc + ((i_b * Lp + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.)
         b_h = tl.load(h + (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :],
                       mask=m_k[:, None] & m_v[None, :], other=0.)
-        b_o += tl.dot((b_q * tl.exp(b_g)).to(DT), b_h.to(DT))
+        b_o += tl.dot((b_q * tl.exp(b_g)).to(DT), b_h.to(DT), input_precision=PREC)
     b_a = tl.load(A + (i_bh * Lp + t[:, None]) * BT + o_t[None, :])
     b_v = tl.load(v + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                   other=0.)
-    b_o += tl.dot(b_a.to(DT), b_v.to(DT))
+    b_o += tl.dot(b_a.to(DT), b_v.to(DT), input_precision=PREC)
     tl.store(o + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty),
              mask=m_t[:, None] & m_v[None, :])
 
@@ -141,7 +142,7 @@ def _fwd_o(q, v, gc, h, A, o, scale, L, Lp, NT, H: tl.constexpr, K: tl.constexpr
 @triton.jit
 def _bwd_dh(q, do, gc, dh, dht, dh0, scale, L, Lp, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
             BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_DHT: tl.constexpr, HAS_DH0: tl.constexpr,
-            DT: tl.constexpr):
+            DT: tl.constexpr, PREC: tl.constexpr):
     i_kv, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     NV: tl.constexpr = (V + BV - 1) // BV
     i_k, i_v = i_kv // NV, i_kv % NV
@@ -167,14 +168,14 @@ def _bwd_dh(q, do, gc, dh, dht, dh0, scale, L, Lp, NT, H: tl.constexpr, K: tl.co
         b_g = tl.load(gc + ((i_b * Lp + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.)
         b_gl = tl.load(gc + ((i_b * Lp + i_t * BT + BT - 1) * H + i_h) * K + o_k, mask=m_k, other=0.)
         b_qg = (b_q * tl.exp(b_g) * scale).to(DT)
-        b_ds = b_ds * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_qg), b_do.to(DT))
+        b_ds = b_ds * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_qg), b_do.to(DT), input_precision=PREC)
     if HAS_DH0:
         tl.store(dh0 + i_bh * K * V + p_kv, b_ds, mask=m_kv)
 
 
 @triton.jit
 def _bwd_da(v, do, dA, scale, L, Lp, H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-            DT: tl.constexpr):
+            DT: tl.constexpr, PREC: tl.constexpr):
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t = tl.arange(0, BT)
@@ -186,14 +187,14 @@ def _bwd_da(v, do, dA, scale, L, Lp, H: tl.constexpr, V: tl.constexpr, BT: tl.co
         m = m_t[:, None] & (o_v < V)[None, :]
         b_do = tl.load(do + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], mask=m, other=0.)
         b_v = tl.load(v + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], mask=m, other=0.)
-        b_da += tl.dot(b_do.to(DT), tl.trans(b_v.to(DT)))
+        b_da += tl.dot(b_do.to(DT), tl.trans(b_v.to(DT)), input_precision=PREC)
     b_da = tl.where(o_t[:, None] >= o_t[None, :], b_da * scale, 0.)
     tl.store(dA + (i_bh * Lp + t[:, None]) * BT + o_t[None, :], b_da)
 
 
 @triton.jit
 def _bwd_dv(k, do, gc, dh, A, dv, scale, L, Lp, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr):
+            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t = tl.arange(0, BT)
@@ -204,7 +205,7 @@ def _bwd_dv(k, do, gc, dh, A, dv, scale, L, Lp, NT, H: tl.constexpr, K: tl.const
     b_do = tl.load(do + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                    other=0.)
     b_a = tl.load(A + (i_bh * Lp + t[:, None]) * BT + o_t[None, :]) * scale
-    b_dv = tl.dot(tl.trans(b_a.to(DT)), b_do.to(DT))
+    b_dv = tl.dot(tl.trans(b_a.to(DT)), b_do.to(DT), input_precision=PREC)
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
@@ -215,14 +216,14 @@ def _bwd_dv(k, do, gc, dh, A, dv, scale, L, Lp, NT, H: tl.constexpr, K: tl.const
         b_dh = tl.load(dh + (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :],
                        mask=m_k[:, None] & m_v[None, :], other=0.)
         b_kd = (b_k * tl.exp(b_gl[None, :] - b_g)).to(DT)
-        b_dv += tl.dot(b_kd, b_dh.to(DT))
+        b_dv += tl.dot(b_kd, b_dh.to(DT), input_precision=PREC)
     tl.store(dv + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], b_dv.to(dv.dtype.element_ty),
              mask=m_t[:, None] & m_v[None, :])
 
 
 @triton.jit
 def _bwd_dqk_intra(q, k, gc, dA, dq, dk, L, Lp, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
-                   BC: tl.constexpr, BK: tl.constexpr, NC: tl.constexpr, DT: tl.constexpr):
+                   BC: tl.constexpr, BK: tl.constexpr, NC: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     i_tc, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_t, i_i = i_tc // NC, i_tc % NC
     i_b, i_h = i_bh // H, i_bh % H
@@ -243,7 +244,7 @@ def _bwd_dqk_intra(q, k, gc, dA, dq, dk, L, Lp, H: tl.constexpr, K: tl.constexpr
         b_gj = tl.load(gc + ((i_b * Lp + t_j[:, None]) * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.)
         b_kg = (b_kj * tl.exp(b_gr[None, :] - b_gj)).to(DT)
         b_da = tl.load(p_da + t_i[:, None] * BT + i_j * BC + o_c[None, :])
-        b_dq += tl.dot(b_da.to(DT), b_kg)
+        b_dq += tl.dot(b_da.to(DT), b_kg, input_precision=PREC)
     b_dq *= tl.exp(b_gi - b_gr[None, :])
     # dk_j = sum_{i >= j} dA_ij q_i exp(G_i - G_j); later sub-chunks through the last position n of this one.
     b_gn = tl.load(gc + ((i_b * Lp + i_t * BT + i_i * BC + BC - 1) * H + i_h) * K + o_k, mask=m_k, other=0.)
@@ -255,7 +256,7 @@ def _bwd_dqk_intra(q, k, gc, dA, dq, dk, L, Lp, H: tl.constexpr, K: tl.constexpr
         b_gj = tl.load(gc + ((i_b * Lp + t_j[:, None]) * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.)
         b_qg = (b_qj * tl.exp(b_gj - b_gn[None, :])).to(DT)
         b_da = tl.load(p_da + t_j[:, None] * BT + i_i * BC + o_c[None, :])
-        b_dk += tl.dot(tl.trans(b_da.to(DT)), b_qg)
+        b_dk += tl.dot(tl.trans(b_da.to(DT)), b_qg, input_precision=PREC)
     b_dk *= tl.exp(b_gn[None, :] - b_gi)
     # The diagonal sub-chunk, one position at a time in log space.
     for j in range(BC):
@@ -279,7 +280,8 @@ def _bwd_dqk_intra(q, k, gc, dA, dq, dk, L, Lp, H: tl.constexpr, K: tl.constexpr
 
 @triton.jit
 def _bwd_dqk_inter(q, k, v, do, gc, h, dh, dq, dk, dg, scale, L, Lp, NT, H: tl.constexpr, K: tl.constexpr,
-                   V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr):
+                   V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr,
+                   PREC: tl.constexpr):
     i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     t = i_t * BT + tl.arange(0, BT)
@@ -297,8 +299,8 @@ def _bwd_dqk_inter(q, k, v, do, gc, h, dh, dq, dk, dg, scale, L, Lp, NT, H: tl.c
         m_h = (o_v < V)[:, None] & m_k[None, :]
         b_h = tl.load(h + p_h, mask=m_h, other=0.)
         b_dh = tl.load(dh + p_h, mask=m_h, other=0.)
-        b_dq += tl.dot(b_do.to(DT), b_h.to(DT))
-        b_dk += tl.dot(b_v.to(DT), b_dh.to(DT))
+        b_dq += tl.dot(b_do.to(DT), b_h.to(DT), input_precision=PREC)
+        b_dk += tl.dot(b_v.to(DT), b_dh.to(DT), input_precision=PREC)
     p = ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :]
     m = m_t[:, None] & m_k[None, :]
     b_g = tl.load(gc + ((i_b * Lp + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.)
@@ -312,12 +314,13 @@ def _bwd_dqk_inter(q, k, v, do, gc, h, dh, dq, dk, dg, scale, L, Lp, NT, H: tl.c
     tl.store(dg + p, b_q * b_dq - b_k * b_dk, mask=m)
 
 
-def _dot_dtype(t: torch.Tensor):
-    """The operand type of the matrix products: bf16 or fp16 inputs' own (the tensor cores), float32 otherwise, and
-    float32 under Triton's interpreter, whose ``tl.dot`` multiplies the raw bits of bf16 operands (triton 3.9)."""
+def _dot_args(t: torch.Tensor) -> dict:
+    """The operand type and precision of the matrix products: bf16 or fp16 inputs' own type (the tensor cores),
+    float32 otherwise, multiplied in full float32 ("ieee", not tf32, as torch's matmul by default). Float32 under
+    Triton's interpreter, whose ``tl.dot`` multiplies the raw bits of bf16 operands (triton 3.9)."""
     if t.dtype not in (torch.bfloat16, torch.float16) or isinstance(_fwd_h, InterpretedFunction):
-        return tl.float32
-    return tl.bfloat16 if t.dtype == torch.bfloat16 else tl.float16
+        return dict(DT=tl.float32, PREC="ieee")
+    return dict(DT=tl.bfloat16 if t.dtype == torch.bfloat16 else tl.float16, PREC="tf32")
 
 
 def _blocks(K: int, V: int):
@@ -341,7 +344,7 @@ def _states(k, v, gc, h0, n_chunks, bk, bv, dt):
     ht = k.new_empty(batch, heads, key_dim, value_dim, dtype=torch.float32)
     grid = (triton.cdiv(key_dim, bk) * triton.cdiv(value_dim, bv), batch * heads)
     _fwd_h[grid](k, v, gc, h, h0 if h0 is not None else ht, ht, length, gc.shape[1], n_chunks, heads, key_dim,
-                 value_dim, BT=BT, DT=dt, BK=bk, BV=bv, HAS_H0=h0 is not None)
+                 value_dim, BT=BT, **dt, BK=bk, BV=bv, HAS_H0=h0 is not None)
     return h, ht
 
 
@@ -354,15 +357,15 @@ class _GLA(torch.autograd.Function):
         bk_full, bk, bv = _blocks(key_dim, value_dim)
         n_chunks = triton.cdiv(length, BT)
         gc = _chunk_cumsum(g, n_chunks)  # (B, Lp, H, K)
-        dt = _dot_dtype(q)
+        dt = _dot_args(q)
         h, ht = _states(k, v, gc, h0, n_chunks, bk, bv, dt)
         A = q.new_zeros(batch * heads, n_chunks * BT, BT, dtype=torch.float32)
         _fwd_a[(n_chunks * (BT // BC), batch * heads)](q, k, gc, A, length, gc.shape[1], heads, key_dim, BT=BT, BC=BC,
-                                                        BK=bk_full, NC=BT // BC, DT=dt)
+                                                        BK=bk_full, NC=BT // BC, **dt)
         o = torch.empty_like(v)
         _fwd_o[(triton.cdiv(value_dim, bv), n_chunks, batch * heads)](
             q, v, gc, h, A, o, scale, length, gc.shape[1], n_chunks, heads, key_dim, value_dim, BT=BT, BK=bk, BV=bv,
-            DT=dt)
+            **dt)
         ctx.save_for_backward(q, k, v, gc, h0, A, ht)
         ctx.scale = scale
         ctx.g_dtype = g.dtype
@@ -378,7 +381,7 @@ class _GLA(torch.autograd.Function):
         n_chunks = triton.cdiv(length, BT)
         lp = gc.shape[1]
         do = do.contiguous()
-        dt = _dot_dtype(q)
+        dt = _dot_args(q)
         h, _ = _states(k, v, gc, h0, n_chunks, bk, bv, dt)
         dh = torch.empty_like(h)
         dh0 = torch.empty_like(h0, dtype=torch.float32) if h0 is not None else None
@@ -387,20 +390,20 @@ class _GLA(torch.autograd.Function):
         _bwd_dh[(triton.cdiv(key_dim, bk) * triton.cdiv(value_dim, bv), batch * heads)](
             q, do, gc, dh, dht if dht is not None else ht, dh0 if dh0 is not None else ht, scale, length, lp,
             n_chunks, heads, key_dim, value_dim, BT=BT, BK=bk, BV=bv, HAS_DHT=dht is not None, HAS_DH0=h0 is not None,
-            DT=dt)
+            **dt)
         dA = torch.empty_like(A)
-        _bwd_da[(n_chunks, batch * heads)](v, do, dA, scale, length, lp, heads, value_dim, BT=BT, DT=dt, BV=bv)
+        _bwd_da[(n_chunks, batch * heads)](v, do, dA, scale, length, lp, heads, value_dim, BT=BT, **dt, BV=bv)
         dv = torch.empty_like(v)
         _bwd_dv[(triton.cdiv(value_dim, bv), n_chunks, batch * heads)](
-            k, do, gc, dh, A, dv, scale, length, lp, n_chunks, heads, key_dim, value_dim, BT=BT, BK=bk, BV=bv, DT=dt)
+            k, do, gc, dh, A, dv, scale, length, lp, n_chunks, heads, key_dim, value_dim, BT=BT, BK=bk, BV=bv, **dt)
         dq = q.new_empty(q.shape, dtype=torch.float32)
         dk = torch.empty_like(dq)
         _bwd_dqk_intra[(n_chunks * (BT // BC), batch * heads)](q, k, gc, dA, dq, dk, length, lp, heads, key_dim,
-                                                               BT=BT, DT=dt, BC=BC, BK=bk_full, NC=BT // BC)
+                                                               BT=BT, **dt, BC=BC, BK=bk_full, NC=BT // BC)
         dg = torch.empty_like(dq)
         _bwd_dqk_inter[(triton.cdiv(key_dim, bk), n_chunks, batch * heads)](
             q, k, v, do, gc, h, dh, dq, dk, dg, scale, length, lp, n_chunks, heads, key_dim, value_dim,
-            BT=BT, DT=dt, BK=bk, BV=bv)
+            BT=BT, **dt, BK=bk, BV=bv)
         dg = dg.flip(1).cumsum(1).flip(1)
         if dht is not None:
             dg = dg + (dht * ht).sum(-1)[:, None]
