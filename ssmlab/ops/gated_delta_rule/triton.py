@@ -15,10 +15,11 @@ the forward kernels are (the algorithm of the ``torch`` backend, see ``ssmlab.op
 Every exponent is a decay over a span of positions (<= 0), so nothing overflows. The
 backward passes the state gradient backwards through the chunks and forms the
 gradient of the corrected values on the way (``_bwd_dhu``, recomputing the chunk states
-first with ``_fwd_h``), then one program per chunk (``_bwd_chunk``) forms the gradients
-of q, k, v, beta and of ``G`` through the outputs, the state update and the triangular
-solve (``dA = -T^T dT T^T``); the gradient of log_alpha is the reverse cumulative sum of
-that of ``G`` inside each chunk.
+first with ``_fwd_h``), then two kernels of one program per chunk form the gradients
+of q, k, v, beta and of ``G``: through the WY factors and the triangular solve
+(``_bwd_wy``, ``dA = -T^T dT T^T``), and through the outputs and the state update
+(``_bwd_qk``); the gradient of log_alpha is the reverse cumulative sum of that of ``G``
+inside each chunk.
 
 Shapes as in ``ssmlab.ops.gated_delta_rule``: q, k (B, L, H, K); v (B, L, H, V); beta,
 log_alpha (B, L, H); states (B, H, K, V). K and V up to 256. Accumulation in float32;
@@ -177,9 +178,11 @@ def _bwd_dhu(q, k, w, gc, do, dh, dvn, dht, dh0, scale, L, Lp, NT, H: tl.constex
 
 
 @triton.jit
-def _bwd_chunk(q, k, v, beta, gc, T, h, dh, vn, dvn, do, dq, dk, dv, dbeta, dg, scale, L, Lp, NT, H: tl.constexpr,
-               K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-               DT: tl.constexpr, PREC: tl.constexpr):
+def _bwd_wy(k, v, beta, gc, T, h, dvn, dk, dv, dbeta, dg, L, Lp, NT, H: tl.constexpr, K: tl.constexpr,
+            V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr,
+            PREC: tl.constexpr):
+    """Through u = U - W S, W = T diag(beta exp(G)) K, U = T diag(beta) V and T = (I + A)^-1: dv, and the parts
+    of dk, dbeta and dG, one program per chunk."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     o_t = tl.arange(0, BT)
@@ -187,82 +190,107 @@ def _bwd_chunk(q, k, v, beta, gc, T, h, dh, vn, dvn, do, dq, dk, dv, dbeta, dg, 
     m_t = t < L
     o_k = tl.arange(0, BK)
     m_k = o_k < K
-    m = m_t[:, None] & m_k[None, :]
-    p_qk = ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :]
-    b_q = tl.load(q + p_qk, mask=m, other=0.).to(tl.float32)
-    b_k = tl.load(k + p_qk, mask=m, other=0.).to(tl.float32)
     b_beta = tl.load(beta + (i_b * L + t) * H + i_h, mask=m_t, other=0.).to(tl.float32)
-    b_g = tl.load(gc + (i_b * Lp + t) * H + i_h)
-    b_gl = tl.load(gc + (i_b * Lp + i_t * BT + BT - 1) * H + i_h)
-    b_T = tl.load(T + (i_bh * Lp + t[:, None]) * BT + o_t[None, :])
-    b_dq = tl.zeros([BT, BK], dtype=tl.float32)  # dO S^T
-    b_dkd = tl.zeros([BT, BK], dtype=tl.float32)  # u dS'^T, the gradient of K exp(G_C - G)
+    b_T = tl.load(T + (i_bh * Lp + t[:, None]) * BT + o_t[None, :]).to(DT)
     b_dw = tl.zeros([BT, BK], dtype=tl.float32)  # du S^T = -dW
-    b_dp = tl.zeros([BT, BT], dtype=tl.float32)  # dO u^T
-    b_dt = tl.zeros([BT, BT], dtype=tl.float32)  # dT through U
+    b_dt = tl.zeros([BT, BT], dtype=tl.float32)  # dT
     b_db = tl.zeros([BT], dtype=tl.float32)
-    b_hdh = tl.zeros([BK], dtype=tl.float32)
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
         p_tv = ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
-        b_do = tl.load(do + p_tv, mask=m_tv, other=0.).to(DT)
         b_v = tl.load(v + p_tv, mask=m_tv, other=0.).to(tl.float32)
-        b_vn = tl.load(vn + (i_bh * Lp + t[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.)
-        b_dvn = tl.load(dvn + (i_bh * Lp + t[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.)
+        b_dvn = tl.load(dvn + (i_bh * Lp + t[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.).to(DT)
+        b_h = tl.load(h + (i_bh * NT + i_t) * K * V + o_v[:, None] + o_k[None, :] * V,
+                      mask=m_v[:, None] & m_k[None, :], other=0.)  # (BV, BK): the state transposed
+        b_dw += tl.dot(b_dvn, b_h.to(DT), input_precision=PREC)
+        b_dy = tl.dot(tl.trans(b_T), b_dvn, input_precision=PREC)  # T^T du
+        tl.store(dv + p_tv, (b_dy * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_tv)
+        b_db += tl.sum(b_dy * b_v, 1)
+        b_dt += tl.dot(b_dvn, tl.trans((b_v * b_beta[:, None]).to(DT)), input_precision=PREC)
+    p_qk = ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :]
+    m = m_t[:, None] & m_k[None, :]
+    b_k = tl.load(k + p_qk, mask=m, other=0.).to(tl.float32)
+    b_g = tl.load(gc + (i_b * Lp + t) * H + i_h)
+    b_eg = tl.exp(b_g)
+    strict = o_t[:, None] > o_t[None, :]
+    # dX = T^T dW with X = diag(beta exp(G)) K; dT += dW X^T.
+    b_dx = -tl.dot(tl.trans(b_T), b_dw.to(DT), input_precision=PREC)
+    b_dk = b_dx * (b_beta * b_eg)[:, None]
+    b_xk = tl.sum(b_dx * b_k, 1) * b_eg
+    b_db += b_xk
+    b_dg = b_xk * b_beta
+    b_dt -= tl.dot(b_dw.to(DT), tl.trans((b_k * (b_beta * b_eg)[:, None]).to(DT)), input_precision=PREC)
+    # dA = -T^T dT T^T on the strictly lower triangle, A_ij = beta_i (k_i . k_j) exp(G_i - G_j).
+    b_da = -tl.dot(tl.dot(tl.trans(b_T), b_dt.to(DT), input_precision=PREC).to(DT), tl.trans(b_T),
+                   input_precision=PREC)
+    b_da = tl.where(strict, b_da * tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], 0.)), 0.)
+    b_dakk = b_da * tl.dot(b_k.to(DT), tl.trans(b_k.to(DT)), input_precision=PREC)
+    b_db += tl.sum(b_dakk, 1)
+    b_za = b_dakk * b_beta[:, None]  # dA * A
+    b_dg += tl.sum(b_za, 1) - tl.sum(b_za, 0)
+    b_p = (b_da * b_beta[:, None]).to(DT)
+    b_dk += (tl.dot(b_p, b_k.to(DT), input_precision=PREC)
+             + tl.dot(tl.trans(b_p), b_k.to(DT), input_precision=PREC))
+    tl.store(dk + p_qk, b_dk, mask=m)
+    tl.store(dbeta + (i_b * L + t) * H + i_h, b_db, mask=m_t)
+    tl.store(dg + (i_b * Lp + t) * H + i_h, b_dg)
+
+
+@triton.jit
+def _bwd_qk(q, k, gc, h, dh, vn, do, dq, dk, dg, scale, L, Lp, NT, H: tl.constexpr, K: tl.constexpr,
+            V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr,
+            PREC: tl.constexpr):
+    """Through the outputs and the memory leaving the chunk: dq, and the rest of dk and dG, one program per chunk."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t = tl.arange(0, BT)
+    t = i_t * BT + o_t
+    m_t = t < L
+    o_k = tl.arange(0, BK)
+    m_k = o_k < K
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)  # dO S^T
+    b_dkd = tl.zeros([BT, BK], dtype=tl.float32)  # u dS'^T, the gradient of K exp(G_C - G)
+    b_dp = tl.zeros([BT, BT], dtype=tl.float32)  # dO u^T
+    b_hdh = tl.zeros([BK], dtype=tl.float32)
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        b_do = tl.load(do + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+                       other=0.).to(DT)
+        b_vn = tl.load(vn + (i_bh * Lp + t[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.).to(DT)
         p_h = (i_bh * NT + i_t) * K * V + o_v[:, None] + o_k[None, :] * V  # (BV, BK): the state transposed
         m_h = m_v[:, None] & m_k[None, :]
         b_h = tl.load(h + p_h, mask=m_h, other=0.)
         b_dh = tl.load(dh + p_h, mask=m_h, other=0.)
         b_dq += tl.dot(b_do, b_h.to(DT), input_precision=PREC)
-        b_dp += tl.dot(b_do, tl.trans(b_vn.to(DT)), input_precision=PREC)
-        b_dkd += tl.dot(b_vn.to(DT), b_dh.to(DT), input_precision=PREC)
-        b_dw += tl.dot(b_dvn.to(DT), b_h.to(DT), input_precision=PREC)
+        b_dp += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
+        b_dkd += tl.dot(b_vn, b_dh.to(DT), input_precision=PREC)
         b_hdh += tl.sum(b_h * b_dh, 0)
-        b_dy = tl.dot(tl.trans(b_T.to(DT)), b_dvn.to(DT), input_precision=PREC)  # T^T du
-        tl.store(dv + p_tv, (b_dy * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_tv)
-        b_db += tl.sum(b_dy * b_v, 1)
-        b_dt += tl.dot(b_dvn.to(DT), tl.trans((b_v * b_beta[:, None]).to(DT)), input_precision=PREC)
-    b_eg = tl.exp(b_g)
+    p_qk = ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :]
+    m = m_t[:, None] & m_k[None, :]
+    b_q = tl.load(q + p_qk, mask=m, other=0.).to(tl.float32)
+    b_k = tl.load(k + p_qk, mask=m, other=0.).to(tl.float32)
+    b_g = tl.load(gc + (i_b * Lp + t) * H + i_h)
+    b_gl = tl.load(gc + (i_b * Lp + i_t * BT + BT - 1) * H + i_h)
     causal = o_t[:, None] >= o_t[None, :]
-    strict = o_t[:, None] > o_t[None, :]
-    # Through the outputs: the memory entering the chunk and the scores inside it.
-    b_dq = b_dq * (b_eg * scale)[:, None]
+    # o = scale ((Q exp(G)) S + (Q K^T o exp(G_i - G_j))_{j <= i} u)
+    b_dq = b_dq * (tl.exp(b_g) * scale)[:, None]
     b_dg = tl.sum(b_q * b_dq, 1)
     b_dps = tl.where(causal, b_dp * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.)) * scale, 0.)
     b_dq += tl.dot(b_dps.to(DT), b_k.to(DT), input_precision=PREC)
-    b_dk = tl.dot(tl.trans(b_dps.to(DT)), b_q.to(DT), input_precision=PREC)
     b_z = b_dps * tl.dot(b_q.to(DT), tl.trans(b_k.to(DT)), input_precision=PREC)
     b_dg += tl.sum(b_z, 1) - tl.sum(b_z, 0)
-    # Through the memory leaving the chunk: exp(G_C) S + (K exp(G_C - G))^T u.
+    tl.store(dq + p_qk, b_dq, mask=m)
+    # S' = exp(G_C) S + (K exp(G_C - G))^T u
     b_kdec = tl.exp(b_gl - b_g)
-    b_dk += b_dkd * b_kdec[:, None]
+    b_dk = tl.dot(tl.trans(b_dps.to(DT)), b_q.to(DT), input_precision=PREC) + b_dkd * b_kdec[:, None]
     b_zk = tl.sum(b_dkd * b_k, 1) * b_kdec
     b_dg -= b_zk
-    b_dgl = tl.sum(b_hdh, 0) * tl.exp(b_gl) + tl.sum(b_zk, 0)
-    # Through W = T diag(beta exp(G)) K (dW = -b_dw) and U = T diag(beta) V.
-    b_dx = -tl.dot(tl.trans(b_T.to(DT)), b_dw.to(DT), input_precision=PREC)
-    b_dk += b_dx * (b_beta * b_eg)[:, None]
-    b_xk = tl.sum(b_dx * b_k, 1) * b_eg
-    b_db += b_xk
-    b_dg += b_xk * b_beta
-    b_dt -= tl.dot(b_dw.to(DT), tl.trans((b_k * (b_beta * b_eg)[:, None]).to(DT)), input_precision=PREC)
-    # Through T = (I + A)^-1: dA = -T^T dT T^T on the strictly lower triangle.
-    b_da = -tl.dot(tl.dot(tl.trans(b_T.to(DT)), b_dt.to(DT)).to(DT), tl.trans(b_T.to(DT)), input_precision=PREC)
-    b_dakd = tl.where(strict, b_da * tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], 0.)), 0.)
-    b_dakd = b_dakd * tl.dot(b_k.to(DT), tl.trans(b_k.to(DT)), input_precision=PREC)  # dA_ij (k_i . k_j) exp(G_i - G_j)
-    b_db += tl.sum(b_dakd, 1)
-    b_za = b_dakd * b_beta[:, None]  # dA * A
-    b_dg += tl.sum(b_za, 1) - tl.sum(b_za, 0)
-    b_p = tl.where(strict, b_da * tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], 0.)), 0.) * b_beta[:, None]
-    b_dk += (tl.dot(b_p.to(DT), b_k.to(DT), input_precision=PREC)
-             + tl.dot(tl.trans(b_p.to(DT)), b_k.to(DT), input_precision=PREC))
-    b_dg += tl.where(o_t == BT - 1, b_dgl, 0.)
-    tl.store(dq + p_qk, b_dq, mask=m)
-    tl.store(dk + p_qk, b_dk, mask=m)
-    tl.store(dbeta + (i_b * L + t) * H + i_h, b_db, mask=m_t)
-    tl.store(dg + (i_b * Lp + t) * H + i_h, b_dg)
+    b_dg += tl.where(o_t == BT - 1, tl.sum(b_hdh, 0) * tl.exp(b_gl) + tl.sum(b_zk, 0), 0.)
+    tl.store(dk + p_qk, b_dk + tl.load(dk + p_qk, mask=m, other=0.), mask=m)
+    tl.store(dg + (i_b * Lp + t) * H + i_h, b_dg + tl.load(dg + (i_b * Lp + t) * H + i_h))
 
 
 def _dot_args(t: torch.Tensor) -> dict:
@@ -353,9 +381,10 @@ class _GatedDeltaRule(torch.autograd.Function):
         dv = torch.empty_like(v)
         dbeta = beta.new_empty(beta.shape, dtype=torch.float32)
         dg = gc.new_empty(gc.shape)
-        _bwd_chunk[(n_chunks, batch * heads)](
-            q, k, v, beta, gc, T, h, dh, vn, dvn, do, dq, dk, dv, dbeta, dg, scale, length, lp, n_chunks, heads,
-            key_dim, value_dim, BT=BT, BK=bk, BV=bv, **dt, num_warps=8)
+        _bwd_wy[(n_chunks, batch * heads)](k, v, beta, gc, T, h, dvn, dk, dv, dbeta, dg, length, lp, n_chunks, heads,
+                                           key_dim, value_dim, BT=BT, BK=bk, BV=bv, **dt, num_warps=8, num_stages=2)
+        _bwd_qk[(n_chunks, batch * heads)](q, k, gc, h, dh, vn, do, dq, dk, dg, scale, length, lp, n_chunks, heads,
+                                           key_dim, value_dim, BT=BT, BK=bk, BV=bv, **dt, num_warps=8, num_stages=2)
         dlog_alpha = None
         if ctx.has_log_alpha:
             dg = dg.view(batch, n_chunks, BT, heads).flip(2).cumsum(2).flip(2)
