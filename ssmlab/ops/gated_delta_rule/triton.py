@@ -45,15 +45,22 @@ def _fwd_wy(k, v, beta, gc, T, w, u, L, Lp, H: tl.constexpr, K: tl.constexpr, V:
             BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
+    k += (i_b * L * H + i_h) * K
+    v += (i_b * L * H + i_h) * V
+    beta += i_b * L * H + i_h
+    gc += i_b * Lp * H + i_h
+    T += i_bh * Lp * BT
+    w += i_bh * Lp * K
+    u += i_bh * Lp * V
     o_t = tl.arange(0, BT)
     t = i_t * BT + o_t
     m_t = t < L
     o_k = tl.arange(0, BK)
     m_k = o_k < K
-    b_k = tl.load(k + ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+    b_k = tl.load(k + t[:, None] * (H * K) + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
                   other=0.)
-    b_beta = tl.load(beta + (i_b * L + t) * H + i_h, mask=m_t, other=0.).to(tl.float32)
-    b_g = tl.load(gc + (i_b * Lp + t) * H + i_h)
+    b_beta = tl.load(beta + t * H, mask=m_t, other=0.).to(tl.float32)
+    b_g = tl.load(gc + t * H)
     strict = o_t[:, None] > o_t[None, :]
     b_a = tl.dot(b_k.to(DT), tl.trans(b_k.to(DT)), input_precision=PREC) * b_beta[:, None]
     b_a = tl.where(strict, b_a * tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], 0.)), 0.)
@@ -62,17 +69,17 @@ def _fwd_wy(k, v, beta, gc, T, w, u, L, Lp, H: tl.constexpr, K: tl.constexpr, V:
     for i in range(1, BT):
         b_ai = tl.sum(tl.where(o_t[:, None] == i, b_a, 0.), 0)  # A_i., (BT,)
         b_T = tl.where(o_t[:, None] == i, b_T - tl.sum(b_ai[:, None] * b_T, 0)[None, :], b_T)
-    tl.store(T + (i_bh * Lp + t[:, None]) * BT + o_t[None, :], b_T)
+    tl.store(T + t[:, None] * BT + o_t[None, :], b_T)
     b_x = (b_k * (b_beta * tl.exp(b_g))[:, None]).to(DT)
     b_w = tl.dot(b_T.to(DT), b_x, input_precision=PREC)
-    tl.store(w + (i_bh * Lp + t[:, None]) * K + o_k[None, :], b_w, mask=m_k[None, :])
+    tl.store(w + t[:, None] * K + o_k[None, :], b_w, mask=m_k[None, :])
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
-        b_v = tl.load(v + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+        b_v = tl.load(v + t[:, None] * (H * V) + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                       other=0.)
         b_u = tl.dot(b_T.to(DT), (b_v * b_beta[:, None]).to(DT), input_precision=PREC)
-        tl.store(u + (i_bh * Lp + t[:, None]) * V + o_v[None, :], b_u, mask=m_v[None, :])
+        tl.store(u + t[:, None] * V + o_v[None, :], b_u, mask=m_v[None, :])
 
 
 @triton.jit
@@ -81,6 +88,11 @@ def _fwd_h(k, w, u, gc, h, vn, h0, ht, L, Lp, NT, H: tl.constexpr, K: tl.constex
            PREC: tl.constexpr):
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
+    k += (i_b * L * H + i_h) * K
+    gc += i_b * Lp * H + i_h
+    w += i_bh * Lp * K
+    u += i_bh * Lp * V
+    vn += i_bh * Lp * V
     o_t = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -94,14 +106,14 @@ def _fwd_h(k, w, u, gc, h, vn, h0, ht, L, Lp, NT, H: tl.constexpr, K: tl.constex
         tl.store(h + (i_bh * NT + i_t) * K * V + p_kv, b_s, mask=m_kv)
         t = i_t * BT + o_t
         m_t = t < L
-        b_w = tl.load(w + (i_bh * Lp + t[:, None]) * K + o_k[None, :], mask=m_k[None, :], other=0.)
-        b_u = tl.load(u + (i_bh * Lp + t[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.)
+        b_w = tl.load(w + t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.)
+        b_u = tl.load(u + t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.)
         b_vn = b_u - tl.dot(b_w.to(DT), b_s.to(DT), input_precision=PREC)
-        tl.store(vn + (i_bh * Lp + t[:, None]) * V + o_v[None, :], b_vn, mask=m_v[None, :])
-        b_k = tl.load(k + ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+        tl.store(vn + t[:, None] * V + o_v[None, :], b_vn, mask=m_v[None, :])
+        b_k = tl.load(k + t[:, None] * (H * K) + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
                       other=0.)
-        b_g = tl.load(gc + (i_b * Lp + t) * H + i_h)
-        b_gl = tl.load(gc + (i_b * Lp + i_t * BT + BT - 1) * H + i_h)
+        b_g = tl.load(gc + t * H)
+        b_gl = tl.load(gc + (i_t * BT + BT - 1) * H)
         b_kd = (b_k * tl.exp(b_gl - b_g)[:, None]).to(DT)
         b_s = b_s * tl.exp(b_gl) + tl.dot(tl.trans(b_kd), b_vn.to(DT), input_precision=PREC)
     tl.store(ht + i_bh * K * V + p_kv, b_s, mask=m_kv)
@@ -112,6 +124,11 @@ def _fwd_o(q, k, gc, h, vn, o, scale, L, Lp, NT, H: tl.constexpr, K: tl.constexp
            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
+    q += (i_b * L * H + i_h) * K
+    k += (i_b * L * H + i_h) * K
+    o += (i_b * L * H + i_h) * V
+    gc += i_b * Lp * H + i_h
+    vn += i_bh * Lp * V
     o_t = tl.arange(0, BT)
     t = i_t * BT + o_t
     m_t = t < L
@@ -120,18 +137,18 @@ def _fwd_o(q, k, gc, h, vn, o, scale, L, Lp, NT, H: tl.constexpr, K: tl.constexp
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
     m = m_t[:, None] & m_k[None, :]
-    b_q = tl.load(q + ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m, other=0.)
-    b_k = tl.load(k + ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m, other=0.)
-    b_g = tl.load(gc + (i_b * Lp + t) * H + i_h)
+    b_q = tl.load(q + t[:, None] * (H * K) + o_k[None, :], mask=m, other=0.)
+    b_k = tl.load(k + t[:, None] * (H * K) + o_k[None, :], mask=m, other=0.)
+    b_g = tl.load(gc + t * H)
     b_h = tl.load(h + (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :],
                   other=0.)
     b_o = tl.dot((b_q * tl.exp(b_g)[:, None]).to(DT), b_h.to(DT), input_precision=PREC)
     causal = o_t[:, None] >= o_t[None, :]
     b_sc = tl.dot(b_q.to(DT), tl.trans(b_k.to(DT)), input_precision=PREC)
     b_sc = tl.where(causal, b_sc * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.)), 0.)
-    b_vn = tl.load(vn + (i_bh * Lp + t[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.)
+    b_vn = tl.load(vn + t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.)
     b_o += tl.dot(b_sc.to(DT), b_vn.to(DT), input_precision=PREC)
-    tl.store(o + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty),
+    tl.store(o + t[:, None] * (H * V) + o_v[None, :], (b_o * scale).to(o.dtype.element_ty),
              mask=m_t[:, None] & m_v[None, :])
 
 
@@ -141,6 +158,12 @@ def _bwd_dhu(q, k, w, gc, do, dh, dvn, dht, dh0, scale, L, Lp, NT, H: tl.constex
              HAS_DH0: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     i_v, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
+    q += (i_b * L * H + i_h) * K
+    k += (i_b * L * H + i_h) * K
+    do += (i_b * L * H + i_h) * V
+    gc += i_b * Lp * H + i_h
+    w += i_bh * Lp * K
+    dvn += i_bh * Lp * V
     o_t = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -157,19 +180,19 @@ def _bwd_dhu(q, k, w, gc, do, dh, dvn, dht, dh0, scale, L, Lp, NT, H: tl.constex
         t = i_t * BT + o_t
         m_t = t < L
         m = m_t[:, None] & m_k[None, :]
-        b_q = tl.load(q + ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m, other=0.)
-        b_k = tl.load(k + ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m, other=0.)
-        b_w = tl.load(w + (i_bh * Lp + t[:, None]) * K + o_k[None, :], mask=m_k[None, :], other=0.)
-        b_do = tl.load(do + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+        b_q = tl.load(q + t[:, None] * (H * K) + o_k[None, :], mask=m, other=0.)
+        b_k = tl.load(k + t[:, None] * (H * K) + o_k[None, :], mask=m, other=0.)
+        b_w = tl.load(w + t[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0.)
+        b_do = tl.load(do + t[:, None] * (H * V) + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                        other=0.)
-        b_g = tl.load(gc + (i_b * Lp + t) * H + i_h)
-        b_gl = tl.load(gc + (i_b * Lp + i_t * BT + BT - 1) * H + i_h)
+        b_g = tl.load(gc + t * H)
+        b_gl = tl.load(gc + (i_t * BT + BT - 1) * H)
         b_sc = tl.dot(b_q.to(DT), tl.trans(b_k.to(DT)), input_precision=PREC)
         b_sc = tl.where(causal, b_sc * tl.exp(tl.where(causal, b_g[:, None] - b_g[None, :], 0.)) * scale, 0.)
         b_kd = (b_k * tl.exp(b_gl - b_g)[:, None]).to(DT)
         b_dvn = (tl.dot(tl.trans(b_sc.to(DT)), b_do.to(DT), input_precision=PREC)
                  + tl.dot(b_kd, b_ds.to(DT), input_precision=PREC))
-        tl.store(dvn + (i_bh * Lp + t[:, None]) * V + o_v[None, :], b_dvn, mask=m_v[None, :])
+        tl.store(dvn + t[:, None] * V + o_v[None, :], b_dvn, mask=m_v[None, :])
         b_qg = (b_q * (tl.exp(b_g) * scale)[:, None]).to(DT)
         b_ds = (b_ds * tl.exp(b_gl) + tl.dot(tl.trans(b_qg), b_do.to(DT), input_precision=PREC)
                 - tl.dot(tl.trans(b_w.to(DT)), b_dvn.to(DT), input_precision=PREC))
@@ -185,23 +208,29 @@ def _bwd_wy(k, v, beta, gc, T, h, dvn, dk, dv, dbeta, dg, L, Lp, NT, H: tl.const
     of dk, dbeta and dG, one program per chunk."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
+    beta += i_b * L * H + i_h
+    gc += i_b * Lp * H + i_h
+    dbeta += i_b * L * H + i_h
+    dg += i_b * Lp * H + i_h
+    T += i_bh * Lp * BT
+    dvn += i_bh * Lp * V
     o_t = tl.arange(0, BT)
     t = i_t * BT + o_t
     m_t = t < L
     o_k = tl.arange(0, BK)
     m_k = o_k < K
-    b_beta = tl.load(beta + (i_b * L + t) * H + i_h, mask=m_t, other=0.).to(tl.float32)
-    b_T = tl.load(T + (i_bh * Lp + t[:, None]) * BT + o_t[None, :]).to(DT)
+    b_beta = tl.load(beta + t * H, mask=m_t, other=0.).to(tl.float32)
+    b_T = tl.load(T + t[:, None] * BT + o_t[None, :]).to(DT)
     b_dw = tl.zeros([BT, BK], dtype=tl.float32)  # du S^T = -dW
     b_dt = tl.zeros([BT, BT], dtype=tl.float32)  # dT
     b_db = tl.zeros([BT], dtype=tl.float32)
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
-        p_tv = ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :]
+        p_tv = (i_b * L * H + i_h) * V + t[:, None] * (H * V) + o_v[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
         b_v = tl.load(v + p_tv, mask=m_tv, other=0.).to(tl.float32)
-        b_dvn = tl.load(dvn + (i_bh * Lp + t[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.).to(DT)
+        b_dvn = tl.load(dvn + t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.).to(DT)
         b_h = tl.load(h + (i_bh * NT + i_t) * K * V + o_v[:, None] + o_k[None, :] * V,
                       mask=m_v[:, None] & m_k[None, :], other=0.)  # (BV, BK): the state transposed
         b_dw += tl.dot(b_dvn, b_h.to(DT), input_precision=PREC)
@@ -209,10 +238,10 @@ def _bwd_wy(k, v, beta, gc, T, h, dvn, dk, dv, dbeta, dg, L, Lp, NT, H: tl.const
         tl.store(dv + p_tv, (b_dy * b_beta[:, None]).to(dv.dtype.element_ty), mask=m_tv)
         b_db += tl.sum(b_dy * b_v, 1)
         b_dt += tl.dot(b_dvn, tl.trans((b_v * b_beta[:, None]).to(DT)), input_precision=PREC)
-    p_qk = ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :]
+    p_qk = (i_b * L * H + i_h) * K + t[:, None] * (H * K) + o_k[None, :]
     m = m_t[:, None] & m_k[None, :]
     b_k = tl.load(k + p_qk, mask=m, other=0.).to(tl.float32)
-    b_g = tl.load(gc + (i_b * Lp + t) * H + i_h)
+    b_g = tl.load(gc + t * H)
     b_eg = tl.exp(b_g)
     strict = o_t[:, None] > o_t[None, :]
     # dX = T^T dW with X = diag(beta exp(G)) K; dT += dW X^T.
@@ -234,8 +263,8 @@ def _bwd_wy(k, v, beta, gc, T, h, dvn, dk, dv, dbeta, dg, L, Lp, NT, H: tl.const
     b_dk += (tl.dot(b_p, b_k.to(DT), input_precision=PREC)
              + tl.dot(tl.trans(b_p), b_k.to(DT), input_precision=PREC))
     tl.store(dk + p_qk, b_dk, mask=m)
-    tl.store(dbeta + (i_b * L + t) * H + i_h, b_db, mask=m_t)
-    tl.store(dg + (i_b * Lp + t) * H + i_h, b_dg)
+    tl.store(dbeta + t * H, b_db, mask=m_t)
+    tl.store(dg + t * H, b_dg)
 
 
 @triton.jit
@@ -245,6 +274,10 @@ def _bwd_qk(q, k, gc, h, dh, vn, do, dq, dk, dg, scale, L, Lp, NT, H: tl.constex
     """Through the outputs and the memory leaving the chunk: dq, and the rest of dk and dG, one program per chunk."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
+    do += (i_b * L * H + i_h) * V
+    gc += i_b * Lp * H + i_h
+    dg += i_b * Lp * H + i_h
+    vn += i_bh * Lp * V
     o_t = tl.arange(0, BT)
     t = i_t * BT + o_t
     m_t = t < L
@@ -257,9 +290,9 @@ def _bwd_qk(q, k, gc, h, dh, vn, do, dq, dk, dg, scale, L, Lp, NT, H: tl.constex
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
-        b_do = tl.load(do + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+        b_do = tl.load(do + t[:, None] * (H * V) + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                        other=0.).to(DT)
-        b_vn = tl.load(vn + (i_bh * Lp + t[:, None]) * V + o_v[None, :], mask=m_v[None, :], other=0.).to(DT)
+        b_vn = tl.load(vn + t[:, None] * V + o_v[None, :], mask=m_v[None, :], other=0.).to(DT)
         p_h = (i_bh * NT + i_t) * K * V + o_v[:, None] + o_k[None, :] * V  # (BV, BK): the state transposed
         m_h = m_v[:, None] & m_k[None, :]
         b_h = tl.load(h + p_h, mask=m_h, other=0.)
@@ -268,12 +301,12 @@ def _bwd_qk(q, k, gc, h, dh, vn, do, dq, dk, dg, scale, L, Lp, NT, H: tl.constex
         b_dp += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
         b_dkd += tl.dot(b_vn, b_dh.to(DT), input_precision=PREC)
         b_hdh += tl.sum(b_h * b_dh, 0)
-    p_qk = ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :]
+    p_qk = (i_b * L * H + i_h) * K + t[:, None] * (H * K) + o_k[None, :]
     m = m_t[:, None] & m_k[None, :]
     b_q = tl.load(q + p_qk, mask=m, other=0.).to(tl.float32)
     b_k = tl.load(k + p_qk, mask=m, other=0.).to(tl.float32)
-    b_g = tl.load(gc + (i_b * Lp + t) * H + i_h)
-    b_gl = tl.load(gc + (i_b * Lp + i_t * BT + BT - 1) * H + i_h)
+    b_g = tl.load(gc + t * H)
+    b_gl = tl.load(gc + (i_t * BT + BT - 1) * H)
     causal = o_t[:, None] >= o_t[None, :]
     # o = scale ((Q exp(G)) S + (Q K^T o exp(G_i - G_j))_{j <= i} u)
     b_dq = b_dq * (tl.exp(b_g) * scale)[:, None]
@@ -290,7 +323,7 @@ def _bwd_qk(q, k, gc, h, dh, vn, do, dq, dk, dg, scale, L, Lp, NT, H: tl.constex
     b_dg -= b_zk
     b_dg += tl.where(o_t == BT - 1, tl.sum(b_hdh, 0) * tl.exp(b_gl) + tl.sum(b_zk, 0), 0.)
     tl.store(dk + p_qk, b_dk + tl.load(dk + p_qk, mask=m, other=0.), mask=m)
-    tl.store(dg + (i_b * Lp + t) * H + i_h, b_dg + tl.load(dg + (i_b * Lp + t) * H + i_h))
+    tl.store(dg + t * H, b_dg + tl.load(dg + t * H))
 
 
 def _dot_args(t: torch.Tensor) -> dict:

@@ -51,6 +51,9 @@ def _fwd_h(k, v, gc, h, h0, ht, L, Lp, NT, H: tl.constexpr, K: tl.constexpr, V: 
     NV: tl.constexpr = (V + BV - 1) // BV
     i_k, i_v = i_kv // NV, i_kv % NV
     i_b, i_h = i_bh // H, i_bh % H
+    k += (i_b * L * H + i_h) * K
+    v += (i_b * L * H + i_h) * V
+    gc += (i_b * Lp * H + i_h) * K
     o_t = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -64,12 +67,12 @@ def _fwd_h(k, v, gc, h, h0, ht, L, Lp, NT, H: tl.constexpr, K: tl.constexpr, V: 
         tl.store(h + (i_bh * NT + i_t) * K * V + p_kv, b_s, mask=m_kv)
         t = i_t * BT + o_t
         m_t = t < L
-        b_k = tl.load(k + ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+        b_k = tl.load(k + t[:, None] * (H * K) + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
                       other=0.)
-        b_v = tl.load(v + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+        b_v = tl.load(v + t[:, None] * (H * V) + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                       other=0.)
-        b_g = tl.load(gc + ((i_b * Lp + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.)
-        b_gl = tl.load(gc + ((i_b * Lp + i_t * BT + BT - 1) * H + i_h) * K + o_k, mask=m_k, other=0.)
+        b_g = tl.load(gc + t[:, None] * (H * K) + o_k[None, :], mask=m_k[None, :], other=0.)
+        b_gl = tl.load(gc + (i_t * BT + BT - 1) * (H * K) + o_k, mask=m_k, other=0.)
         b_kd = (b_k * tl.exp(b_gl[None, :] - b_g)).to(DT)
         b_s = b_s * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_kd), b_v.to(DT), input_precision=PREC)
     tl.store(ht + i_bh * K * V + p_kv, b_s, mask=m_kv)
@@ -81,30 +84,34 @@ def _fwd_a(q, k, gc, A, L, Lp, H: tl.constexpr, K: tl.constexpr, BT: tl.constexp
     i_tc, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_t, i_i = i_tc // NC, i_tc % NC
     i_b, i_h = i_bh // H, i_bh % H
+    q += (i_b * L * H + i_h) * K
+    gc += (i_b * Lp * H + i_h) * K
+    k += (i_b * L * H + i_h) * K
+    A += i_bh * Lp * BT
     o_c = tl.arange(0, BC)
     o_k = tl.arange(0, BK)
     m_k = o_k < K
     t_i = i_t * BT + i_i * BC + o_c
     m_i = t_i < L
-    b_q = tl.load(q + ((i_b * L + t_i[:, None]) * H + i_h) * K + o_k[None, :], mask=m_i[:, None] & m_k[None, :],
+    b_q = tl.load(q + t_i[:, None] * (H * K) + o_k[None, :], mask=m_i[:, None] & m_k[None, :],
                   other=0.)
-    b_gi = tl.load(gc + ((i_b * Lp + t_i[:, None]) * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.)
-    b_gr = tl.load(gc + ((i_b * Lp + i_t * BT + i_i * BC) * H + i_h) * K + o_k, mask=m_k, other=0.)
+    b_gi = tl.load(gc + t_i[:, None] * (H * K) + o_k[None, :], mask=m_k[None, :], other=0.)
+    b_gr = tl.load(gc + (i_t * BT + i_i * BC) * (H * K) + o_k, mask=m_k, other=0.)
     b_qg = (b_q * tl.exp(b_gi - b_gr[None, :])).to(DT)
-    p_a = A + (i_bh * Lp + t_i[:, None]) * BT
+    p_a = A + t_i[:, None] * BT
     for i_j in range(0, i_i):
         t_j = i_t * BT + i_j * BC + o_c
-        b_kj = tl.load(k + ((i_b * L + t_j[:, None]) * H + i_h) * K + o_k[None, :],
+        b_kj = tl.load(k + t_j[:, None] * (H * K) + o_k[None, :],
                        mask=(t_j < L)[:, None] & m_k[None, :], other=0.)
-        b_gj = tl.load(gc + ((i_b * Lp + t_j[:, None]) * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.)
+        b_gj = tl.load(gc + t_j[:, None] * (H * K) + o_k[None, :], mask=m_k[None, :], other=0.)
         b_kg = (b_kj * tl.exp(b_gr[None, :] - b_gj)).to(DT)
         tl.store(p_a + i_j * BC + o_c[None, :], tl.dot(b_qg, tl.trans(b_kg), input_precision=PREC))
     b_a = tl.zeros([BC, BC], dtype=tl.float32)
     b_qf = b_q.to(tl.float32)
     for j in range(BC):
         t = i_t * BT + i_i * BC + j
-        b_kj = tl.load(k + ((i_b * L + t) * H + i_h) * K + o_k, mask=m_k & (o_k * 0 + t < L), other=0.).to(tl.float32)
-        b_gj = tl.load(gc + ((i_b * Lp + t) * H + i_h) * K + o_k, mask=m_k, other=0.)
+        b_kj = tl.load(k + t * (H * K) + o_k, mask=m_k & (o_k * 0 + t < L), other=0.).to(tl.float32)
+        b_gj = tl.load(gc + t * (H * K) + o_k, mask=m_k, other=0.)
         on = o_c[:, None] >= j
         col = tl.sum(b_qf * b_kj[None, :] * tl.exp(tl.where(on, b_gi - b_gj[None, :], 0.)), 1)
         b_a = tl.where(o_c[None, :] == j, tl.where(o_c >= j, col, 0.)[:, None], b_a)
@@ -116,6 +123,11 @@ def _fwd_o(q, v, gc, h, A, o, scale, L, Lp, NT, H: tl.constexpr, K: tl.constexpr
            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
+    q += (i_b * L * H + i_h) * K
+    gc += (i_b * Lp * H + i_h) * K
+    v += (i_b * L * H + i_h) * V
+    o += (i_b * L * H + i_h) * V
+    A += i_bh * Lp * BT
     o_t = tl.arange(0, BT)
     t = i_t * BT + o_t
     m_t = t < L
@@ -125,17 +137,17 @@ def _fwd_o(q, v, gc, h, A, o, scale, L, Lp, NT, H: tl.constexpr, K: tl.constexpr
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
-        b_q = tl.load(q + ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+        b_q = tl.load(q + t[:, None] * (H * K) + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
                       other=0.)
-        b_g = tl.load(gc + ((i_b * Lp + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.)
+        b_g = tl.load(gc + t[:, None] * (H * K) + o_k[None, :], mask=m_k[None, :], other=0.)
         b_h = tl.load(h + (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :],
                       mask=m_k[:, None] & m_v[None, :], other=0.)
         b_o += tl.dot((b_q * tl.exp(b_g)).to(DT), b_h.to(DT), input_precision=PREC)
-    b_a = tl.load(A + (i_bh * Lp + t[:, None]) * BT + o_t[None, :])
-    b_v = tl.load(v + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+    b_a = tl.load(A + t[:, None] * BT + o_t[None, :])
+    b_v = tl.load(v + t[:, None] * (H * V) + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                   other=0.)
     b_o += tl.dot(b_a.to(DT), b_v.to(DT), input_precision=PREC)
-    tl.store(o + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty),
+    tl.store(o + t[:, None] * (H * V) + o_v[None, :], (b_o * scale).to(o.dtype.element_ty),
              mask=m_t[:, None] & m_v[None, :])
 
 
@@ -147,6 +159,9 @@ def _bwd_dh(q, do, gc, dh, dht, dh0, scale, L, Lp, NT, H: tl.constexpr, K: tl.co
     NV: tl.constexpr = (V + BV - 1) // BV
     i_k, i_v = i_kv // NV, i_kv % NV
     i_b, i_h = i_bh // H, i_bh % H
+    q += (i_b * L * H + i_h) * K
+    do += (i_b * L * H + i_h) * V
+    gc += (i_b * Lp * H + i_h) * K
     o_t = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -161,12 +176,12 @@ def _bwd_dh(q, do, gc, dh, dht, dh0, scale, L, Lp, NT, H: tl.constexpr, K: tl.co
         tl.store(dh + (i_bh * NT + i_t) * K * V + p_kv, b_ds, mask=m_kv)
         t = i_t * BT + o_t
         m_t = t < L
-        b_q = tl.load(q + ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+        b_q = tl.load(q + t[:, None] * (H * K) + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
                       other=0.)
-        b_do = tl.load(do + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+        b_do = tl.load(do + t[:, None] * (H * V) + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                        other=0.)
-        b_g = tl.load(gc + ((i_b * Lp + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.)
-        b_gl = tl.load(gc + ((i_b * Lp + i_t * BT + BT - 1) * H + i_h) * K + o_k, mask=m_k, other=0.)
+        b_g = tl.load(gc + t[:, None] * (H * K) + o_k[None, :], mask=m_k[None, :], other=0.)
+        b_gl = tl.load(gc + (i_t * BT + BT - 1) * (H * K) + o_k, mask=m_k, other=0.)
         b_qg = (b_q * tl.exp(b_g) * scale).to(DT)
         b_ds = b_ds * tl.exp(b_gl)[:, None] + tl.dot(tl.trans(b_qg), b_do.to(DT), input_precision=PREC)
     if HAS_DH0:
@@ -178,6 +193,9 @@ def _bwd_da(v, do, dA, scale, L, Lp, H: tl.constexpr, V: tl.constexpr, BT: tl.co
             DT: tl.constexpr, PREC: tl.constexpr):
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
+    do += (i_b * L * H + i_h) * V
+    v += (i_b * L * H + i_h) * V
+    dA += i_bh * Lp * BT
     o_t = tl.arange(0, BT)
     t = i_t * BT + o_t
     m_t = t < L
@@ -185,11 +203,12 @@ def _bwd_da(v, do, dA, scale, L, Lp, H: tl.constexpr, V: tl.constexpr, BT: tl.co
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m = m_t[:, None] & (o_v < V)[None, :]
-        b_do = tl.load(do + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], mask=m, other=0.)
-        b_v = tl.load(v + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], mask=m, other=0.)
+        p_tv = t[:, None] * (H * V) + o_v[None, :]
+        b_do = tl.load(do + p_tv, mask=m, other=0.)
+        b_v = tl.load(v + p_tv, mask=m, other=0.)
         b_da += tl.dot(b_do.to(DT), tl.trans(b_v.to(DT)), input_precision=PREC)
     b_da = tl.where(o_t[:, None] >= o_t[None, :], b_da * scale, 0.)
-    tl.store(dA + (i_bh * Lp + t[:, None]) * BT + o_t[None, :], b_da)
+    tl.store(dA + t[:, None] * BT + o_t[None, :], b_da)
 
 
 @triton.jit
@@ -197,27 +216,32 @@ def _bwd_dv(k, do, gc, dh, A, dv, scale, L, Lp, NT, H: tl.constexpr, K: tl.const
             BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
+    do += (i_b * L * H + i_h) * V
+    k += (i_b * L * H + i_h) * K
+    gc += (i_b * Lp * H + i_h) * K
+    dv += (i_b * L * H + i_h) * V
+    A += i_bh * Lp * BT
     o_t = tl.arange(0, BT)
     t = i_t * BT + o_t
     m_t = t < L
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
-    b_do = tl.load(do + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+    b_do = tl.load(do + t[:, None] * (H * V) + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                    other=0.)
-    b_a = tl.load(A + (i_bh * Lp + t[:, None]) * BT + o_t[None, :]) * scale
+    b_a = tl.load(A + t[:, None] * BT + o_t[None, :]) * scale
     b_dv = tl.dot(tl.trans(b_a.to(DT)), b_do.to(DT), input_precision=PREC)
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
-        b_k = tl.load(k + ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+        b_k = tl.load(k + t[:, None] * (H * K) + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
                       other=0.)
-        b_g = tl.load(gc + ((i_b * Lp + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.)
-        b_gl = tl.load(gc + ((i_b * Lp + i_t * BT + BT - 1) * H + i_h) * K + o_k, mask=m_k, other=0.)
+        b_g = tl.load(gc + t[:, None] * (H * K) + o_k[None, :], mask=m_k[None, :], other=0.)
+        b_gl = tl.load(gc + (i_t * BT + BT - 1) * (H * K) + o_k, mask=m_k, other=0.)
         b_dh = tl.load(dh + (i_bh * NT + i_t) * K * V + o_k[:, None] * V + o_v[None, :],
                        mask=m_k[:, None] & m_v[None, :], other=0.)
         b_kd = (b_k * tl.exp(b_gl[None, :] - b_g)).to(DT)
         b_dv += tl.dot(b_kd, b_dh.to(DT), input_precision=PREC)
-    tl.store(dv + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], b_dv.to(dv.dtype.element_ty),
+    tl.store(dv + t[:, None] * (H * V) + o_v[None, :], b_dv.to(dv.dtype.element_ty),
              mask=m_t[:, None] & m_v[None, :])
 
 
@@ -227,33 +251,36 @@ def _bwd_dqk_intra(q, k, gc, dA, dq, dk, L, Lp, H: tl.constexpr, K: tl.constexpr
     i_tc, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_t, i_i = i_tc // NC, i_tc % NC
     i_b, i_h = i_bh // H, i_bh % H
+    gc += (i_b * Lp * H + i_h) * K
+    k += (i_b * L * H + i_h) * K
+    q += (i_b * L * H + i_h) * K
     o_c = tl.arange(0, BC)
     o_k = tl.arange(0, BK)
     m_k = o_k < K
     t_i = i_t * BT + i_i * BC + o_c
     m_i = t_i < L
-    b_gi = tl.load(gc + ((i_b * Lp + t_i[:, None]) * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.)
+    b_gi = tl.load(gc + t_i[:, None] * (H * K) + o_k[None, :], mask=m_k[None, :], other=0.)
     p_da = dA + i_bh * Lp * BT
     # dq_i = sum_{j <= i} dA_ij k_j exp(G_i - G_j); earlier sub-chunks through the first position r of this one.
-    b_gr = tl.load(gc + ((i_b * Lp + i_t * BT + i_i * BC) * H + i_h) * K + o_k, mask=m_k, other=0.)
+    b_gr = tl.load(gc + (i_t * BT + i_i * BC) * (H * K) + o_k, mask=m_k, other=0.)
     b_dq = tl.zeros([BC, BK], dtype=tl.float32)
     for i_j in range(0, i_i):
         t_j = i_t * BT + i_j * BC + o_c
-        b_kj = tl.load(k + ((i_b * L + t_j[:, None]) * H + i_h) * K + o_k[None, :],
+        b_kj = tl.load(k + t_j[:, None] * (H * K) + o_k[None, :],
                        mask=(t_j < L)[:, None] & m_k[None, :], other=0.)
-        b_gj = tl.load(gc + ((i_b * Lp + t_j[:, None]) * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.)
+        b_gj = tl.load(gc + t_j[:, None] * (H * K) + o_k[None, :], mask=m_k[None, :], other=0.)
         b_kg = (b_kj * tl.exp(b_gr[None, :] - b_gj)).to(DT)
         b_da = tl.load(p_da + t_i[:, None] * BT + i_j * BC + o_c[None, :])
         b_dq += tl.dot(b_da.to(DT), b_kg, input_precision=PREC)
     b_dq *= tl.exp(b_gi - b_gr[None, :])
     # dk_j = sum_{i >= j} dA_ij q_i exp(G_i - G_j); later sub-chunks through the last position n of this one.
-    b_gn = tl.load(gc + ((i_b * Lp + i_t * BT + i_i * BC + BC - 1) * H + i_h) * K + o_k, mask=m_k, other=0.)
+    b_gn = tl.load(gc + (i_t * BT + i_i * BC + BC - 1) * (H * K) + o_k, mask=m_k, other=0.)
     b_dk = tl.zeros([BC, BK], dtype=tl.float32)
     for i_j in range(i_i + 1, NC):
         t_j = i_t * BT + i_j * BC + o_c
-        b_qj = tl.load(q + ((i_b * L + t_j[:, None]) * H + i_h) * K + o_k[None, :],
+        b_qj = tl.load(q + t_j[:, None] * (H * K) + o_k[None, :],
                        mask=(t_j < L)[:, None] & m_k[None, :], other=0.)
-        b_gj = tl.load(gc + ((i_b * Lp + t_j[:, None]) * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.)
+        b_gj = tl.load(gc + t_j[:, None] * (H * K) + o_k[None, :], mask=m_k[None, :], other=0.)
         b_qg = (b_qj * tl.exp(b_gj - b_gn[None, :])).to(DT)
         b_da = tl.load(p_da + t_j[:, None] * BT + i_i * BC + o_c[None, :])
         b_dk += tl.dot(tl.trans(b_da.to(DT)), b_qg, input_precision=PREC)
@@ -261,9 +288,9 @@ def _bwd_dqk_intra(q, k, gc, dA, dq, dk, L, Lp, H: tl.constexpr, K: tl.constexpr
     # The diagonal sub-chunk, one position at a time in log space.
     for j in range(BC):
         t = i_t * BT + i_i * BC + j
-        b_kj = tl.load(k + ((i_b * L + t) * H + i_h) * K + o_k, mask=m_k & (o_k * 0 + t < L), other=0.).to(tl.float32)
-        b_qj = tl.load(q + ((i_b * L + t) * H + i_h) * K + o_k, mask=m_k & (o_k * 0 + t < L), other=0.).to(tl.float32)
-        b_gj = tl.load(gc + ((i_b * Lp + t) * H + i_h) * K + o_k, mask=m_k, other=0.)
+        b_kj = tl.load(k + t * (H * K) + o_k, mask=m_k & (o_k * 0 + t < L), other=0.).to(tl.float32)
+        b_qj = tl.load(q + t * (H * K) + o_k, mask=m_k & (o_k * 0 + t < L), other=0.).to(tl.float32)
+        b_gj = tl.load(gc + t * (H * K) + o_k, mask=m_k, other=0.)
         b_dacol = tl.load(p_da + t_i * BT + i_i * BC + j)  # dA_{i, j}, (BC,)
         b_darow = tl.load(p_da + t * BT + i_i * BC + o_c)  # dA_{j, i}, (BC,)
         below = o_c[:, None] >= j
@@ -272,7 +299,7 @@ def _bwd_dqk_intra(q, k, gc, dA, dq, dk, L, Lp, H: tl.constexpr, K: tl.constexpr
         above = o_c[:, None] <= j
         b_dk += tl.where(above, b_darow[:, None] * b_qj[None, :] * tl.exp(tl.where(above, b_gj[None, :] - b_gi, 0.)),
                          0.)
-    p = ((i_b * L + t_i[:, None]) * H + i_h) * K + o_k[None, :]
+    p = (i_b * L * H + i_h) * K + t_i[:, None] * (H * K) + o_k[None, :]
     m = m_i[:, None] & m_k[None, :]
     tl.store(dq + p, b_dq, mask=m)
     tl.store(dk + p, b_dk, mask=m)
@@ -284,6 +311,9 @@ def _bwd_dqk_inter(q, k, v, do, gc, h, dh, dq, dk, dg, scale, L, Lp, NT, H: tl.c
                    PREC: tl.constexpr):
     i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
+    do += (i_b * L * H + i_h) * V
+    v += (i_b * L * H + i_h) * V
+    gc += (i_b * Lp * H + i_h) * K
     t = i_t * BT + tl.arange(0, BT)
     m_t = t < L
     o_k = i_k * BK + tl.arange(0, BK)
@@ -293,18 +323,18 @@ def _bwd_dqk_inter(q, k, v, do, gc, h, dh, dq, dk, dg, scale, L, Lp, NT, H: tl.c
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m = m_t[:, None] & (o_v < V)[None, :]
-        b_do = tl.load(do + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], mask=m, other=0.)
-        b_v = tl.load(v + ((i_b * L + t[:, None]) * H + i_h) * V + o_v[None, :], mask=m, other=0.)
+        b_do = tl.load(do + t[:, None] * (H * V) + o_v[None, :], mask=m, other=0.)
+        b_v = tl.load(v + t[:, None] * (H * V) + o_v[None, :], mask=m, other=0.)
         p_h = (i_bh * NT + i_t) * K * V + o_v[:, None] + o_k[None, :] * V  # (BV, BK): the state transposed
         m_h = (o_v < V)[:, None] & m_k[None, :]
         b_h = tl.load(h + p_h, mask=m_h, other=0.)
         b_dh = tl.load(dh + p_h, mask=m_h, other=0.)
         b_dq += tl.dot(b_do.to(DT), b_h.to(DT), input_precision=PREC)
         b_dk += tl.dot(b_v.to(DT), b_dh.to(DT), input_precision=PREC)
-    p = ((i_b * L + t[:, None]) * H + i_h) * K + o_k[None, :]
+    p = (i_b * L * H + i_h) * K + t[:, None] * (H * K) + o_k[None, :]
     m = m_t[:, None] & m_k[None, :]
-    b_g = tl.load(gc + ((i_b * Lp + t[:, None]) * H + i_h) * K + o_k[None, :], mask=m_k[None, :], other=0.)
-    b_gl = tl.load(gc + ((i_b * Lp + i_t * BT + BT - 1) * H + i_h) * K + o_k, mask=m_k, other=0.)
+    b_g = tl.load(gc + t[:, None] * (H * K) + o_k[None, :], mask=m_k[None, :], other=0.)
+    b_gl = tl.load(gc + (i_t * BT + BT - 1) * (H * K) + o_k, mask=m_k, other=0.)
     b_dq = b_dq * tl.exp(b_g) * scale + tl.load(dq + p, mask=m, other=0.)
     b_dk = b_dk * tl.exp(b_gl[None, :] - b_g) + tl.load(dk + p, mask=m, other=0.)
     b_q = tl.load(q + p, mask=m, other=0.).to(tl.float32)
