@@ -5,8 +5,9 @@ log-decay inside a chunk (float32, a cumsum in torch) and ``S`` the memory enter
 the forward kernels are (the algorithm of the ``torch`` backend, see ``ssmlab.ops.gated_delta_rule``):
 
 * ``_fwd_wy``, one program per chunk: ``A_ij = beta_i (k_i . k_j) exp(G_i - G_j)`` for
-  j < i (a ``tl.dot`` of the keys), ``T = (I + A)^-1`` by forward substitution over the
-  rows, and the WY factors ``W = T diag(beta exp(G)) K`` and ``U = T diag(beta) V``.
+  j < i (a ``tl.dot`` of the keys), ``T = (I + A)^-1`` (forward substitution inside
+  blocks of 16 positions, the blocks joined by four matrix products), and the WY
+  factors ``W = T diag(beta exp(G)) K`` and ``U = T diag(beta) V``.
 * ``_fwd_h``, one program per (value block, batch x head) walking the chunks in order:
   stores ``S``, the corrected values ``u = U - W S`` and passes
   ``S <- exp(G_C) S + (K exp(G_C - G))^T u``; the last is the final state.
@@ -38,11 +39,12 @@ from triton.runtime.interpreter import InterpretedFunction
 from ssmlab.ops.gated_delta_rule.reference import compute_dtype
 
 BT = 64  # positions per chunk
+BC = 16  # positions per block of the triangular solve
 
 
 @triton.jit
 def _fwd_wy(k, v, beta, gc, T, w, u, L, Lp, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-            BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+            BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     i_t, i_bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
     i_b, i_h = i_bh // H, i_bh % H
     k += (i_b * L * H + i_h) * K
@@ -64,11 +66,20 @@ def _fwd_wy(k, v, beta, gc, T, w, u, L, Lp, H: tl.constexpr, K: tl.constexpr, V:
     strict = o_t[:, None] > o_t[None, :]
     b_a = tl.dot(b_k.to(DT), tl.trans(b_k.to(DT)), input_precision=PREC) * b_beta[:, None]
     b_a = tl.where(strict, b_a * tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], 0.)), 0.)
-    # T = (I + A)^-1, A strictly lower triangular: row i of T is e_i - sum_{j < i} A_ij T_j.
-    b_T = tl.where(o_t[:, None] == o_t[None, :], 1., 0.)
-    for i in range(1, BT):
-        b_ai = tl.sum(tl.where(o_t[:, None] == i, b_a, 0.), 0)  # A_i., (BT,)
-        b_T = tl.where(o_t[:, None] == i, b_T - tl.sum(b_ai[:, None] * b_T, 0)[None, :], b_T)
+    # T = (I + A)^-1, A strictly lower triangular, in blocks of BC positions. First the inverse D of the block
+    # diagonal I + A_d by forward substitution, the BT // BC blocks at once: row i is e_i - sum_j (A_d)_ij D_j over
+    # the earlier rows j of its block. Then I + A = (I + A_d)(I + N) with N = D A_o (A_o: the blocks below the
+    # diagonal), strictly block lower, so N^4 = 0 for 4 blocks and T = (I - N)(I + N^2) D.
+    same = (o_t[:, None] // BC) == (o_t[None, :] // BC)
+    eye = tl.where(o_t[:, None] == o_t[None, :], 1., 0.)
+    b_ad = tl.where(same, b_a, 0.)
+    b_d = eye
+    for r in range(1, BC):
+        rows = (o_t % BC == r)[:, None]
+        b_d = tl.where(rows, b_d - tl.dot(tl.where(rows, b_ad, 0.), b_d, input_precision=PREC), b_d)
+    b_n = tl.dot(b_d, tl.where(same, 0., b_a), input_precision=PREC)
+    b_T = tl.dot(tl.dot(eye - b_n, eye + tl.dot(b_n, b_n, input_precision=PREC), input_precision=PREC), b_d,
+                 input_precision=PREC)
     tl.store(T + t[:, None] * BT + o_t[None, :], b_T)
     b_x = (b_k * (b_beta * tl.exp(b_g))[:, None]).to(DT)
     b_w = tl.dot(b_T.to(DT), b_x, input_precision=PREC)
@@ -377,7 +388,7 @@ class _GatedDeltaRule(torch.autograd.Function):
         w = q.new_empty(batch * heads, lp, key_dim, dtype=torch.float32)
         u = q.new_empty(batch * heads, lp, value_dim, dtype=torch.float32)
         _fwd_wy[(n_chunks, batch * heads)](k, v, beta, gc, T, w, u, length, lp, heads, key_dim, value_dim, BT=BT,
-                                           BK=bk, BV=bv, **dt)
+                                           BC=BC, BK=bk, BV=bv, **dt)
         h, vn, ht = _states(k, w, u, gc, h0, n_chunks, bk, bv, dt)
         o = torch.empty_like(v)
         _fwd_o[(triton.cdiv(value_dim, bv), n_chunks, batch * heads)](
