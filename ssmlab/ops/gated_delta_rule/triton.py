@@ -40,6 +40,7 @@ from ssmlab.ops.gated_delta_rule.reference import compute_dtype
 
 BT = 64  # positions per chunk
 BC = 16  # positions per block of the triangular solve
+WIDE = dict(num_warps=8, num_stages=2)  # the launch of every kernel here: many live tiles
 
 
 @triton.jit
@@ -366,9 +367,10 @@ def _states(k, w, u, gc, h0, n_chunks, bk, bv, dt):
     h = k.new_empty(batch * heads, n_chunks, key_dim, value_dim, dtype=torch.float32)
     vn = torch.empty_like(u)
     ht = k.new_empty(batch, heads, key_dim, value_dim, dtype=torch.float32)
+    bv = min(32, bv)  # more programs for the sequential pass, and fewer live registers
     _fwd_h[(triton.cdiv(value_dim, bv), batch * heads)](
         k, w, u, gc, h, vn, h0 if h0 is not None else ht, ht, length, gc.shape[1], n_chunks, heads, key_dim,
-        value_dim, BT=BT, BK=bk, BV=bv, HAS_H0=h0 is not None, **dt)
+        value_dim, BT=BT, BK=bk, BV=bv, HAS_H0=h0 is not None, **dt, **WIDE)
     return h, vn, ht
 
 
@@ -388,11 +390,12 @@ class _GatedDeltaRule(torch.autograd.Function):
         w = q.new_empty(batch * heads, lp, key_dim, dtype=torch.float32)
         u = q.new_empty(batch * heads, lp, value_dim, dtype=torch.float32)
         _fwd_wy[(n_chunks, batch * heads)](k, v, beta, gc, T, w, u, length, lp, heads, key_dim, value_dim, BT=BT,
-                                           BC=BC, BK=bk, BV=bv, **dt)
+                                           BC=BC, BK=bk, BV=bv, **dt, **WIDE)
         h, vn, ht = _states(k, w, u, gc, h0, n_chunks, bk, bv, dt)
         o = torch.empty_like(v)
         _fwd_o[(triton.cdiv(value_dim, bv), n_chunks, batch * heads)](
-            q, k, gc, h, vn, o, scale, length, lp, n_chunks, heads, key_dim, value_dim, BT=BT, BK=bk, BV=bv, **dt)
+            q, k, gc, h, vn, o, scale, length, lp, n_chunks, heads, key_dim, value_dim, BT=BT, BK=bk, BV=bv, **dt,
+            **WIDE)
         ctx.save_for_backward(q, k, v, beta, gc, h0, T, w, u)
         ctx.scale = scale
         ctx.has_log_alpha = log_alpha is not None
@@ -416,19 +419,19 @@ class _GatedDeltaRule(torch.autograd.Function):
         dh0 = torch.empty_like(h0, dtype=torch.float32) if h0 is not None else None
         if dht is not None:
             dht = dht.contiguous()
-        _bwd_dhu[(triton.cdiv(value_dim, bv), batch * heads)](
+        _bwd_dhu[(triton.cdiv(value_dim, min(32, bv)), batch * heads)](
             q, k, w, gc, do, dh, dvn, dht if dht is not None else ht, dh0 if dh0 is not None else ht, scale, length,
-            lp, n_chunks, heads, key_dim, value_dim, BT=BT, BK=bk, BV=bv, HAS_DHT=dht is not None,
-            HAS_DH0=h0 is not None, **dt)
+            lp, n_chunks, heads, key_dim, value_dim, BT=BT, BK=bk, BV=min(32, bv), HAS_DHT=dht is not None,
+            HAS_DH0=h0 is not None, **dt, **WIDE)
         dq = q.new_empty(q.shape, dtype=torch.float32)
         dk = torch.empty_like(dq)
         dv = torch.empty_like(v)
         dbeta = beta.new_empty(beta.shape, dtype=torch.float32)
         dg = gc.new_empty(gc.shape)
         _bwd_wy[(n_chunks, batch * heads)](k, v, beta, gc, T, h, dvn, dk, dv, dbeta, dg, length, lp, n_chunks, heads,
-                                           key_dim, value_dim, BT=BT, BK=bk, BV=bv, **dt, num_warps=8, num_stages=2)
+                                           key_dim, value_dim, BT=BT, BK=bk, BV=bv, **dt, **WIDE)
         _bwd_qk[(n_chunks, batch * heads)](q, k, gc, h, dh, vn, do, dq, dk, dg, scale, length, lp, n_chunks, heads,
-                                           key_dim, value_dim, BT=BT, BK=bk, BV=bv, **dt, num_warps=8, num_stages=2)
+                                           key_dim, value_dim, BT=BT, BK=bk, BV=bv, **dt, **WIDE)
         dlog_alpha = None
         if ctx.has_log_alpha:
             dg = dg.view(batch, n_chunks, BT, heads).flip(2).cumsum(2).flip(2)

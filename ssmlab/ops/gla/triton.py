@@ -41,6 +41,7 @@ from ssmlab.ops.gla.reference import compute_dtype
 
 BT = 64  # positions per chunk
 BC = 16  # positions per sub-chunk
+WIDE = dict(num_warps=8, num_stages=2)  # the launch of the kernels with the most live tiles
 
 
 @triton.jit
@@ -395,7 +396,7 @@ class _GLA(torch.autograd.Function):
         o = torch.empty_like(v)
         _fwd_o[(triton.cdiv(value_dim, bv), n_chunks, batch * heads)](
             q, v, gc, h, A, o, scale, length, gc.shape[1], n_chunks, heads, key_dim, value_dim, BT=BT, BK=bk, BV=bv,
-            **dt)
+            **dt, **WIDE)
         ctx.save_for_backward(q, k, v, gc, h0, A, ht)
         ctx.scale = scale
         ctx.g_dtype = g.dtype
@@ -420,12 +421,13 @@ class _GLA(torch.autograd.Function):
         _bwd_dh[(triton.cdiv(key_dim, bk) * triton.cdiv(value_dim, bv), batch * heads)](
             q, do, gc, dh, dht if dht is not None else ht, dh0 if dh0 is not None else ht, scale, length, lp,
             n_chunks, heads, key_dim, value_dim, BT=BT, BK=bk, BV=bv, HAS_DHT=dht is not None, HAS_DH0=h0 is not None,
-            **dt)
+            **dt, **WIDE)
         dA = torch.empty_like(A)
         _bwd_da[(n_chunks, batch * heads)](v, do, dA, scale, length, lp, heads, value_dim, BT=BT, **dt, BV=bv)
         dv = torch.empty_like(v)
         _bwd_dv[(triton.cdiv(value_dim, bv), n_chunks, batch * heads)](
-            k, do, gc, dh, A, dv, scale, length, lp, n_chunks, heads, key_dim, value_dim, BT=BT, BK=bk, BV=bv, **dt)
+            k, do, gc, dh, A, dv, scale, length, lp, n_chunks, heads, key_dim, value_dim, BT=BT, BK=bk, BV=bv, **dt,
+            **WIDE)
         dq = q.new_empty(q.shape, dtype=torch.float32)
         dk = torch.empty_like(dq)
         _bwd_dqk_intra[(n_chunks * (BT // BC), batch * heads)](q, k, gc, dA, dq, dk, length, lp, heads, key_dim,
@@ -433,7 +435,7 @@ class _GLA(torch.autograd.Function):
         dg = torch.empty_like(dq)
         _bwd_dqk_inter[(triton.cdiv(key_dim, bk), n_chunks, batch * heads)](
             q, k, v, do, gc, h, dh, dq, dk, dg, scale, length, lp, n_chunks, heads, key_dim, value_dim,
-            BT=BT, **dt, BK=bk, BV=bv)
+            BT=BT, **dt, BK=bk, BV=bv, **WIDE)
         dg = dg.flip(1).cumsum(1).flip(1)
         if dht is not None:
             dg = dg + (dht * ht).sum(-1)[:, None]
