@@ -8,7 +8,7 @@ from ssmlab.ops import gated_delta_rule, gated_delta_rule_step
 from ssmlab.ops.gated_delta_rule import gated_delta_rule_op
 from tests.utils import LENGTHS, assert_backend_grads_match, assert_close
 
-BACKENDS = list(gated_delta_rule_op.backends)
+BACKENDS = [name for name in gated_delta_rule_op.backends if name != "triton"]  # triton: its own test file
 
 
 def _inputs(length, batch=2, heads=2, key_dim=3, value_dim=4, seed=0):

@@ -40,9 +40,15 @@ Backends, computing the same function:
   O(L C (K + V) + L K V), memory O(B H L C) besides the inputs; any chunk size, any L.
   Chunks are taken in groups of about 2^20 elements per intermediate, so that a
   short sequence is one group and a large batch stays in cache.
+* ``triton``: the same chunkwise WY form as Triton kernels, forward and backward, in
+  chunks of 64 (see ``ssmlab/ops/gated_delta_rule/triton.py``); chosen by default on
+  CUDA tensors when Triton is importable, on the CPU only by name under
+  ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
+
+import importlib
 
 from ssmlab.ops._checks import check_heads, check_keys_values, check_tensor, resolve_scale
 from ssmlab.ops._dispatch import Op
@@ -72,7 +78,7 @@ def gated_delta_rule(q, k, v, beta, *, log_alpha=None, scale: float | None = Non
         initial_state: (B, H, K, V) memory before the first position; zeros when None.
         return_final_state: also return the memory after the last position.
         chunk_size: positions per chunk of the ``torch`` backend (any L works).
-        backend: "reference" or "torch"; see the module docstring.
+        backend: "reference", "torch" or "triton"; see the module docstring.
 
     Returns:
         ``o`` (B, L, H, V) in ``v``'s dtype, or ``(o, final_state)`` with state
@@ -104,3 +110,6 @@ def gated_delta_rule_step(q, k, v, beta, state, *, log_alpha=None, scale: float 
 
 from ssmlab.ops.gated_delta_rule import reference as _reference  # noqa: E402  (registers the backend)
 from ssmlab.ops.gated_delta_rule import torch as _torch_backend  # noqa: E402,F401
+
+gated_delta_rule_op.register_triton(
+    lambda: importlib.import_module("ssmlab.ops.gated_delta_rule.triton").gated_delta_rule_triton)

@@ -38,9 +38,15 @@ Backends, computing the same function:
   memory O(B H L (C + K)) besides the inputs; any chunk size, any L. Chunks are
   taken in groups of about 2^20 elements per intermediate, so that a short
   sequence is one group and a large batch stays in cache.
+* ``triton``: the same chunkwise form as Triton kernels, forward and backward, in
+  chunks of 64 with the paper's secondary chunking in sub-chunks of 16 (see
+  ``ssmlab/ops/gla/triton.py``); chosen by default on CUDA tensors when Triton is
+  importable, on the CPU only by name under ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
+
+import importlib
 
 from ssmlab.ops._checks import check_heads, check_keys_values, check_tensor, resolve_scale
 from ssmlab.ops._dispatch import Op
@@ -60,7 +66,7 @@ def gla(q, k, v, log_decay, *, scale: float | None = None, initial_state=None, r
 
     ``q``, ``k`` (B, L, H, K), ``v`` (B, L, H, V) and ``log_decay`` (B, L, H, K), the per-key log
     forget gates g <= 0. ``scale``, ``initial_state`` (B, H, K, V), ``return_final_state``,
-    ``chunk_size`` (of the ``torch`` backend) and ``backend`` ("reference" or "torch") are as in
+    ``chunk_size`` (of the ``torch`` backend) and ``backend`` ("reference", "torch" or "triton") are as in
     :func:`ssmlab.ops.gated_delta_rule`; so is what it returns: ``o`` (B, L, H, V) in ``v``'s
     dtype, and with ``return_final_state`` the memory after the last position, float32 at least.
     """
@@ -89,3 +95,5 @@ def gla_step(q, k, v, log_decay, state, *, scale: float | None = None):
 
 from ssmlab.ops.gla import reference as _reference  # noqa: E402  (registers the backend)
 from ssmlab.ops.gla import torch as _torch_backend  # noqa: E402,F401
+
+gla_op.register_triton(lambda: importlib.import_module("ssmlab.ops.gla.triton").gla_triton)
