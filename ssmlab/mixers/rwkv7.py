@@ -60,8 +60,8 @@ class RWKV7(LengthsInForward, Mixer):
 
     Args:
         d_model: width D (the official ``n_embd``; the key and value widths are D too).
-        head_dim: size K = V of each head (64, the official and fla's); the number of heads is
-            ``D // head_dim``.
+        head_dim: size K = V of each head (64, the official and fla's, or D when D < 64); the number
+            of heads is ``D // head_dim``.
         n_heads: used instead of ``head_dim`` when given: ``head_dim = D // n_heads``.
         decay_low_rank_dim, a_low_rank_dim, gate_low_rank_dim: ranks of the LoRA projections of the
             decay, the in-context learning rate and the output gate (None: the official rules,
@@ -100,7 +100,7 @@ class RWKV7(LengthsInForward, Mixer):
 
     causal = True
 
-    def __init__(self, d_model: int, head_dim: int = 64, n_heads: int | None = None, *,
+    def __init__(self, d_model: int, head_dim: int | None = None, n_heads: int | None = None, *,
                  decay_low_rank_dim: int | None = None, a_low_rank_dim: int | None = None,
                  gate_low_rank_dim: int | None = None, layer_id: int = 0, n_layers: int = 1, norm_eps: float = 1e-5,
                  chunk_size: int = 64, backend: str | None = None, device=None, dtype=None):
@@ -109,6 +109,8 @@ class RWKV7(LengthsInForward, Mixer):
             if n_heads < 1 or d_model % n_heads:
                 raise ValueError(f"rwkv7: d_model={d_model} must be a positive multiple of n_heads={n_heads}")
             head_dim = d_model // n_heads
+        if head_dim is None:
+            head_dim = min(64, d_model)
         if head_dim < 1 or d_model % head_dim:
             raise ValueError(f"rwkv7: d_model={d_model} must be a positive multiple of head_dim={head_dim}")
         if not (isinstance(layer_id, int) and isinstance(n_layers, int) and 0 <= layer_id < n_layers):
