@@ -44,8 +44,8 @@ import torch
 CASES_DIR = Path(__file__).resolve().parent / "gpu_cases"
 
 # Peak HBM bandwidth in GB/s by a part of the device name, the first match from the top.
-PEAK_GBS = [("H200", 4800.0), ("H100 PCIe", 2000.0), ("H100 NVL", 3900.0), ("H100", 3350.0), ("H800", 3350.0),
-            ("GH200", 4000.0), ("B200", 8000.0), ("A100-SXM4-80GB", 2039.0), ("A100 80GB PCIe", 1935.0),
+PEAK_GBS = [("GH200", 4000.0), ("H200", 4800.0), ("H100 PCIe", 2000.0), ("H100 NVL", 3900.0), ("H100", 3350.0),
+            ("H800", 3350.0), ("B200", 8000.0), ("A100-SXM4-80GB", 2039.0), ("A100 80GB PCIe", 1935.0),
             ("A100", 1555.0), ("L40S", 864.0), ("RTX 4090", 1008.0)]
 
 
