@@ -116,3 +116,4 @@ def selective_scan_step(u, delta, A, B, C, state, *, D=None, z=None, delta_bias=
 
 from ssmlab.ops.selective_scan import reference as _reference  # noqa: E402  (registers the backend)
 from ssmlab.ops.selective_scan import torch as _torch_backend  # noqa: E402,F401
+from ssmlab.ops.selective_scan import numba as _numba_backend  # noqa: E402,F401
