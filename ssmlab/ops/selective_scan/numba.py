@@ -48,6 +48,11 @@ def _np(t: torch.Tensor):
     return t.detach().contiguous().numpy()
 
 
+def _split(t: torch.Tensor, groups: int) -> torch.Tensor:
+    """A contiguous tensor whose last dim is the D channels, viewed as (..., G, D / G)."""
+    return t.view(*t.shape[:-1], groups, t.shape[-1] // groups)
+
+
 def default_chunk(n_state: int, channels: int) -> int:
     """Positions per chunk of the backward pass: its (chunk, N, D) buffers near 1 MB, within [16, 64], so
     that the states kept for it, (L / chunk) B D N numbers, are no more than B L D for N <= 16."""
@@ -58,7 +63,7 @@ class _Kernel(torch.autograd.Function):
     """The whole selective scan with the compiled kernels; arguments as ``selective_scan``'s, in the computation
     dtype, with B and C grouped (Bt, L, G, N) and ``initial_state`` (Bt, D, N) never None.
 
-    The kernels keep A and the states as (N, D), so that their inner loops run over channels. Autograd keeps
+    The kernels keep A and the states as (N, G, D / G), so that their inner loops run over channels. Autograd keeps
     the inputs, the step size (in place of ``delta``) and the state entering every chunk: the softplus's
     derivative is ``sigmoid(x) = -expm1(-softplus(x))``, the gate is recomputed from ``z``.
     """
@@ -67,18 +72,19 @@ class _Kernel(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, keep):
         kernels = _kernels()
         batch, length, channels = u.shape
-        n_state = A.shape[1]
+        n_state, groups = A.shape[1], B.shape[2]
         step = delta if delta_bias is None else delta + delta_bias
         step = (F.softplus(step) if delta_softplus else step).contiguous()
         u, B, C = u.contiguous(), B.contiguous(), C.contiguous()
         skip = u.new_zeros(channels) if D is None else D.contiguous()
-        gate = u.new_empty(1, 1, 1) if z is None else F.silu(z).contiguous()
+        gate = u.new_empty(1, 1, 1, 1) if z is None else _split(F.silu(z).contiguous(), groups)
         A_t, h0_t = A.t().contiguous(), initial_state.transpose(1, 2).contiguous()  # (N, D), (Bt, N, D)
         chunk = default_chunk(n_state, channels)
         entering = u.new_empty(batch, -(-length // chunk) if keep else 0, n_state, channels)
         y, h = torch.empty_like(u), torch.empty_like(h0_t)
-        kernels.forward(*(_np(t) for t in (u, step, A_t, B, C, skip, gate)), z is not None, _np(h0_t), y.numpy(),
-                        h.numpy(), entering.numpy(), chunk, kernels.constants(y.numpy().dtype))
+        kernels.forward(*(_np(_split(t, groups)) for t in (u, step, A_t)), _np(B), _np(C), _np(_split(skip, groups)),
+                        _np(gate), z is not None, *(_split(t, groups).numpy() for t in (h0_t, y, h, entering)), chunk,
+                        kernels.constants(y.numpy().dtype))
         ctx.options = (chunk, delta_softplus, D is not None, z is not None, delta_bias is not None)
         ctx.save_for_backward(u, step, A_t, B, C, skip, z, entering)
         ctx.set_materialize_grads(False)
@@ -96,9 +102,11 @@ class _Kernel(torch.autograd.Function):
             grad_h.to(u.dtype).transpose(1, 2).contiguous()
         du, dstep, dh0, ungated = (torch.empty_like(t) for t in (u, step, grad_h, u))
         dA_t, dB, dC = torch.zeros_like(A_t), torch.empty_like(B), torch.empty_like(C)
-        kernels.backward(*(_np(t) for t in (u, step, A_t, B, C, skip, entering)), chunk, _np(grad_out), _np(grad_h),
-                         *(t.numpy() for t in (du, dstep, dA_t, dB, dC, dh0, ungated)),
-                         kernels.constants(du.numpy().dtype))
+        groups = B.shape[2]
+        split = lambda t: _split(t, groups).numpy()  # noqa: E731
+        kernels.backward(split(u), split(step), split(A_t), _np(B), _np(C), split(skip), split(entering), chunk,
+                         split(grad_out.contiguous()), split(grad_h), split(du), split(dstep), split(dA_t), dB.numpy(),
+                         dC.numpy(), split(dh0), split(ungated), kernels.constants(du.numpy().dtype))
         grad_pre = dstep * torch.expm1(-step).neg_() if softplus else dstep
         grad_z = torch.ops.aten.silu_backward(grad_y * ungated, z) if gated else None
         if has_skip:
