@@ -36,7 +36,7 @@ def test_fast_exponential():
     x = np.concatenate([np.linspace(-87.0, 88.0, 200001), [-88.5, -100.0, -1e30, 0.0, 89.0]]).astype(np.float32)
     out = np.empty_like(x)
     bits = np.empty(x.shape[0], dtype=np.int32)
-    kernels.exp_row(x, np.ones((1, x.shape[0]), np.float32), 0, out, bits, bits.view(np.float32),
+    kernels.exp_row(x[None], np.ones((1, 1, x.shape[0]), np.float32), 0, 0, out, bits, bits.view(np.float32),
                     kernels.constants(np.float32))
     want = np.exp(x[:200001].astype(np.float64))
     assert np.max(np.abs(out[:200001] - want) / want) < 2.5e-7
