@@ -20,8 +20,8 @@ reports medians of wall-clock time. The machine may be shared: the load average 
 are printed, and only ratios within one run are comparable. Nothing is installed; a missing peer
 (``pip install 'ssmlab[bench]'``) is reported and its rows skipped. llama.cpp is not compared here.
 
-    python benchmarks/cpu.py [--sections scan model step generate] [--lengths 1024] [--repeats 5]
-                             [--contexts 256 2048]
+    python benchmarks/cpu.py [--sections scan model step generate] [--lengths 1024 4096]
+                             [--backward-lengths 1024] [--repeats 5] [--contexts 256 2048]
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def load() -> str:
     return f"(load {os.getloadavg()[0]:.2f})"
 
 
-def scan_section(lengths, repeats) -> None:
+def scan_section(lengths, repeats, backward_lengths) -> None:
     batch, channels, n_state = 4, 1536, 16
     pscan = None
     if importlib.util.find_spec("mambapy"):
@@ -113,6 +113,8 @@ def scan_section(lengths, repeats) -> None:
             times = interleaved(forward, repeats)
         _print_ratios(f"selective scan forward, B={batch} D={channels} N={n_state} L={length}", times)
 
+        if length not in backward_lengths:
+            continue
         leaves = [t.clone().requires_grad_(True) for t in (u, delta, A, B, C, D)]
 
         def backward(fn):
@@ -261,6 +263,8 @@ def main() -> None:
     parser.add_argument("--sections", nargs="+", default=["scan", "model", "step", "generate"],
                         choices=["scan", "model", "step", "generate"])
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024], help="selective scan lengths")
+    parser.add_argument("--backward-lengths", type=int, nargs="+", default=[1024],
+                        help="selective scan lengths also timed forward+backward (mambapy's keeps O(B L D N) tensors)")
     parser.add_argument("--model-length", type=int, default=2048)
     parser.add_argument("--contexts", type=int, nargs="+", default=[256, 2048])
     parser.add_argument("--repeats", type=int, default=5)
@@ -268,7 +272,7 @@ def main() -> None:
     header()
     for section in args.sections:
         if section == "scan":
-            scan_section(args.lengths, args.repeats)
+            scan_section(args.lengths, args.repeats, args.backward_lengths)
         elif section == "model":
             model_section(args.model_length, args.repeats)
         elif section == "step":
