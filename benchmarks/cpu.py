@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.metadata
 import importlib.util
 import os
 import platform
@@ -64,10 +65,9 @@ def header() -> None:
         pass
     versions = {"torch": torch.__version__}
     for name in ("numba", "mambapy", "transformers"):
-        if importlib.util.find_spec(name):
-            module = __import__(name)
-            versions[name] = getattr(module, "__version__", "installed")
-        else:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
             versions[name] = "missing"
     print(f"CPU: {cpu}, nproc {os.cpu_count()}, torch threads {torch.get_num_threads()}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
