@@ -1,21 +1,24 @@
 """The selective scan as compiled loops (Numba), for the CPU: an optional accelerator, used when Numba is installed.
 
 The forward kernel walks the positions of one sequence at a time with its state in a
-small (N, D) buffer, so no (B, L, D, N) tensor is made and only the inputs, the outputs
-and, for training, the state entering every chunk of positions cross memory. The
-backward kernel goes over the chunks from the last, recomputes a chunk's states from
-the state entering it and runs the adjoint recurrence
+small (N, G, D/G) buffer, so no (B, L, D, N) tensor is made and only the inputs, the
+outputs and, for training, the state entering every chunk of positions cross memory.
+The backward kernel goes over the chunks from the last, recomputes a chunk's states
+from the state entering it and runs the adjoint recurrence
 ``g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}`` backwards through them, the
-recomputation of Mamba's fused kernel (arXiv 2312.00752, section 3.3). The inner loops
-run over channels, which the compiler vectorises. At small shapes, where the ``torch``
-backend spends its time in Python and in passes over (T, B, D, N) chunk buffers, this
-is several times faster. The step size's bias and softplus, the skip ``D u`` and the
-gate ``silu(z)`` are PyTorch operations around the kernels, differentiated by autograd.
+recomputation of Mamba's fused kernel (arXiv 2312.00752, section 3.3). Every inner loop
+runs over the channels of one group from index 0, which the compiler vectorises. The
+skip ``D u`` and the gate are applied inside the forward kernel; the step size's bias
+and softplus and the gate's ``silu(z)`` are computed by PyTorch, and the backward pass
+through them is written by hand in :class:`_Kernel`. Measured on a 2-core CPU, float32,
+against the ``torch`` backend: 3.5x faster forward at B=4, L=1024, D=1536, N=16, and
+about 4x faster forward+backward at the harness's small shapes (B=32, L=64, D=128).
 
 In float32 the exponentials are a polynomial that vectorises (``math.exp`` is a scalar
 call; see ``_numba_kernels.exp_row``); in float64, ``math.exp``. The kernels are compiled
-on first use and cached on disk by Numba. Under ``torch.compile`` and ``torch.export``
-the ``torch`` backend runs instead.
+on first use (about 12 s for float32 and 6 s more for float64 on that CPU) and cached on
+disk by Numba. Under ``torch.compile`` and ``torch.export`` the ``torch`` backend runs
+instead.
 """
 
 from __future__ import annotations
