@@ -12,7 +12,7 @@ skip ``D u`` and the gate are applied inside the forward kernel; the step size's
 and softplus and the gate's ``silu(z)`` are computed by PyTorch, and the backward pass
 through them is written by hand in :class:`_Kernel`. Measured on a 2-core CPU, float32,
 against the ``torch`` backend: 3.5x faster forward at B=4, L=1024, D=1536, N=16, and
-about 4x faster forward+backward at the harness's small shapes (B=32, L=64, D=128).
+3 to 4x faster forward+backward at the harness's small shapes (B=32, L=64, D=128).
 
 In float32 the exponentials are a polynomial that vectorises (``math.exp`` is a scalar
 call; see ``_numba_kernels.exp_row``); in float64, ``math.exp``. The kernels are compiled
