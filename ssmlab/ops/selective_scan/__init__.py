@@ -15,8 +15,9 @@ Mamba uses (ZOH for A, Euler for B).
 Computation is in float32 at least (float64 when ``u`` is float64), as in Mamba's
 kernels; ``y`` has ``u``'s dtype, the state the computation dtype.
 
-Backends: ``reference`` (the loop, the specification) and ``torch`` (default). The
-latter runs chunk by chunk, so the largest tensor it holds is one chunk (B, T, D, N),
+Backends: ``reference`` (the loop, the specification), ``torch`` (the default where
+``numba`` is absent) and ``numba`` (compiled CPU loops, available where Numba is
+installed and then the default on the CPU; see ``numba.py``). ``torch`` runs chunk by chunk, so the largest tensor it holds is one chunk (B, T, D, N),
 never (B, L, D, N); its backward pass is written by hand and recomputes each chunk
 from the state saved at the chunk's start, so training memory is O(B L D) plus a few
 chunks too (no double backward).
