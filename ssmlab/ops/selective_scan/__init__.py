@@ -18,9 +18,10 @@ kernels; ``y`` has ``u``'s dtype, the state the computation dtype.
 Backends: ``reference`` (the loop, the specification), ``torch`` (the default where
 ``numba`` is absent) and ``numba`` (compiled CPU loops, available where Numba is
 installed and then the default on the CPU; see ``numba.py``). ``torch`` runs chunk by
-chunk, so the largest tensor it holds is one chunk (B, T, D, N), never (B, L, D, N); its backward pass is written by hand and recomputes each chunk
-from the state saved at the chunk's start, so training memory is O(B L D) plus a few
-chunks too (no double backward).
+chunk, so the largest tensor it holds is one chunk (B, T, D, N), never (B, L, D, N);
+its backward pass is written by hand and recomputes each chunk from the state saved at
+the chunk's start, so training memory is O(B L D) plus a few chunks too (no double
+backward).
 """
 
 from __future__ import annotations
