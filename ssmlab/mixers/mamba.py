@@ -101,7 +101,7 @@ class Mamba(LengthsInForward, Mixer):
         return self.out_proj(y), {"conv": conv_state, "ssm": ssm_state}
 
     def _init_state(self, batch_size, *, device, dtype) -> State:
-        dtype = dtype or self.out_proj.weight.dtype
+        dtype = dtype or self.conv1d.weight.dtype  # not out_proj: dynamic quantisation replaces its weight
         return {"conv": self.conv1d.init_state(batch_size, device=device, dtype=dtype),
                 "ssm": torch.zeros(batch_size, self.d_inner, self.d_state, device=device,
                                    dtype=torch.promote_types(dtype, torch.float32))}

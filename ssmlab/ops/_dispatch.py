@@ -20,7 +20,9 @@ has one, ``triton``; so ``SSMLAB_BACKEND=torch`` means the same for every op.
 Op-specific variants keep their own names beside these (``associative`` for
 ``linear_scan``, ``quadratic`` for ``ssd``), and a name that is another name
 for a backend (``chunked``, what ``torch`` runs for ``linear_scan`` and ``ssd``)
-is registered as an alias of it. ``SSMLAB_BACKEND`` is meant for the shared
+is registered as an alias of it. A ``numba`` backend (compiled CPU loops, for
+``selective_scan``) is an optional accelerator: available only where Numba is
+installed, and then the default on CPU tensors. ``SSMLAB_BACKEND`` is meant for the shared
 names, since an op may call other ops, which read it too; an op-specific variant
 is chosen with the op's own variable (``SSMLAB_SSD_BACKEND=quadratic``) or
 ``backend=``. Every op made with :class:`Op` is listed by :func:`registered_ops`.

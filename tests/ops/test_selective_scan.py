@@ -6,8 +6,9 @@ from ssmlab.ops import selective_scan, selective_scan_step
 from ssmlab.ops.selective_scan import selective_scan_op
 from tests.utils import LENGTHS, assert_close
 
-# The triton backend has its own tests (test_selective_scan_triton.py), through Triton's interpreter.
-BACKENDS = [b for b in selective_scan_op.backends if b != "triton"]
+# The backends that can run here (``numba`` only where Numba is installed); the triton backend has its own tests
+# (test_selective_scan_triton.py), through Triton's interpreter.
+BACKENDS = [b for b in selective_scan_op.available_backends("cpu") if b != "triton"]
 FAST = [b for b in BACKENDS if b != "reference"]
 # Which optional arguments a case passes; "plain" has positive delta used as is.
 OPTIONS = {

@@ -15,12 +15,14 @@ Mamba uses (ZOH for A, Euler for B).
 Computation is in float32 at least (float64 when ``u`` is float64), as in Mamba's
 kernels; ``y`` has ``u``'s dtype, the state the computation dtype.
 
-Backends: ``reference`` (the loop, the specification), ``torch`` (default on the CPU) and
-``triton`` (Triton kernels, default on CUDA tensors; see ``triton.py``). ``torch``
-runs chunk by chunk, so the largest tensor it holds is one chunk (B, T, D, N),
-never (B, L, D, N); its backward pass is written by hand and recomputes each chunk
-from the state saved at the chunk's start, so training memory is O(B L D) plus a few
-chunks too (no double backward).
+Backends: ``reference`` (the loop, the specification), ``torch`` (the default on the
+CPU where ``numba`` is absent), ``numba`` (compiled CPU loops, available where Numba is
+installed and then the default on the CPU; see ``numba.py``) and ``triton`` (Triton
+kernels, the default on CUDA tensors; see ``triton.py``). ``torch`` runs chunk by
+chunk, so the largest tensor it holds is one chunk (B, T, D, N), never (B, L, D, N);
+its backward pass is written by hand and recomputes each chunk from the state saved at
+the chunk's start, so training memory is O(B L D) plus a few chunks too (no double
+backward).
 """
 
 from __future__ import annotations
@@ -119,6 +121,7 @@ def selective_scan_step(u, delta, A, B, C, state, *, D=None, z=None, delta_bias=
 
 from ssmlab.ops.selective_scan import reference as _reference  # noqa: E402  (registers the backend)
 from ssmlab.ops.selective_scan import torch as _torch_backend  # noqa: E402,F401
+from ssmlab.ops.selective_scan import numba as _numba_backend  # noqa: E402,F401
 
 selective_scan_op.register_triton(
     lambda: importlib.import_module("ssmlab.ops.selective_scan.triton").selective_scan_triton)

@@ -56,6 +56,11 @@ def _chunked(x, dt, A, B, C, chunk_size, initial_state):
     to_end = torch.exp(a_cum[..., -1:] - a_cum) * dtg  # (B, c, G, K, T)
     chunk_states = torch.einsum("bctgn,bcgkt,bctgkp->bcgkpn", Bc, to_end, xg)
 
+    if chunk_states.shape[1] == 1 and initial_state is None:
+        # One chunk from a zero state (short sequences): its own state is the final one and nothing enters it.
+        y = rearrange(y, "b c t g k p -> b (c t) (g k) p")[:, :length]
+        return y, rearrange(chunk_states[:, 0], "b g k p n -> b (g k) p n")
+
     # 3. The recurrence between chunks, a linear scan over them: the state after each chunk.
     chunk_decay = torch.exp(a_cum[..., -1])[..., None, None].expand_as(chunk_states)  # (B, c, G, K, P, N)
     state = xg.new_zeros(batch, groups, heads // groups, head_dim, B.shape[-1]) if initial_state is None else \

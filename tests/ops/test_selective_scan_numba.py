@@ -1,0 +1,70 @@
+"""The Numba backend of the selective scan: the default on the CPU where Numba is installed, the ``torch`` backend
+where it is not or under ``torch.compile``, and its float32 exponential. Its agreement with the reference (outputs,
+states, every gradient) is checked with the other backends in test_selective_scan.py."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from ssmlab.ops import selective_scan
+from ssmlab.ops.selective_scan import selective_scan_op
+from ssmlab.ops.selective_scan.numba import default_chunk, selective_scan_numba
+from ssmlab.ops.selective_scan.torch import selective_scan_chunked
+from tests.ops.test_selective_scan import _inputs
+from tests.utils import assert_close
+
+pytest.importorskip("numba")
+
+
+def test_numba_is_the_cpu_default_when_installed():
+    assert selective_scan_op.resolve(None, "cpu") is selective_scan_numba
+
+
+def test_torch_serves_without_numba(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numba" else real(name, *a))
+    assert "numba" not in selective_scan_op.available_backends("cpu")
+    assert selective_scan_op.resolve(None, "cpu") is selective_scan_chunked
+
+
+def test_fast_exponential():
+    """float32 kernels use a polynomial: within 2.5e-7 relative of exp over [-87, 88], 0 below -88, infinity above 89."""
+    from ssmlab.ops.selective_scan import _numba_kernels as kernels
+
+    x = np.concatenate([np.linspace(-87.0, 88.0, 200001), [-88.5, -100.0, -1e30, 0.0, 89.0]]).astype(np.float32)
+    out = np.empty_like(x)
+    bits = np.empty(x.shape[0], dtype=np.int32)
+    kernels.exp_row(x[None], np.ones((1, 1, x.shape[0]), np.float32), 0, 0, out, bits, bits.view(np.float32),
+                    kernels.constants(np.float32))
+    want = np.exp(x[:200001].astype(np.float64))
+    assert np.max(np.abs(out[:200001] - want) / want) < 2.5e-7
+    assert list(out[200001:]) == [0.0, 0.0, 0.0, 1.0, np.inf]
+
+
+@pytest.mark.parametrize("groups", [None, 2])
+def test_float32_over_several_chunks_matches_reference(groups):
+    """float32 through the polynomial exponential, L = 150 over chunks of 64, against the float64 reference:
+    outputs, final state and every gradient within 1e-4 of their scale."""
+    length, channels, n_state = 150, 8, 4
+    assert default_chunk(n_state, channels) < length
+    args, kwargs = _inputs(length, groups, channels=channels, n_state=n_state)
+    grads = {}
+    for name, dtype in (("reference", torch.float64), ("numba", torch.float32)):
+        leaves = [a.detach().to(dtype).requires_grad_(True) for a in args]
+        kw = {k: v.detach().to(dtype).requires_grad_(True) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        y, h = selective_scan(*leaves, **kw, return_final_state=True, backend=name)
+        (y.sin().sum() + h.square().sum()).backward()
+        tensors = leaves + [v for v in kw.values() if isinstance(v, torch.Tensor)]
+        grads[name] = [y, h] + [t.grad for t in tensors]
+    assert grads["numba"][0].dtype == torch.float32
+    for i, (got, want) in enumerate(zip(grads["numba"], grads["reference"])):
+        assert_close(got.double(), want, atol=1e-4 * want.abs().max().item(), name=f"output {i}")
+
+
+def test_compiled_graph_runs_the_torch_backend():
+    """Under torch.compile the Numba backend runs the ``torch`` one, so fullgraph capture works."""
+    args, kwargs = _inputs(20)
+    compiled = torch.compile(lambda *a: selective_scan(*a, **kwargs, backend="numba"), fullgraph=True, backend="eager")
+    assert_close(compiled(*args), selective_scan(*args, **kwargs, backend="reference"), atol=1e-11, name="y")
