@@ -212,7 +212,7 @@ def main() -> None:
             for backend in ["reference"] + sorted(b for b in op.available_backends("cpu")
                                                  if b != "reference" and op.backends[b].alias_of is None):
                 repeats = args.reference_repeats if backend == "reference" else args.repeats
-                if backend == "quadratic" and length > 2048:
+                if backend in ("quadratic", "parallel") and length > 2048:
                     print(f"{name:<17}{length:>6}  {backend:<12}  skipped: O(L^2) memory at this length")
                     continue
                 seconds = median_seconds(fn, backend, args.backward, repeats)
