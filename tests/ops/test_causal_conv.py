@@ -43,11 +43,16 @@ def _grads(backend, kw, activation, loss=lambda y, h: y.sin().sum() + h.square()
     return [y, state] + [torch.zeros_like(t) if t.grad is None else t.grad for t in leaves.values()], list(leaves)
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"] + ["torch-conv1d"])
 @pytest.mark.parametrize("activation", [None, "silu"])
 @pytest.mark.parametrize("width, length, bias, state", [(4, 1, True, True), (4, 2, True, True), (4, 33, False, True),
                                                         (3, 10, True, False), (1, 5, True, True), (2, 6, False, False)])
-def test_fast_matches_reference(backend, activation, width, length, bias, state):
+def test_fast_matches_reference(backend, activation, width, length, bias, state, monkeypatch):
+    """``torch`` runs these small inputs as shifted multiply-adds; ``torch-conv1d`` forces its ``F.conv1d`` path."""
+    if backend == "torch-conv1d":
+        from ssmlab.ops.causal_conv import torch as torch_backend
+        monkeypatch.setattr(torch_backend, "SHIFTED_MAX", 0)
+        backend = "torch"
     kw = _inputs(length, width, bias=bias, state=state)
     want, names = _grads("reference", kw, activation)
     got, _ = _grads(backend, kw, activation)
