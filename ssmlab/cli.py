@@ -169,7 +169,16 @@ def _cmd_run(args) -> int:
             outcomes = execute_ray(todo, config, store, suite=exp.name, address=args.address,
                                    checkpoint_root=checkpoints)
         else:
-            outcomes = execute_sweep(todo, config, store, suite=exp.name, checkpoint_root=checkpoints)
+            from ssmlab.train.sweep import default_jobs, execute_parallel
+
+            jobs = args.jobs or (default_jobs(config.device) if exp.jobs == "auto" else exp.jobs or 1)
+            jobs = min(jobs, max(1, len(todo)))
+            if jobs > 1:
+                print(f"running {jobs} runs at a time in worker processes (--jobs)", flush=True)
+                outcomes = execute_parallel(todo, config, store, suite=exp.name, jobs=jobs,
+                                            checkpoint_root=checkpoints)
+            else:
+                outcomes = execute_sweep(todo, config, store, suite=exp.name, checkpoint_root=checkpoints)
         for i, out in enumerate(outcomes, 1):
             prefix = f"[{i}/{len(todo)}] {_label(out.spec)}"
             if out.status == "failed":
@@ -513,8 +522,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the suite's)")
     p.add_argument("--report-dir", default=None, help="where the report goes (default: 'report' beside the store)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="run here one after another (default) or on a Ray cluster (needs ssmlab[ray])")
+                   help="run on this machine (default; --jobs runs at a time) or on a Ray cluster (needs ssmlab[ray])")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray instance)")
+    p.add_argument("--jobs", type=_positive, default=None,
+                   help="runs at a time with the local executor, each in its own process (default: the suite's "
+                        "jobs; 'auto' there is one per CPU core on the CPU; --jobs 1 runs them one after another here)")
     p.add_argument("--steps", type=_positive, default=None, help="optimiser steps per run (trainer.steps)")
     p.add_argument("--batch-size", type=_positive, default=None, help="batch size (trainer.batch_size)")
     p.add_argument("--lr", type=float, default=None,

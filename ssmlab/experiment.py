@@ -38,6 +38,12 @@ parameter count (head and embeddings included, as built for that task) is at
 most the budget; the smallest width when none fits. Runs record the budget, and
 the report names rows by it rather than by the width it gave.
 
+``jobs: 2`` runs two runs of the suite at a time on this machine, each in its own
+process (``jobs: auto``: one per CPU core on the CPU, one on an accelerator; the
+default is one run after another); ``ssmlab run --jobs N`` overrides it. Small
+models use one core better than two (their operations are too small to split),
+so the quick suite runs one per core.
+
 ``--set key=value`` overrides any entry by its dotted path
 (``trainer.lr=3e-4``, ``seeds=[0,1]``, ``defaults.d_model=128``,
 ``tasks=[mqar]``); the value is read as YAML, and every key and value is
@@ -120,6 +126,7 @@ class Experiment:
     lr_grid: list[float] | None = None  # the learning-rate grid of every task (read from trainer.lr_grid)
     param_budget: int | None = None  # match each model's d_model to this many parameters
     d_model_grid: list[int] = field(default_factory=lambda: list(D_MODEL_GRID))
+    jobs: int | str | None = None  # runs at a time on this machine: a number, "auto" (one per core), None: one
 
 
 # The widths a parameter budget chooses from.
@@ -213,6 +220,8 @@ def parse(raw: dict, origin: str = "experiment") -> Experiment:
             t.trainer = {k: getattr(checked, k) for k in t.trainer}
         if exp.param_budget is not None and exp.param_budget < 1:
             raise ConfigError(f"param_budget must be a positive number of parameters, got {exp.param_budget}")
+        if exp.jobs is not None and exp.jobs != "auto" and not (isinstance(exp.jobs, int) and exp.jobs >= 1):
+            raise ConfigError(f"jobs must be a positive number of runs at a time or 'auto', got {exp.jobs!r}")
         if not exp.d_model_grid or any(d < 1 for d in exp.d_model_grid):
             raise ConfigError(f"d_model_grid must be a non-empty list of positive widths, got {exp.d_model_grid}")
     except ConfigError as exc:

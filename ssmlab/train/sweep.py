@@ -1,4 +1,6 @@
-"""Run a grid of models x tasks x seeds (see ssmlab.experiment), one run after another, recording each in the store."""
+"""Run a grid of models x tasks x seeds (see ssmlab.experiment), recording each run in the store: one run after
+another in this process (:func:`execute_sweep`), several at once in worker processes on this machine
+(:func:`execute_parallel`) or on a Ray cluster (:func:`execute_ray`)."""
 
 from __future__ import annotations
 
@@ -207,6 +209,94 @@ def execute_sweep(specs: list[RunSpec], config: TrainConfig, store: ResultStore,
 def _train_remote(spec: dict, config: dict, checkpoint_root, store_id=None):
     """What a Ray worker runs: rebuild the spec and config from plain dicts and train."""
     return train_spec(RunSpec(**spec), TrainConfig(**config), checkpoint_root, store_id=store_id)
+
+
+def _train_in_worker(spec: dict, config: dict, checkpoint_root, store_id, threads: int):
+    """What a worker process of :func:`execute_parallel` runs: ``threads`` torch threads, then one run."""
+    torch.set_num_threads(threads)
+    return train_spec(RunSpec(**spec), TrainConfig(**config), checkpoint_root, store_id=store_id)
+
+
+def default_jobs(device: str = "cpu") -> int:
+    """Runs at once by default: one per CPU core on the CPU (small models use one core better than two:
+    their per-step operations are too small to split across threads), one on an accelerator."""
+    import os
+
+    if torch.device(device).type != "cpu":
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores or 1)
+
+
+def execute_parallel(specs: list[RunSpec], config: TrainConfig, store: ResultStore, *, suite: str, jobs: int,
+                     environment=None, checkpoint_root=None):
+    """Train ``specs`` ``jobs`` at a time in worker processes on this machine; yields an :class:`Outcome`
+    per spec as runs end (not in the order of ``specs``).
+
+    Each worker process uses ``cores // jobs`` torch threads (at least one). As in
+    :func:`execute_ray`, this process alone writes the store: it claims each run just before it hands
+    it to a worker, records its result or its failure, and, on Ctrl-C, records the runs in flight as
+    interrupted. A worker that dies (killed, out of memory) breaks the pool: the runs in flight are
+    recorded as failed with that reason (a sweep started again reruns them), and the sweep goes on in a
+    fresh pool.
+    """
+    import multiprocessing
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}")
+    environment = environment or environment_fingerprint()
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    cfg = asdict(config)
+    cfg["progress"] = False  # no progress bars from workers
+    root = checkpoint_root and str(checkpoint_root)
+    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's thread pools
+    queue = list(specs)
+    pending = {}
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+    try:
+        while queue or pending:
+            while queue and len(pending) < jobs:
+                spec = queue.pop(0)
+                claim = _claim(store, spec, config, suite, environment)
+                if claim.run_id is None:
+                    yield Outcome(spec, claim.other, "skipped", claim.reason)
+                    continue
+                future = pool.submit(_train_in_worker, asdict(spec), cfg, root, store.store_id, threads)
+                pending[future] = (spec, claim.run_id)
+            if not pending:
+                continue
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            broken = False
+            for future in done:
+                spec, run_id = pending.pop(future)
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    broken = True
+                    reason = "BrokenProcessPool: the worker process running it died (killed or out of memory)"
+                    store.fail_run(run_id, reason)
+                    yield Outcome(spec, run_id, "failed", reason)
+                    continue
+                except Exception as exc:
+                    reason = failure_reason(exc)
+                    store.fail_run(run_id, reason)
+                    yield Outcome(spec, run_id, "failed", reason)
+                    continue
+                _finish(store, run_id, result)
+                yield _finished(spec, run_id, result)
+            if broken:
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
+    except BaseException:
+        for future, (spec, run_id) in pending.items():
+            future.cancel()
+            store.interrupt_run(run_id)
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def check_ray_address(address: str, timeout: float = 5.0) -> None:

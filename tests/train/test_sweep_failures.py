@@ -53,3 +53,29 @@ def test_two_identical_sweeps_at_once_run_each_configuration_once(tmp_path):
     with sqlite3.connect(db) as conn:
         rows = conn.execute("SELECT model, seed, status FROM runs ORDER BY id").fetchall()
     assert sorted(rows) == sorted((m, s, "finished") for m in ("s4d", "lru") for s in (0, 1))
+
+
+def test_runs_at_a_time_in_worker_processes_record_the_same_runs(tmp_path, capsys):
+    """``jobs: 2`` trains in two worker processes: every run recorded by this process, a failing one as
+    failed with its reason, and the same metrics as one run after another (``--jobs 1``)."""
+    path = tmp_path / "exp.yaml"
+    path.write_text(f"name: par\njobs: 2\ndefaults: {{d_model: 8, n_layers: 1}}\nmodels: [s4d, {{mixer: attention, "
+                    f"options: {{mixer_options: {{n_heads: 3}}}}}}, lru]\ntasks: [{TINY_TASK}]\n"
+                    f"trainer: {{steps: 3, batch_size: 4}}\n")
+    stores = {}
+    for jobs in ("2", "1"):
+        db = tmp_path / f"r{jobs}.sqlite"
+        args = ["run", str(path), "--store", str(db), "--no-progress", "--report-dir", str(tmp_path / "rep")]
+        assert main(args + (["--jobs", "1"] if jobs == "1" else [])) == 1
+        out = capsys.readouterr().out
+        assert ("running 2 runs at a time" in out) == (jobs == "2")
+        with sqlite3.connect(db) as conn:
+            stores[jobs] = {m: (s, json.loads(x)) for m, s, x in conn.execute("SELECT model, status, metrics FROM runs")}
+    for store in stores.values():
+        assert {m: s for m, (s, _) in store.items()} == {"s4d": "finished", "attention": "failed", "lru": "finished"}
+        assert "divisible by n_heads=3" in store["attention"][1]["error"]
+    for model in ("s4d", "lru"):
+        parallel, serial = stores["2"][model][1], stores["1"][model][1]
+        assert parallel.keys() == serial.keys()
+        for key in ("test_loss", "train_loss"):
+            assert abs(parallel[key] - serial[key]) <= 1e-4 * abs(serial[key]), (model, key, parallel, serial)
