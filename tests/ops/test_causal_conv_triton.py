@@ -2,7 +2,6 @@
 (small shapes, float32 against the float64 reference), and on a GPU at Mamba's sizes."""
 
 import importlib
-import sys
 
 import pytest
 import torch
@@ -10,29 +9,17 @@ import torch
 from ssmlab.ops import causal_conv
 from ssmlab.ops.causal_conv import causal_conv_op
 from tests.ops.test_causal_conv import _inputs
+from tests.triton_utils import use_triton
 from tests.utils import assert_close
 
 pytest.importorskip("triton")
 
-MODULE = "ssmlab.ops.causal_conv.triton"
+MODULES = ("ssmlab.ops.causal_conv.triton",)
 
 
 @pytest.fixture
 def interpreter(monkeypatch):
-    """Run the kernels through Triton's interpreter, which ``triton.jit`` reads when a module is imported:
-    a kernel module imported before without it is imported again. ``triton.language`` itself must have been
-    imported under it too (tests/conftest.py does so when there is no GPU)."""
-    import triton.language
-
-    if type(triton.language.standard.sum).__name__ != "InterpretedFunction":
-        pytest.skip("triton.language was imported for the GPU in this process; run with TRITON_INTERPRET=1 set")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.delenv(causal_conv_op.env_var, raising=False)
-    monkeypatch.delenv("SSMLAB_BACKEND", raising=False)
-    module = sys.modules.get(MODULE)
-    if module is not None and type(module._fwd_kernel).__name__ != "InterpretedFunction":
-        importlib.reload(module)
-        monkeypatch.setattr(causal_conv_op.backends["triton"], "fn", None)
+    use_triton(monkeypatch, causal_conv_op, MODULES, interpret=True)
 
 
 def _run(backend, kw, dtype, activation, loss):
@@ -69,7 +56,7 @@ def test_triton_matches_reference(interpreter, width, length, bias, state, activ
 @pytest.mark.parametrize("positions", [16, 32])
 def test_triton_backward_split_over_programs(interpreter, monkeypatch, positions):
     """Several backward programs along the sequence, each with its partial sums of dweight and dbias."""
-    monkeypatch.setattr(importlib.import_module(MODULE), "BWD_POSITIONS", positions)
+    monkeypatch.setattr(importlib.import_module(MODULES[0]), "BWD_POSITIONS", positions)
     _check(_inputs(37, 4, batch=1), torch.float32, 1e-5, "silu")
 
 

@@ -1,6 +1,5 @@
 """The triton backend of ``gated_delta_rule`` against the reference: on the CPU through the interpreter, on a GPU."""
 
-import sys
 
 import pytest
 import torch
@@ -8,49 +7,22 @@ import torch.nn.functional as F
 
 from ssmlab.ops import gated_delta_rule
 from ssmlab.ops.gated_delta_rule import gated_delta_rule_op
+from tests.triton_utils import use_triton
 from tests.utils import assert_close
 
 pytest.importorskip("triton")
 
-MODULE = "ssmlab.ops.gated_delta_rule.triton"
-
-
-def _use_triton(monkeypatch, interpret: bool):
-    """Triton decides when a function is decorated whether it is interpreted (TRITON_INTERPRET, read by
-    ``triton.jit``), its own language functions (``tl.zeros``, ``tl.sum``, ...) included, decorated when triton is
-    first imported. For the interpreter: set the variable, swap any compiled language function for an interpreted
-    one (for the duration of the test) and import the backend's module again if its kernels were compiled ones.
-    For the GPU: import it again if its kernels were interpreted ones."""
-    import triton.language as tl
-    from triton.runtime.interpreter import InterpretedFunction
-    from triton.runtime.jit import JITFunction
-
-    if interpret:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-        swapped = {}
-        for module in (tl, tl.core, tl.standard, tl.math):
-            for name, value in list(vars(module).items()):
-                if isinstance(value, JITFunction):
-                    swapped.setdefault(value, InterpretedFunction(value.fn))
-                    monkeypatch.setattr(module, name, swapped[value])
-    else:
-        if isinstance(tl.standard.zeros, InterpretedFunction):
-            pytest.skip("TRITON_INTERPRET=1 was set when triton was imported: its language is interpreted")
-        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    module = sys.modules.get(MODULE)
-    if module is not None and isinstance(module._fwd_h, InterpretedFunction) != interpret:
-        monkeypatch.delitem(sys.modules, MODULE)
-        monkeypatch.setattr(gated_delta_rule_op.backends["triton"], "fn", None)
+MODULES = ("ssmlab.ops.gated_delta_rule.triton",)
 
 
 @pytest.fixture
 def interpreted(monkeypatch):
-    _use_triton(monkeypatch, True)
+    use_triton(monkeypatch, gated_delta_rule_op, MODULES, interpret=True)
 
 
 @pytest.fixture
 def compiled(monkeypatch):
-    _use_triton(monkeypatch, False)
+    use_triton(monkeypatch, gated_delta_rule_op, MODULES, interpret=False)
 
 
 def _inputs(batch, length, heads, key_dim, value_dim, seed=0, device="cpu"):

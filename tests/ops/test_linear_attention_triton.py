@@ -2,13 +2,13 @@
 (small shapes, float32 and float64 against the float64 reference), and on a GPU at real sizes."""
 
 import importlib
-import sys
 
 import pytest
 import torch
 
 from ssmlab.ops import linear_attention
 from ssmlab.ops.linear_attention import linear_attention_op
+from tests.triton_utils import use_triton
 from tests.utils import assert_close
 
 pytest.importorskip("triton")
@@ -16,31 +16,14 @@ pytest.importorskip("triton")
 MODULES = ("ssmlab.ops._triton_chunk", "ssmlab.ops.linear_attention.triton")
 
 
-def _use_triton(monkeypatch, interpret: bool):
-    """Import the kernels for the interpreter (CPU) or compiled (GPU): ``triton.jit`` reads TRITON_INTERPRET
-    when a kernel is decorated, so a module imported the other way before is imported again."""
-    if interpret:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    else:
-        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.delenv(linear_attention_op.env_var, raising=False)
-    monkeypatch.delenv("SSMLAB_BACKEND", raising=False)
-    kernels = sys.modules.get(MODULES[0])
-    if kernels is not None and (type(kernels._cb_kernel).__name__ == "InterpretedFunction") != interpret:
-        for name in MODULES:
-            if name in sys.modules:
-                importlib.reload(sys.modules[name])
-        monkeypatch.setattr(linear_attention_op.backends["triton"], "fn", None)
-
-
 @pytest.fixture
 def interpreter(monkeypatch):
-    _use_triton(monkeypatch, interpret=True)
+    use_triton(monkeypatch, linear_attention_op, MODULES, interpret=True)
 
 
 @pytest.fixture
 def compiled(monkeypatch):
-    _use_triton(monkeypatch, interpret=False)
+    use_triton(monkeypatch, linear_attention_op, MODULES, interpret=False)
 
 
 def _inputs(batch, length, heads, key_dim, value_dim, decay=True, state=True, device="cpu", seed=0):

@@ -1,8 +1,6 @@
 """The triton backend of ``selective_scan`` against the reference: on the CPU through Triton's interpreter
 (small shapes, float32 against the float64 reference), and on a GPU at Mamba-1.3B's layer size."""
 
-import importlib
-import sys
 
 import pytest
 import torch
@@ -10,29 +8,17 @@ import torch
 from ssmlab.ops import selective_scan
 from ssmlab.ops.selective_scan import selective_scan_op
 from tests.ops.test_selective_scan import _inputs
+from tests.triton_utils import use_triton
 from tests.utils import assert_close
 
 pytest.importorskip("triton")
 
-MODULE = "ssmlab.ops.selective_scan.triton"
+MODULES = ("ssmlab.ops.selective_scan.triton",)
 
 
 @pytest.fixture
 def interpreter(monkeypatch):
-    """Run the kernels through Triton's interpreter, which ``triton.jit`` reads when a module is imported:
-    a kernel module imported before without it is imported again. ``triton.language`` itself must have been
-    imported under it too (tests/conftest.py does so when there is no GPU)."""
-    import triton.language
-
-    if type(triton.language.standard.sum).__name__ != "InterpretedFunction":
-        pytest.skip("triton.language was imported for the GPU in this process; run with TRITON_INTERPRET=1 set")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.delenv(selective_scan_op.env_var, raising=False)
-    monkeypatch.delenv("SSMLAB_BACKEND", raising=False)
-    module = sys.modules.get(MODULE)
-    if module is not None and type(module._fwd_kernel).__name__ != "InterpretedFunction":
-        importlib.reload(module)
-        monkeypatch.setattr(selective_scan_op.backends["triton"], "fn", None)
+    use_triton(monkeypatch, selective_scan_op, MODULES, interpret=True)
 
 
 def _run(backend, args, kwargs, dtype, requires_grad=True):

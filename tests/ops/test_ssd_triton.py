@@ -2,13 +2,13 @@
 float32 and float64 against the float64 reference), and on a GPU at Mamba-2's layer size (B=4, H=24, P=64, N=128)."""
 
 import importlib
-import sys
 
 import pytest
 import torch
 
 from ssmlab.ops import ssd
 from ssmlab.ops.ssd import ssd_op
+from tests.triton_utils import use_triton
 from tests.utils import assert_close
 
 tl = pytest.importorskip("triton.language")
@@ -16,31 +16,14 @@ tl = pytest.importorskip("triton.language")
 MODULES = ("ssmlab.ops._triton_chunk", "ssmlab.ops.ssd.triton")
 
 
-def _use_triton(monkeypatch, interpret: bool):
-    """Import the kernels for the interpreter (CPU) or compiled (GPU): ``triton.jit`` reads TRITON_INTERPRET
-    when a kernel is decorated, so a module imported the other way before is imported again."""
-    if interpret:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    else:
-        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.delenv(ssd_op.env_var, raising=False)
-    monkeypatch.delenv("SSMLAB_BACKEND", raising=False)
-    kernels = sys.modules.get(MODULES[0])
-    if kernels is not None and (type(kernels._cb_kernel).__name__ == "InterpretedFunction") != interpret:
-        for name in MODULES:
-            if name in sys.modules:
-                importlib.reload(sys.modules[name])
-        monkeypatch.setattr(ssd_op.backends["triton"], "fn", None)
-
-
 @pytest.fixture
 def interpreter(monkeypatch):
-    _use_triton(monkeypatch, interpret=True)
+    use_triton(monkeypatch, ssd_op, MODULES, interpret=True)
 
 
 @pytest.fixture
 def compiled(monkeypatch):
-    _use_triton(monkeypatch, interpret=False)
+    use_triton(monkeypatch, ssd_op, MODULES, interpret=False)
 
 
 def _inputs(batch, length, heads, head_dim, n_state, groups, d_shape="hp", device="cpu", seed=0):
