@@ -211,6 +211,20 @@ def _train_remote(spec: dict, config: dict, checkpoint_root, store_id=None):
     return train_spec(RunSpec(**spec), TrainConfig(**config), checkpoint_root, store_id=store_id)
 
 
+def _fill(queue: list, pending: dict, slots: int, store: ResultStore, config: TrainConfig, suite: str,
+          environment, submit):
+    """Claim the next specs of ``queue`` and ``submit`` each until ``slots`` runs are in flight; ``pending`` maps
+    what ``submit`` returned to ``(spec, run id)``. Yields an ``Outcome`` for each spec skipped because its
+    configuration finished meanwhile or runs in another live process."""
+    while queue and len(pending) < slots:
+        spec = queue.pop(0)
+        claim = _claim(store, spec, config, suite, environment)
+        if claim.run_id is None:
+            yield Outcome(spec, claim.other, "skipped", claim.reason)
+            continue
+        pending[submit(spec)] = (spec, claim.run_id)
+
+
 def _train_in_worker(spec: dict, config: dict, checkpoint_root, store_id, threads: int):
     """What a worker process of :func:`execute_parallel` runs: ``threads`` torch threads, then one run."""
     torch.set_num_threads(threads)
@@ -258,14 +272,9 @@ def execute_parallel(specs: list[RunSpec], config: TrainConfig, store: ResultSto
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context)
     try:
         while queue or pending:
-            while queue and len(pending) < jobs:
-                spec = queue.pop(0)
-                claim = _claim(store, spec, config, suite, environment)
-                if claim.run_id is None:
-                    yield Outcome(spec, claim.other, "skipped", claim.reason)
-                    continue
-                future = pool.submit(_train_in_worker, asdict(spec), cfg, root, store.store_id, threads)
-                pending[future] = (spec, claim.run_id)
+            yield from _fill(queue, pending, jobs, store, config, suite, environment,
+                             lambda spec: pool.submit(_train_in_worker, asdict(spec), cfg, root, store.store_id,
+                                                      threads))
             if not pending:
                 continue
             done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
@@ -350,14 +359,9 @@ def execute_ray(specs: list[RunSpec], config: TrainConfig, store: ResultStore, *
     pending = {}
     try:
         while queue or pending:
-            while queue and len(pending) < slots:
-                spec = queue.pop(0)
-                claim = _claim(store, spec, config, suite, environment)
-                if claim.run_id is None:
-                    yield Outcome(spec, claim.other, "skipped", claim.reason)
-                    continue
-                ref = remote.remote(asdict(spec), cfg, checkpoint_root and str(checkpoint_root), store.store_id)
-                pending[ref] = (spec, claim.run_id)
+            yield from _fill(queue, pending, slots, store, config, suite, environment,
+                             lambda spec: remote.remote(asdict(spec), cfg, checkpoint_root and str(checkpoint_root),
+                                                        store.store_id))
             if not pending:
                 continue
             done, _ = ray.wait(list(pending), num_returns=1)

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
 
+from ssmlab.ops._triton_common import dot_args
 from ssmlab.ops.gated_delta_rule.reference import compute_dtype
 
 BT = 64  # positions per chunk
@@ -338,15 +338,6 @@ def _bwd_qk(q, k, gc, h, dh, vn, do, dq, dk, dg, scale, L, Lp, NT, H: tl.constex
     tl.store(dg + t * H, b_dg + tl.load(dg + t * H))
 
 
-def _dot_args(t: torch.Tensor) -> dict:
-    """The operand type and precision of the matrix products: bf16 or fp16 inputs' own type (the tensor cores),
-    float32 otherwise, multiplied in full float32 ("ieee", not tf32, as torch's matmul by default). Float32 under
-    Triton's interpreter, whose ``tl.dot`` multiplies the raw bits of bf16 operands (triton 3.9)."""
-    if t.dtype not in (torch.bfloat16, torch.float16) or isinstance(_fwd_h, InterpretedFunction):
-        return dict(DT=tl.float32, PREC="ieee")
-    return dict(DT=tl.bfloat16 if t.dtype == torch.bfloat16 else tl.float16, PREC="tf32")
-
-
 def _blocks(K: int, V: int):
     if K > 256 or V > 256:
         raise ValueError(f"the triton backend of gated_delta_rule supports K, V <= 256, got K={K}, V={V}")
@@ -381,7 +372,7 @@ class _GatedDeltaRule(torch.autograd.Function):
         batch, length, heads, key_dim = q.shape
         value_dim = v.shape[-1]
         bk, bv = _blocks(key_dim, value_dim)
-        dt = _dot_args(q)
+        dt = dot_args(q, _fwd_h)
         n_chunks = triton.cdiv(length, BT)
         lp = n_chunks * BT
         gc = _chunk_cumsum(log_alpha, n_chunks) if log_alpha is not None else \
@@ -409,7 +400,7 @@ class _GatedDeltaRule(torch.autograd.Function):
         batch, length, heads, key_dim = q.shape
         value_dim = v.shape[-1]
         bk, bv = _blocks(key_dim, value_dim)
-        dt = _dot_args(q)
+        dt = dot_args(q, _fwd_h)
         n_chunks = triton.cdiv(length, BT)
         lp = gc.shape[1]
         do = do.contiguous()

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
 
+from ssmlab.ops._triton_common import dot_args
 from ssmlab.ops.gla.reference import compute_dtype
 
 BT = 64  # positions per chunk
@@ -345,15 +345,6 @@ def _bwd_dqk_inter(q, k, v, do, gc, h, dh, dq, dk, dg, scale, L, Lp, NT, H: tl.c
     tl.store(dg + p, b_q * b_dq - b_k * b_dk, mask=m)
 
 
-def _dot_args(t: torch.Tensor) -> dict:
-    """The operand type and precision of the matrix products: bf16 or fp16 inputs' own type (the tensor cores),
-    float32 otherwise, multiplied in full float32 ("ieee", not tf32, as torch's matmul by default). Float32 under
-    Triton's interpreter, whose ``tl.dot`` multiplies the raw bits of bf16 operands (triton 3.9)."""
-    if t.dtype not in (torch.bfloat16, torch.float16) or isinstance(_fwd_h, InterpretedFunction):
-        return dict(DT=tl.float32, PREC="ieee")
-    return dict(DT=tl.bfloat16 if t.dtype == torch.bfloat16 else tl.float16, PREC="tf32")
-
-
 def _blocks(K: int, V: int):
     if K > 256 or V > 256:
         raise ValueError(f"the triton backend of gla supports K, V <= 256, got K={K}, V={V}")
@@ -388,7 +379,7 @@ class _GLA(torch.autograd.Function):
         bk_full, bk, bv = _blocks(key_dim, value_dim)
         n_chunks = triton.cdiv(length, BT)
         gc = _chunk_cumsum(g, n_chunks)  # (B, Lp, H, K)
-        dt = _dot_args(q)
+        dt = dot_args(q, _fwd_h)
         h, ht = _states(k, v, gc, h0, n_chunks, bk, bv, dt)
         A = q.new_zeros(batch * heads, n_chunks * BT, BT, dtype=torch.float32)
         _fwd_a[(n_chunks * (BT // BC), batch * heads)](q, k, gc, A, length, gc.shape[1], heads, key_dim, BT=BT, BC=BC,
@@ -412,7 +403,7 @@ class _GLA(torch.autograd.Function):
         n_chunks = triton.cdiv(length, BT)
         lp = gc.shape[1]
         do = do.contiguous()
-        dt = _dot_args(q)
+        dt = dot_args(q, _fwd_h)
         h, _ = _states(k, v, gc, h0, n_chunks, bk, bv, dt)
         dh = torch.empty_like(h)
         dh0 = torch.empty_like(h0, dtype=torch.float32) if h0 is not None else None
