@@ -61,10 +61,9 @@ class ShortConvolution(nn.Conv1d):
         y, new_state = causal_conv(x, self.weight, self.bias, state, lengths)
         return (y, new_state) if return_state else y
 
-    def step(self, x_t: torch.Tensor, state: torch.Tensor):
-        """One position: x_t (B, C), state (B, C, k - 1) -> y_t (B, C), new state."""
-        y, new_state = causal_conv(x_t[:, None], self.weight, self.bias, state)
-        return y[:, 0], new_state
+    def step(self, x_t: torch.Tensor, state: torch.Tensor, *, activation: str | None = None):
+        """One position: x_t (B, C), state (B, C, k - 1) -> y_t (B, C), new state (``ops.causal_conv_step``)."""
+        return ops.causal_conv_step(x_t, self.weight[:, 0], state, self.bias, activation=activation)
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> torch.Tensor:
         """Zeros (B, C, k - 1): no input before the first position."""

@@ -323,19 +323,28 @@ class Mixer(nn.Module):
         """
         if not isinstance(state, dict):
             raise ValueError(f"{self.registry_name}: state must be a dict from init_state(), got {type(state).__name__}")
-        ref = self.init_state(batch_size, device="meta")
-        if set(state) != set(ref):
+        ref = self._state_shapes(batch_size)
+        if state.keys() != ref.keys():
             raise ValueError(f"{self.registry_name}: state keys {sorted(state)} != expected {sorted(ref)}")
         growing = getattr(self, "_state_growing_dims", {})
         for key, want in ref.items():
             got = state[key]
-            if not isinstance(got, torch.Tensor) or got.dim() != want.dim():
-                raise ValueError(f"{self.registry_name}: state[{key!r}] must have shape {tuple(want.shape)}, "
+            if not isinstance(got, torch.Tensor) or got.dim() != len(want):
+                raise ValueError(f"{self.registry_name}: state[{key!r}] must have shape {want}, "
                                  f"got {getattr(got, 'shape', type(got).__name__)}")
-            for i, (a, b) in enumerate(zip(got.shape, want.shape)):
+            for i, (a, b) in enumerate(zip(got.shape, want)):
                 if a != b and i not in growing.get(key, ()):
-                    raise ValueError(f"{self.registry_name}: state[{key!r}] must have shape {tuple(want.shape)} "
+                    raise ValueError(f"{self.registry_name}: state[{key!r}] must have shape {want} "
                                      f"for batch size {batch_size}, got {tuple(got.shape)}")
+
+    def _state_shapes(self, batch_size: int) -> dict[str, tuple]:
+        """The shape of each tensor of ``init_state(batch_size)``, worked out once per batch size (on the meta
+        device) and kept, since ``step`` checks the state at every position."""
+        shapes = self.__dict__.setdefault("_state_shapes_by_batch", {})
+        if batch_size not in shapes:
+            shapes[batch_size] = {key: tuple(t.shape) for key, t in
+                                  self.init_state(batch_size, device="meta").items()}
+        return shapes[batch_size]
 
     def _apply(self, fn, recurse=True):
         """``Module._apply`` (behind ``.to``, ``.half``, ``.bfloat16``, ``.cuda`` ...) that leaves the

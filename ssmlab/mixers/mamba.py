@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmlab.layers.conv import ShortConvolution
+from ssmlab.layers.linear import project
 from ssmlab.mixers.base import LengthsInForward, Mixer, padding_mask, State, ssm_dtype, ssm_parameter
 from ssmlab.ops import selective_scan, selective_scan_step
 from ssmlab.ops.discretize import init_dt_bias
@@ -92,13 +93,12 @@ class Mamba(LengthsInForward, Mixer):
         return out, ({"conv": conv_state, "ssm": ssm_state} if return_state else None)
 
     def _step(self, x_t, state):
-        xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, E*D)
-        xs, conv_state = self.conv1d.step(xs, state["conv"])
-        xs = F.silu(xs)
+        xs, z = project(self.in_proj, x_t).chunk(2, dim=-1)  # (B, E*D)
+        xs, conv_state = self.conv1d.step(xs, state["conv"], activation="silu")
         dt, b, c = self._ssm_inputs(xs)
         y, ssm_state = selective_scan_step(xs, dt, -torch.exp(self.A_log), b, c, state["ssm"], D=self.D, z=z,
                                            delta_bias=self.dt_proj.bias, delta_softplus=True)
-        return self.out_proj(y), {"conv": conv_state, "ssm": ssm_state}
+        return project(self.out_proj, y), {"conv": conv_state, "ssm": ssm_state}
 
     def _init_state(self, batch_size, *, device, dtype) -> State:
         dtype = dtype or self.conv1d.weight.dtype  # not out_proj: dynamic quantisation replaces its weight

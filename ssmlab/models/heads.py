@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssmlab.layers.linear import project
 from ssmlab.models.backbone import Backbone
 from ssmlab import registry
 from ssmlab.registry import register
@@ -161,7 +162,7 @@ class LanguageModel(PretrainedMixin, nn.Module):
     def step(self, token_ids, states):
         """One token per sequence: ids (B,) -> logits (B, V) and the new states."""
         h, states = self.backbone.step(self.encoder(token_ids), states)
-        return self.lm_head(h), states
+        return project(self.lm_head, h), states
 
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
@@ -194,8 +195,8 @@ class LanguageModel(PretrainedMixin, nn.Module):
         was_training = self.training
         self.eval()
         try:
-            logits, states = self(input_ids, return_state=True)
-            logits = logits[:, -1]
+            h, states = self.backbone(self.encoder(input_ids), None, True)
+            logits = project(self.lm_head, h[:, -1])  # the prompt's last position only
             for i in range(max_new_tokens):
                 token = sample_token(logits, temperature, top_k, top_p, generator)
                 yield token

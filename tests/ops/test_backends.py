@@ -84,6 +84,10 @@ CALLS = {
     "wkv": _seeded(lambda randn, rand, **kw: ops.wkv(randn(1, 5, 3), randn(1, 5, 3), rand(3) + 0.1, randn(3), **kw)),
     "fft_conv": _seeded(lambda randn, rand, **kw: ops.fft_conv(randn(1, 5, 2), randn(2, 5), **kw)),
     "linear_scan": _seeded(lambda randn, rand, **kw: ops.linear_scan(rand(1, 5, 2), randn(1, 5, 2), **kw)),
+    "matvec": _seeded(lambda randn, rand, **kw: ops.matvec(randn(2, 3), randn(5, 3), randn(5), **kw)),
+    "selective_scan_step": _seeded(lambda randn, rand, **kw: torch.cat([t.flatten() for t in ops.selective_scan_step(
+        randn(1, 2), randn(1, 2), -rand(2, 3), randn(1, 3), randn(1, 3), randn(1, 2, 3), D=randn(2), z=randn(1, 2),
+        delta_bias=randn(2), delta_softplus=True, **kw)])),
     "selective_scan": _seeded(lambda randn, rand, **kw: ops.selective_scan(
         randn(1, 5, 2), rand(1, 5, 2), -rand(2, 3), randn(1, 5, 3), randn(1, 5, 3), **kw)),
     "ssd": _seeded(lambda randn, rand, **kw: ops.ssd(randn(1, 5, 2, 2), rand(1, 5, 2), -rand(2) - 0.5,

@@ -33,6 +33,7 @@ from ssmlab.ops._checks import check_tensor
 from ssmlab.ops._dispatch import Op
 
 selective_scan_op = Op("selective_scan")
+selective_scan_step_op = Op("selective_scan_step")
 
 
 def _check_bc(name, t, batch, length, channels, n_state=None):
@@ -105,23 +106,33 @@ def selective_scan(u, delta, A, B, C, *, D=None, z=None, delta_bias=None, delta_
     return (y, state) if return_final_state else y
 
 
-def selective_scan_step(u, delta, A, B, C, state, *, D=None, z=None, delta_bias=None, delta_softplus: bool = False):
+def selective_scan_step(u, delta, A, B, C, state, *, D=None, z=None, delta_bias=None, delta_softplus: bool = False,
+                        backend: str | None = None):
     """One position of the selective scan, for generation: the arithmetic of one iteration of the reference loop.
 
     Args: as ``selective_scan`` without the length dim: u, delta, z (B, D); A (D, N);
-    B, C (B, N) or (B, G, N); state (B, D, N), required.
+    B, C (B, N) or (B, G, N); state (B, D, N), required. ``backend``: ``reference`` (that
+    iteration; ``torch`` is the same function, one position having nothing to chunk) or
+    ``numba`` (one compiled call, the default on the CPU where Numba is installed; see
+    ``numba_step.py``).
 
     Returns:
         ``(y, new_state)``: y (B, D) in ``u``'s dtype, new_state (B, D, N).
     """
     check_inputs(u, delta, A, B, C, D, z, delta_bias, state, step=True)
-    y, new_state = _reference.step(u, delta, A, B, C, state, D, z, delta_bias, delta_softplus)
-    return y, new_state
+    fn = selective_scan_step_op.resolve(backend, u.device)
+    return fn(u, delta, A, B, C, state, D, z, delta_bias, delta_softplus)
 
 
 from ssmlab.ops.selective_scan import reference as _reference  # noqa: E402  (registers the backend)
 from ssmlab.ops.selective_scan import torch as _torch_backend  # noqa: E402,F401
 from ssmlab.ops.selective_scan import numba as _numba_backend  # noqa: E402,F401
+from ssmlab.ops.selective_scan import numba_step as _numba_step  # noqa: E402
+
+selective_scan_step_op.register("reference", priority=0)(_reference.step)
+selective_scan_step_op.register("torch", priority=1)(_reference.step)
+selective_scan_step_op.register("numba", priority=20, available=_numba_step.numba_available)(
+    _numba_step.selective_scan_step_numba)
 
 selective_scan_op.register_triton(
     lambda: importlib.import_module("ssmlab.ops.selective_scan.triton").selective_scan_triton)
