@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ssmlab.ops.matvec import matvec
+from ssmlab.ops.matvec import matvec_op
 
 # Weights smaller than this are multiplied by nn.Linear: ops.matvec's compiled kernel costs about 20 µs
 # more per call than PyTorch's, which its faster streaming repays only on larger matrices.
@@ -21,7 +21,9 @@ def project(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """
     weight = getattr(layer, "weight", None)
     if (type(layer) is not nn.Linear or x.device.type != "cpu" or weight.numel() < MIN_WEIGHT
-            or x.numel() > MAX_ROWS * x.shape[-1] or torch.is_grad_enabled() or x.dtype != weight.dtype
-            or x.dtype not in (torch.float32, torch.float64)):
+            or x.numel() > MAX_ROWS * x.shape[-1] or x.shape[-1] != weight.shape[1] or torch.is_grad_enabled()
+            or x.dtype != weight.dtype or x.dtype not in (torch.float32, torch.float64)):
         return layer(x)
-    return matvec(x.reshape(-1, x.shape[-1]), weight, layer.bias).reshape(*x.shape[:-1], weight.shape[0])
+    # nn.Linear keeps weight and bias consistent and x was checked above, so the backend is called directly.
+    y = matvec_op.resolve(None, x.device)(x.reshape(-1, x.shape[-1]), weight, layer.bias)
+    return y.reshape(*x.shape[:-1], weight.shape[0])

@@ -164,6 +164,12 @@ class LanguageModel(PretrainedMixin, nn.Module):
         h, states = self.backbone.step(self.encoder(token_ids), states)
         return project(self.lm_head, h), states
 
+    def prefill(self, input_ids: torch.Tensor):
+        """Consume a prompt (B, L) in one parallel forward: the logits (B, V) of its last position and the
+        states after it, ready for :meth:`step`. Only the last position goes through the LM head."""
+        h, states = self.backbone(self.encoder(input_ids), None, True)
+        return project(self.lm_head, h[:, -1]), states
+
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
@@ -195,8 +201,7 @@ class LanguageModel(PretrainedMixin, nn.Module):
         was_training = self.training
         self.eval()
         try:
-            h, states = self.backbone(self.encoder(input_ids), None, True)
-            logits = project(self.lm_head, h[:, -1])  # the prompt's last position only
+            logits, states = self.prefill(input_ids)
             for i in range(max_new_tokens):
                 token = sample_token(logits, temperature, top_k, top_p, generator)
                 yield token

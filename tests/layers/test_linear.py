@@ -4,15 +4,17 @@ import pytest
 import torch
 from torch import nn
 
-from ssmlab.layers import linear as linear_module
 from ssmlab.layers.linear import MIN_WEIGHT, project
+from ssmlab.ops.matvec import matvec_op
 from tests.utils import assert_close
 
 
 def _spy(monkeypatch):
+    """The shapes of x in every call of a ``matvec`` backend."""
     calls = []
-    real = linear_module.matvec
-    monkeypatch.setattr(linear_module, "matvec", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    for name in matvec_op.available_backends("cpu"):
+        fn = matvec_op.resolve(name)
+        monkeypatch.setattr(matvec_op.backends[name], "fn", lambda *a, _fn=fn: calls.append(a[0].shape) or _fn(*a))
     return calls
 
 

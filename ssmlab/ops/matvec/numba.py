@@ -52,18 +52,22 @@ def _threads() -> int:
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
+def _run(x, weight, bias):
+    import numba
+    y = x.new_empty(x.shape[0], weight.shape[0])
+    b = weight.new_zeros(1) if bias is None else bias.detach().contiguous()
+    numba.set_num_threads(_threads())
+    _compiled()(x.detach().contiguous().numpy(), weight.detach().contiguous().numpy(), b.numpy(), bias is not None,
+                y.numpy())
+    return y
+
+
 class _MatVec(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):
-        import numba
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        y = x.new_empty(x.shape[0], weight.shape[0])
-        b = weight.new_zeros(1) if bias is None else bias.detach().contiguous()
-        numba.set_num_threads(_threads())
-        _compiled()(x.detach().contiguous().numpy(), weight.detach().contiguous().numpy(), b.numpy(),
-                    bias is not None, y.numpy())
-        return y
+        return _run(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_y):
@@ -78,4 +82,6 @@ class _MatVec(torch.autograd.Function):
 def matvec_numba(x, weight, bias=None):
     if torch.compiler.is_compiling() or x.dtype not in (torch.float32, torch.float64):
         return F.linear(x, weight, bias)
-    return _MatVec.apply(x, weight, bias)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        return _MatVec.apply(x, weight, bias)
+    return _run(x, weight, bias)

@@ -120,7 +120,7 @@ def _run(u, delta, A, B, C, state, D, z, delta_bias, softplus):
 
     dtype = compute_dtype(u.dtype)
     batch, channels = u.shape
-    np_ = lambda t: t.detach().to(dtype).contiguous().numpy()  # noqa: E731
+    np_ = lambda t: (t if t.dtype == dtype else t.to(dtype)).detach().contiguous().numpy()  # noqa: E731
     grouped = lambda m: np_(m[:, None] if m.dim() == 2 else m)  # noqa: E731  (Bt, G, N)
     step = prepare_delta(delta.detach(), None if delta_bias is None else delta_bias.detach(), softplus)
     y = torch.empty(batch, channels, dtype=dtype)
