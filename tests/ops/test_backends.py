@@ -66,6 +66,8 @@ def _seeded(call):
 CALLS = {
     "causal_conv": _seeded(lambda randn, rand, **kw: ops.causal_conv(
         randn(1, 5, 2), randn(2, 3), randn(2), activation="silu", initial_state=randn(1, 2, 2), **kw)),
+    "causal_conv_step": _seeded(lambda randn, rand, **kw: torch.cat([t.flatten() for t in ops.causal_conv_step(
+        randn(2, 3), randn(3, 4), randn(2, 3, 3), randn(3), activation="silu", **kw)])),
     "gated_delta_rule": _seeded(lambda randn, rand, **kw: ops.gated_delta_rule(
         randn(1, 5, 2, 3), randn(1, 5, 2, 3), randn(1, 5, 2, 4), rand(1, 5, 2), log_alpha=-rand(1, 5, 2),
         chunk_size=2, **kw)),

@@ -27,6 +27,7 @@ from ssmlab.ops._checks import check_tensor
 from ssmlab.ops._dispatch import Op
 
 causal_conv_op = Op("causal_conv")
+causal_conv_step_op = Op("causal_conv_step")
 ACTIVATIONS = (None, "silu")
 
 
@@ -74,13 +75,22 @@ def causal_conv(x, weight, bias=None, *, activation: str | None = None, initial_
     return (y, state) if return_final_state else y
 
 
-def causal_conv_step(x, weight, state, bias=None, *, activation: str | None = None):
-    """One position, for generation: x (B, D), state (B, D, K - 1) -> ``(y (B, D), new_state)``."""
+def causal_conv_step(x, weight, state, bias=None, *, activation: str | None = None, backend: str | None = None):
+    """One position, for generation: x (B, D), state (B, D, K - 1) -> ``(y (B, D), new_state)``.
+
+    Backends: ``reference`` (the sum over taps; ``torch`` is the same function) and ``numba`` (one compiled
+    call, the default on the CPU where Numba is installed; see ``numba_step.py``)."""
     check_inputs(x, weight, bias, state, activation, step=True)
-    return _reference.step(x, weight, state, bias, activation)
+    return causal_conv_step_op.resolve(backend, x.device)(x, weight, state, bias, activation)
 
 
 from ssmlab.ops.causal_conv import reference as _reference  # noqa: E402  (registers the backend)
 from ssmlab.ops.causal_conv import torch as _torch_backend  # noqa: E402,F401
+from ssmlab.ops.causal_conv import numba_step as _numba_step  # noqa: E402
+
+causal_conv_step_op.register("reference", priority=0)(_reference.step)
+causal_conv_step_op.register("torch", priority=1)(_reference.step)
+causal_conv_step_op.register("numba", priority=20, available=_numba_step.numba_available)(
+    _numba_step.causal_conv_step_numba)
 
 causal_conv_op.register_triton(lambda: importlib.import_module("ssmlab.ops.causal_conv.triton").causal_conv_triton)

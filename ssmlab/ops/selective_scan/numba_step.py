@@ -5,22 +5,23 @@ products) and PyTorch spends most of its time there launching a dozen small kern
 PyTorch computes the step size (its bias and softplus, as for the training kernels); one
 compiled call does the decays, the state update, the read-out, the skip and the gate,
 writing the state to a new (B, D, N) tensor (the state passed in is left as it was).
-In float32 the exponentials are the polynomial of
-:func:`ssmlab.ops.selective_scan._numba_kernels.exp_row` (bit pattern of 2^i, degree-7
-polynomial of the remainder) over flat arrays, so that they vectorise; in float64,
-``math.exp``. At the Mamba-130M shape (D=1536, N=16, B=1) the call takes about 25 µs
-against about 100 µs for the reference's dozen PyTorch kernels (one thread).
+In float32 the exponentials are the polynomial of :func:`ssmlab.ops._numba_math.exp_into`,
+which vectorises; in float64, ``math.exp``. At the Mamba-130M shape (D=1536, N=16, B=1)
+the kernel takes about 25 µs against about 100 µs for the reference's dozen PyTorch
+kernels (one thread).
 Gradients, where asked for, come from the reference arithmetic recomputed in the
 backward pass. Under ``torch.compile`` and ``torch.export`` the reference runs.
 """
 
 from __future__ import annotations
 
-import math
+from functools import partial
 
 import torch
 
+from ssmlab.ops._recompute import run_with_reference_gradient
 from ssmlab.ops.selective_scan.numba import numba_available
+from ssmlab.ops.selective_scan.reference import step as _reference_step
 
 _kernel = None
 
@@ -31,24 +32,7 @@ def _compiled():
         import numba
         import numpy as np
 
-        @numba.njit(cache=True, fastmath={"contract", "nsz"}, error_model="numpy")
-        def exp_into(x, out, bits, scale, k):
-            """out = exp(x) over flat arrays: ``exp_row``'s polynomial in float32 (``k[14] == 1``), else math.exp.
-            Without reassociation, which would undo the two-part reduction of the argument."""
-            if k[14] == k[0]:
-                for j in range(x.shape[0]):
-                    out[j] = math.exp(x[j])
-                return
-            one, lo, hi, half, log2e, ln2_hi, ln2_lo = k[1], k[2], k[3], k[4], k[5], k[6], k[7]
-            c2, c3, c4, c5, c6, c7 = k[8], k[9], k[10], k[11], k[12], k[13]
-            for j in range(x.shape[0]):
-                a = min(max(x[j], lo), hi)
-                i = math.floor(a * log2e + half)
-                r = (a - i * ln2_hi) - i * ln2_lo
-                out[j] = one + r * (one + r * (c2 + r * (c3 + r * (c4 + r * (c5 + r * (c6 + r * c7))))))
-                bits[j] = (np.int32(i) + np.int32(127)) << 23
-            for j in range(x.shape[0]):
-                out[j] *= scale[j]
+        from ssmlab.ops._numba_math import exp_into
 
         @numba.njit(cache=True, fastmath={"reassoc", "contract", "nsz"}, error_model="numpy")
         def kernel(u, step, A, Bm, Cm, state, skip, z, has_skip, gated, k, y, new):
@@ -66,11 +50,11 @@ def _compiled():
                 for d in range(channels):
                     for n in range(n_state):
                         arg[d * n_state + n] = step[b, d] * flat_A[d * n_state + n]
-                exp_into(arg, decay, bits, bits.view(np.float32), k)
+                exp_into(arg, decay, bits, k)
                 if gated:
                     for d in range(channels):
                         neg_z[d] = -z[b, d]
-                    exp_into(neg_z, exp_neg_z, bits, bits.view(np.float32), k)
+                    exp_into(neg_z, exp_neg_z, bits[:channels], k)
                 for d in range(channels):
                     g = d // per_group
                     bu = step[b, d] * u[b, d]
@@ -87,31 +71,6 @@ def _compiled():
 
         _kernel = kernel
     return _kernel
-
-
-def _reference_step(u, delta, A, B, C, state, D, z, delta_bias, delta_softplus):
-    from ssmlab.ops.selective_scan.reference import step
-    return step(u, delta, A, B, C, state, D, z, delta_bias, delta_softplus)
-
-
-class _Step(torch.autograd.Function):
-    """The kernel's forward; the backward differentiates the reference step recomputed from the saved inputs."""
-
-    @staticmethod
-    def forward(ctx, softplus, u, delta, A, B, C, state, D, z, delta_bias):
-        ctx.softplus = softplus
-        ctx.save_for_backward(u, delta, A, B, C, state, D, z, delta_bias)
-        return _run(u, delta, A, B, C, state, D, z, delta_bias, softplus)
-
-    @staticmethod
-    def backward(ctx, grad_y, grad_state):
-        inputs = [None if t is None else t.detach().requires_grad_(need)
-                  for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad[1:])]
-        with torch.enable_grad():
-            outputs = _reference_step(*inputs, ctx.softplus)
-        wanted = [t for t in inputs if t is not None and t.requires_grad]
-        grads = iter(torch.autograd.grad(outputs, wanted, (grad_y, grad_state), allow_unused=True))
-        return (None, *(next(grads) if t is not None and t.requires_grad else None for t in inputs))
 
 
 def _run(u, delta, A, B, C, state, D, z, delta_bias, softplus):
@@ -134,10 +93,9 @@ def _run(u, delta, A, B, C, state, D, z, delta_bias, softplus):
 def selective_scan_step_numba(u, delta, A, B, C, state, D, z, delta_bias, delta_softplus):
     if torch.compiler.is_compiling():
         return _reference_step(u, delta, A, B, C, state, D, z, delta_bias, delta_softplus)
-    tensors = (u, delta, A, B, C, state, D, z, delta_bias)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return _Step.apply(delta_softplus, *tensors)
-    return _run(*tensors, delta_softplus)
+    return run_with_reference_gradient(partial(_run, softplus=delta_softplus),
+                                       partial(_reference_step, delta_softplus=delta_softplus),
+                                       u, delta, A, B, C, state, D, z, delta_bias)
 
 
 __all__ = ["numba_available", "selective_scan_step_numba"]
