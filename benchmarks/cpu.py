@@ -12,13 +12,15 @@ Sections (``--sections``, all by default):
 * ``step``: one training step (forward, backward, gradient clipping, AdamW) of 2-layer language
   models, d_model 64, vocab 32, B=32, L=64, as the harness trains them; ratios to attention's step.
 * ``generate``: the Mamba-130M shape (d_model 768, 24 layers, vocab 50280, no MLP): prefill of a
-  prompt and time per generated token, float32 and with int8 dynamic quantisation of the linear
-  layers but ``dt_proj`` (``torch.ao.quantization.quantize_dynamic``), at each ``--contexts`` prompt length.
+  prompt (``model.prefill``) and time per generated token (``model.step``), float32 and with int8
+  dynamic quantisation of the linear layers but ``dt_proj`` (``torch.ao.quantization.quantize_dynamic``),
+  at each ``--contexts`` prompt length, with the per-token time's ratio to the first context's.
+  llama.cpp on the same shape: ``benchmarks/llama_cpp.py``.
 
 Each comparison warms up once, then runs its contenders in turn ``--repeats`` times (interleaved) and
 reports medians of wall-clock time. The machine may be shared: the load average and the thread count
 are printed, and only ratios within one run are comparable. Nothing is installed; a missing peer
-(``pip install 'ssmlab[bench]'``) is reported and its rows skipped. llama.cpp is not compared here.
+(``pip install 'ssmlab[bench]'``) is reported and its rows skipped.
 
     python benchmarks/cpu.py [--sections scan model step generate] [--lengths 1024 4096]
                              [--backward-lengths 1024] [--repeats 5] [--contexts 256 2048]
@@ -233,28 +235,29 @@ def generate_section(contexts, repeats, new_tokens=16) -> None:
         quantised = torch.ao.quantization.quantize_dynamic(
             copy.deepcopy(model), {name: torch.ao.quantization.default_dynamic_qconfig for name in linears},
             dtype=torch.qint8)
-    print(f"Mamba-130M shape (d_model 768, 24 layers, vocab {vocab}), B=1, {new_tokens} tokens after the prompt "
-          f"{load()}")
+    print(f"Mamba-130M shape (d_model 768, 24 layers, vocab {vocab}), B=1: prefill (model.prefill) and the median "
+          f"time of {new_tokens} model.step calls after it, medians of {repeats} {load()}")
+    first = {}
     for context in contexts:
         prompt = torch.randint(0, vocab, (1, context), generator=torch.Generator().manual_seed(context))
         for label, net in (("float32", model), ("int8 dynamic", quantised)):
             prefills, per_token = [], []
             with torch.no_grad():
-                for _ in range(max(1, repeats // 2)):
+                for _ in range(repeats):
                     start = time.perf_counter()
-                    logits, states = net(prompt, return_state=True)
+                    logits, states = net.prefill(prompt)
                     prefills.append(time.perf_counter() - start)
-                    token = logits[:, -1].argmax(-1)
-                    logits, states = net.step(token, states)  # warm-up of the step path
                     token = logits.argmax(-1)
-                    start = time.perf_counter()
                     for _ in range(new_tokens):
+                        start = time.perf_counter()
                         logits, states = net.step(token, states)
                         token = logits.argmax(-1)
-                    per_token.append((time.perf_counter() - start) / new_tokens)
-            prefill = statistics.median(prefills)
+                        per_token.append(time.perf_counter() - start)
+            prefill, token_time = statistics.median(prefills), statistics.median(per_token)
+            first.setdefault(label, token_time)
             print(f"  context {context:>5} {label:<13} prefill {prefill:7.2f} s ({context / prefill:7.1f} tokens/s), "
-                  f"{statistics.median(per_token) * 1e3:7.1f} ms/token {load()}", flush=True)
+                  f"{token_time * 1e3:7.1f} ms/token ({token_time / first[label]:.2f}x context {contexts[0]}) "
+                  f"{load()}", flush=True)
     print()
 
 

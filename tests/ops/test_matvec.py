@@ -42,3 +42,17 @@ def test_bad_inputs_are_one_line_errors(x, w, b, message):
     with pytest.raises(ValueError, match=message) as info:
         matvec(x, w, b)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_serial_and_parallel_builds_match_linear(threads):
+    """The numba backend runs its serial build with one torch thread and its parallel build with two."""
+    pytest.importorskip("numba")
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(threads)
+        x, w, b = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((3, 50), (1000, 50), (1000,)))
+        assert_close(matvec(x, w, b, backend="numba"), F.linear(x, w, b), atol=1e-12, name=f"{threads} threads")
+    finally:
+        torch.set_num_threads(old)

@@ -3,7 +3,8 @@
 Each thread streams its share of the weight matrix once, and each dot product runs
 over a contiguous row, which the compiler vectorises; the rows of x (a few) are
 read from cache. The kernel runs on ``torch.get_num_threads()`` threads (at most
-Numba's own limit) and is compiled on first use, then cached on disk by Numba.
+Numba's own limit; with one, a serial build of the same loop runs) and is compiled
+on first use, then cached on disk by Numba.
 Under ``torch.compile`` and ``torch.export``, and on tensors that are not float32
 or float64, ``F.linear`` runs instead.
 """
@@ -26,12 +27,13 @@ def numba_available(device: torch.device) -> bool:
     return device.type == "cpu" and importlib.util.find_spec("numba") is not None
 
 
-def _compiled():
+def _compiled(parallel: bool):
+    """The kernel, its output rows split across threads when ``parallel`` (one thread runs the serial build,
+    which has no thread pool to wake)."""
     global _kernel
     if _kernel is None:
         import numba
 
-        @numba.njit(cache=True, parallel=True, fastmath={"reassoc", "contract", "nsz"}, error_model="numpy")
         def kernel(x, weight, bias, has_bias, y):  # x (R, K), weight (N, K), bias (N,), y (R, N)
             rows, inner = x.shape
             outputs = weight.shape[0]
@@ -43,8 +45,9 @@ def _compiled():
                             total += weight[n, k] * x[r, k]
                         y[r, n] = total
 
-        _kernel = kernel
-    return _kernel
+        options = dict(cache=True, fastmath={"reassoc", "contract", "nsz"}, error_model="numpy")
+        _kernel = {True: numba.njit(parallel=True, **options)(kernel), False: numba.njit(**options)(kernel)}
+    return _kernel[parallel]
 
 
 def _threads() -> int:
@@ -56,9 +59,11 @@ def _run(x, weight, bias):
     import numba
     y = x.new_empty(x.shape[0], weight.shape[0])
     b = weight.new_zeros(1) if bias is None else bias.detach().contiguous()
-    numba.set_num_threads(_threads())
-    _compiled()(x.detach().contiguous().numpy(), weight.detach().contiguous().numpy(), b.numpy(), bias is not None,
-                y.numpy())
+    threads = _threads()
+    if threads > 1:
+        numba.set_num_threads(threads)
+    _compiled(threads > 1)(x.detach().contiguous().numpy(), weight.detach().contiguous().numpy(), b.numpy(),
+                           bias is not None, y.numpy())
     return y
 
 
