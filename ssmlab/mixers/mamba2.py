@@ -15,6 +15,7 @@ from torch import nn
 
 from ssmlab.layers import GatedRMSNorm
 from ssmlab.layers.conv import ShortConvolution
+from ssmlab.layers.linear import project
 from ssmlab.mixers.base import LengthsInForward, Mixer, padding_mask, State, ssm_dtype, ssm_parameter
 from ssmlab.ops import ssd, ssd_step
 from ssmlab.ops.discretize import init_dt_bias
@@ -98,13 +99,13 @@ class Mamba2(LengthsInForward, Mixer):
         return self.out_proj(y), ({"conv": conv_state, "ssm": ssm_state} if return_state else None)
 
     def _step(self, x_t, state):
-        z, xbc, dt = self._split(self.in_proj(x_t))
-        xbc, conv_state = self.conv1d.step(xbc, state["conv"])
-        xh, b, c = self._heads(F.silu(xbc))  # (B, H, P), (B, G, N), (B, G, N)
+        z, xbc, dt = self._split(project(self.in_proj, x_t))
+        xbc, conv_state = self.conv1d.step(xbc, state["conv"], activation="silu")
+        xh, b, c = self._heads(xbc)  # (B, H, P), (B, G, N), (B, G, N)
         dt = F.softplus(dt + self.dt_bias)  # (B, H)
         y, ssm_state = ssd_step(xh, dt, -torch.exp(self.A_log), b, c, state["ssm"], D=self.D)
         y = self.norm(rearrange(y, "b h p -> b (h p)"), z)
-        return self.out_proj(y), {"conv": conv_state, "ssm": ssm_state}
+        return project(self.out_proj, y), {"conv": conv_state, "ssm": ssm_state}
 
     def _init_state(self, batch_size, *, device, dtype) -> State:
         dtype = dtype or self.out_proj.weight.dtype

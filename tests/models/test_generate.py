@@ -47,14 +47,15 @@ def test_generate_rejects_bad_arguments():
         model.generate(torch.zeros(1, 2, dtype=torch.long), -1)
 
 
-def test_generation_through_matvec_and_the_step_kernels_matches_full_forward(monkeypatch):
+@pytest.mark.parametrize("mixer", ["mamba", "mamba2"])
+def test_generation_through_matvec_and_the_step_kernels_matches_full_forward(monkeypatch, mixer):
     """At widths where ``project`` sends the projections and the LM head to ``ops.matvec``, the logits of every
     generated position equal those of the full forward (float64), and the fast path did run."""
     from tests.layers.test_linear import _spy
 
     calls = _spy(monkeypatch)
     torch.manual_seed(0)
-    model = ssmlab.create_model("mamba", d_model=256, n_layers=2, vocab_size=520, dtype=torch.float64).eval()
+    model = ssmlab.create_model(mixer, d_model=256, n_layers=2, vocab_size=520, dtype=torch.float64).eval()
     prompt = torch.randint(0, 520, (2, 7))
     with torch.no_grad():
         logits, states = model.prefill(prompt)
