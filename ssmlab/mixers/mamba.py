@@ -96,9 +96,20 @@ class Mamba(LengthsInForward, Mixer):
         xs, z = project(self.in_proj, x_t).chunk(2, dim=-1)  # (B, E*D)
         xs, conv_state = self.conv1d.step(xs, state["conv"], activation="silu")
         dt, b, c = self._ssm_inputs(xs)
-        y, ssm_state = selective_scan_step(xs, dt, -torch.exp(self.A_log), b, c, state["ssm"], D=self.D, z=z,
+        y, ssm_state = selective_scan_step(xs, dt, self._step_A(), b, c, state["ssm"], D=self.D, z=z,
                                            delta_bias=self.dt_proj.bias, delta_softplus=True)
         return project(self.out_proj, y), {"conv": conv_state, "ssm": ssm_state}
+
+    def _step_A(self) -> torch.Tensor:
+        """``-exp(A_log)``, kept from one generation step to the next while ``A_log`` is the same tensor, unchanged
+        (its version counter counts in-place updates); recomputed whenever a gradient is recorded."""
+        if torch.is_grad_enabled():
+            return -torch.exp(self.A_log)
+        key = (self.A_log.data_ptr(), self.A_log._version, self.A_log.dtype)
+        kept = self.__dict__.get("_kept_A")
+        if kept is None or kept[0] != key:
+            kept = self.__dict__["_kept_A"] = (key, -torch.exp(self.A_log))
+        return kept[1]
 
     def _init_state(self, batch_size, *, device, dtype) -> State:
         dtype = dtype or self.conv1d.weight.dtype  # not out_proj: dynamic quantisation replaces its weight

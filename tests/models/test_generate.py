@@ -67,3 +67,20 @@ def test_generation_through_matvec_and_the_step_kernels_matches_full_forward(mon
             logits, states = model.step(token, states)
             assert_close(logits, model(tokens)[:, -1], atol=1e-10, name=f"logits after {tokens.shape[1]} tokens")
     assert len(calls) == 1 + 4 * 5  # the LM head after the prompt; both projections of 2 layers and the head per step
+
+
+def test_mamba_step_sees_a_changed_A_log():
+    """The step keeps -exp(A_log) between tokens; an in-place change of A_log (an optimiser step, a loaded
+    checkpoint) must reach the next step."""
+    torch.manual_seed(0)
+    mixer = ssmlab.create_mixer("mamba", 16, dtype=torch.float64)
+    x = torch.randn(2, 16, dtype=torch.float64)
+    state = {key: torch.randn_like(t) for key, t in mixer.init_state(2).items()}  # A acts on a nonzero state
+    with torch.no_grad():
+        mixer.step(x, state)
+        mixer.A_log.mul_(0.5)
+        mixer.A_log.add_(1.0)
+        got, _ = mixer.step(x, state)
+    with torch.enable_grad():
+        want, _ = mixer.step(x, state)
+    assert_close(got, want.detach(), atol=1e-12, name="step after A_log changed")
