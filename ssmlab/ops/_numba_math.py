@@ -25,7 +25,7 @@ def exp_into(x, out, bits, k):
     c2, c3, c4, c5, c6, c7 = k[8], k[9], k[10], k[11], k[12], k[13]
     for j in range(x.shape[0]):
         a = min(max(x[j], lo), hi)
-        i = math.floor(a * log2e + half)
+        i = np.floor(a * log2e + half)  # np.floor keeps float32 (math.floor returns an integer: float64 after)
         r = (a - i * ln2_hi) - i * ln2_lo
         out[j] = one + r * (one + r * (c2 + r * (c3 + r * (c4 + r * (c5 + r * (c6 + r * c7))))))
         bits[j] = (np.int32(i) + np.int32(127)) << 23
