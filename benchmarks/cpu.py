@@ -7,8 +7,9 @@ Sections (``--sections``, all by default):
   exponential bound, ``torch.exp`` over the B L D N decays (the scan needs at least that many).
 * ``model``: 2-layer Mamba (d_model 768) and Mamba-2 (d_model 768, N=128, head size 64) backbones,
   no MLP, B=1, L=2048, forward, against transformers' ``MambaModel`` and ``Mamba2Model`` of the same
-  shapes (random weights), beside the same model's matrix-multiplication time alone (every
-  ``nn.Linear`` of the model run on the inputs it received during one forward).
+  shapes (random weights) and, for Mamba, mambapy's ``Mamba`` (its blocks with ``pscan``), beside
+  the same model's matrix-multiplication time alone (every ``nn.Linear`` of the model run on the
+  inputs it received during one forward).
 * ``step``: one training step (forward, backward, gradient clipping, AdamW) of 2-layer language
   models, d_model 64, vocab 32, B=32, L=64, as the harness trains them; ratios to attention's step.
 * ``generate``: the Mamba-130M shape (d_model 768, 24 layers, vocab 50280, no MLP): prefill of a
@@ -189,6 +190,10 @@ def model_section(length, repeats) -> None:
                                                    conv_kernel=4, vocab_size=1000)
                 peer = transformers.Mamba2Model(config).eval()
             contenders[f"transformers {type(peer).__name__}"] = lambda: peer(inputs_embeds=x)
+        if name == "mamba" and importlib.util.find_spec("mambapy") is not None:
+            from mambapy.mamba import Mamba, MambaConfig
+            mambapy_model = Mamba(MambaConfig(d_model=768, n_layers=2, d_state=16, expand_factor=2, d_conv=4)).eval()
+            contenders["mambapy Mamba (pscan)"] = lambda: mambapy_model(x)
         with torch.no_grad():
             times = interleaved(contenders, repeats)
         times[f"ssmlab {name}: nn.Linear alone"] = linear_time(ours, lambda: ours(x), repeats)
