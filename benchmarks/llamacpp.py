@@ -37,7 +37,6 @@ import importlib.metadata
 import importlib.util
 import os
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -147,3 +146,222 @@ def write_gguf(model, path, *, file_type: str = "F16") -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+class LlamaCpp:
+    """One llama.cpp model and context (llama-cpp-python's low-level API), CPU only, one sequence, decoding
+    token ids: :meth:`prefill` from an empty state, then :meth:`step` one token at a time."""
+
+    def __init__(self, path, *, n_ctx: int, n_batch: int, threads: int):
+        import llama_cpp
+
+        self.ll = llama_cpp
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = 0
+        self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
+        if not self.model:
+            raise RuntimeError(f"llama.cpp could not load {path}")
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = n_ctx, n_batch, min(512, n_batch), 1
+        params.n_threads = params.n_threads_batch = threads
+        params.no_perf = True
+        self.ctx = llama_cpp.llama_init_from_model(self.model, params)
+        if not self.ctx:
+            raise RuntimeError(f"llama.cpp could not make a context for {path}")
+        self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self.model))
+        self.n_batch = n_batch
+        self.batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self.position = 0
+
+    def reset(self) -> None:
+        self.ll.llama_memory_clear(self.ll.llama_get_memory(self.ctx), True)
+        self.position = 0
+
+    def decode(self, tokens, *, all_logits: bool = False) -> np.ndarray:
+        """Feed ``tokens`` (at most n_batch ids) after those already fed: logits (n, V), or (V,) of the last."""
+        n, batch = len(tokens), self.batch
+        for i, token in enumerate(tokens):
+            batch.token[i] = int(token)
+            batch.pos[i] = self.position + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = 0
+            batch.logits[i] = all_logits or i == n - 1
+        batch.n_tokens = n
+        if self.ll.llama_decode(self.ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed")
+        self.position += n
+        if all_logits:
+            return np.ctypeslib.as_array(self.ll.llama_get_logits(self.ctx), shape=(n, self.n_vocab)).copy()
+        return np.ctypeslib.as_array(self.ll.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,))
+
+    def prefill(self, tokens) -> int:
+        """Reset, feed the prompt in batches of n_batch; the greedy next token."""
+        self.reset()
+        for start in range(0, len(tokens), self.n_batch):
+            logits = self.decode(tokens[start:start + self.n_batch])
+        return int(logits.argmax())
+
+    def step(self, token: int) -> int:
+        return int(self.decode([token]).argmax())
+
+    def close(self) -> None:
+        self.ll.llama_batch_free(self.batch)
+        self.ll.llama_free(self.ctx)
+        self.ll.llama_model_free(self.model)
+
+
+def quantised(model):
+    """int8 dynamic quantisation of every ``nn.Linear`` but Mamba's ``dt_proj`` (whose weight the mixer
+    multiplies by directly), on a copy of ``model``."""
+    names = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+             and not name.endswith("dt_proj")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(model), {name: torch.ao.quantization.default_dynamic_qconfig for name in names},
+            dtype=torch.qint8)
+
+
+def ssmlab_run(model, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+    """(prefill seconds, seconds per generated token) through ``generate_tokens``, greedy."""
+    tokens = model.generate_tokens(prompt, new_tokens + 1, temperature=0)
+    start = time.perf_counter()
+    next(tokens)
+    middle = time.perf_counter()
+    for _ in tokens:
+        pass
+    return middle - start, (time.perf_counter() - middle) / new_tokens
+
+
+def llama_run(llm: LlamaCpp, prompt: list, new_tokens: int) -> tuple[float, float]:
+    start = time.perf_counter()
+    token = llm.prefill(prompt)
+    middle = time.perf_counter()
+    for _ in range(new_tokens):
+        token = llm.step(token)
+    return middle - start, (time.perf_counter() - middle) / new_tokens
+
+
+def load() -> str:
+    return f"(load {os.getloadavg()[0]:.2f})"
+
+
+def check_logits(model, llm: LlamaCpp, length: int = 16) -> None:
+    """Largest difference between llama.cpp's logits (F32 file) and ssmlab's for one random prompt:
+    prefill (all positions in one batch) against ``model(prompt)``, and one token at a time against
+    ``model.step``."""
+    prompt = torch.randint(0, model.encoder.vocab_size, (1, length), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = model(prompt)[0].double()  # (L, V)
+        states = model.init_state(1)
+        steps = []
+        for t in range(length):
+            logits, states = model.step(prompt[:, t], states)
+            steps.append(logits[0])
+        ours_steps = torch.stack(steps).double()
+    llm.reset()
+    theirs = torch.from_numpy(llm.decode(prompt[0].tolist(), all_logits=True)).double()
+    llm.reset()
+    theirs_steps = torch.stack([torch.from_numpy(llm.decode([t]).copy()) for t in prompt[0].tolist()]).double()
+    scale = ours.abs().max().item()
+    print(f"logits of a {length}-token prompt, llama.cpp F32 file against ssmlab float32 "
+          f"(largest |logit| {scale:.3g}):")
+    print(f"  prefill (one batch):   max abs difference {(theirs - ours).abs().max().item():.3g}, "
+          f"same argmax at {(theirs.argmax(-1) == ours.argmax(-1)).sum().item()}/{length} positions")
+    print(f"  one token at a time:   max abs difference {(theirs_steps - ours_steps).abs().max().item():.3g} "
+          f"(ssmlab forward vs its own steps: {(ours_steps - ours).abs().max().item():.3g})\n", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--contexts", type=int, nargs="+", default=[256, 2048])
+    parser.add_argument("--long", action="store_true", help="also a prompt of 8192 tokens")
+    parser.add_argument("--types", nargs="+", default=["F16", "F32", "Q8_0"], choices=["F16", "F32", "Q8_0"],
+                        help="GGUF tensor types timed in llama.cpp")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--n-batch", type=int, default=2048, help="llama.cpp's logical batch (n_ubatch 512)")
+    parser.add_argument("--gguf-dir", type=Path, default=None, help="keep the GGUF files here (default: a temporary"
+                        " directory, removed at the end)")
+    parser.add_argument("--no-int8", action="store_true", help="leave out ssmlab with int8 weights")
+    args = parser.parse_args()
+    missing = [name for name in ("llama_cpp", "gguf") if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"missing {', '.join(missing)}: {INSTALL}. No rows.")
+        return
+    contexts = sorted(set(args.contexts + ([8192] if args.long else [])))
+    torch.set_num_threads(args.threads)
+    import llama_cpp
+
+    versions = {"torch": torch.__version__, "llama-cpp-python": llama_cpp.__version__,
+                "gguf": importlib.metadata.version("gguf")}
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    print(f"threads: {args.threads} for both (torch.get_num_threads() {torch.get_num_threads()}), nproc "
+          f"{os.cpu_count()}")
+    llama_cpp.llama_backend_init()
+    print("llama.cpp: " + llama_cpp.llama_print_system_info().decode().strip())
+    print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}\n", flush=True)
+    # llama.cpp's log goes to stderr unless a callback takes it; keep a reference to the callback.
+    quiet = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+    llama_cpp.llama_log_set(quiet, ctypes.c_void_p(0))
+
+    torch.manual_seed(0)
+    model = ssmlab.create_model("mamba", **MAMBA_130M).eval()
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = args.gguf_dir or Path(scratch)
+        directory.mkdir(parents=True, exist_ok=True)
+        types = list(dict.fromkeys(["F32"] + args.types))
+        paths = {}
+        for file_type in types:
+            start = time.perf_counter()
+            paths[file_type] = write_gguf(model, directory / f"mamba-130m-random-{file_type}.gguf",
+                                          file_type=file_type)
+            print(f"wrote {paths[file_type]} ({paths[file_type].stat().st_size / 2**20:.0f} MiB) in "
+                  f"{time.perf_counter() - start:.1f} s")
+        print()
+        n_ctx = max(contexts) + args.new_tokens + 16
+        n_batch = min(args.n_batch, max(contexts))
+        llms = {}
+        for file_type in types:
+            llm = LlamaCpp(paths[file_type], n_ctx=n_ctx, n_batch=n_batch, threads=args.threads)
+            if file_type == "F32":
+                check_logits(model, llm)
+            if file_type in args.types:
+                llms[file_type] = llm
+            else:
+                llm.close()
+        contenders = {f"llama.cpp {t}": (lambda p, llm=llm: llama_run(llm, p[0].tolist(), args.new_tokens))
+                      for t, llm in llms.items()}
+        contenders["ssmlab float32"] = lambda p: ssmlab_run(model, p, args.new_tokens)
+        if not args.no_int8:
+            int8 = quantised(model)
+            contenders["ssmlab int8"] = lambda p: ssmlab_run(int8, p, args.new_tokens)
+        base = f"llama.cpp {args.types[0]}"
+        print(f"Mamba-130M shape, random weights, B=1, greedy, {args.new_tokens} tokens after the prompt, "
+              f"{args.threads} threads, median of {args.repeats} interleaved rounds; ratios are times over {base}'s")
+        warm = torch.randint(0, MAMBA_130M["vocab_size"], (1, min(contexts)))
+        with torch.no_grad():
+            for run in contenders.values():
+                run(warm)
+            for context in contexts:
+                prompt = torch.randint(0, MAMBA_130M["vocab_size"], (1, context),
+                                       generator=torch.Generator().manual_seed(context))
+                times = {name: [] for name in contenders}
+                for _ in range(args.repeats):
+                    for name, run in contenders.items():
+                        times[name].append(run(prompt))
+                print(f"context {context} {load()}")
+                medians = {name: (statistics.median(p for p, _ in t), statistics.median(g for _, g in t))
+                           for name, t in times.items()}
+                for name, (prefill, per_token) in medians.items():
+                    print(f"  {name:<16} prefill {context / prefill:8.1f} tokens/s ({prefill / medians[base][0]:5.2f}x)"
+                          f"   {per_token * 1e3:7.1f} ms/token ({per_token / medians[base][1]:5.2f}x)")
+                print(flush=True)
+        for llm in llms.values():
+            llm.close()
+    print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
