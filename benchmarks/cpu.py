@@ -18,7 +18,8 @@ Sections (``--sections``, all by default):
 Each comparison warms up once, then runs its contenders in turn ``--repeats`` times (interleaved) and
 reports medians of wall-clock time. The machine may be shared: the load average and the thread count
 are printed, and only ratios within one run are comparable. Nothing is installed; a missing peer
-(``pip install 'ssmlab[bench]'``) is reported and its rows skipped. llama.cpp is not compared here.
+(``pip install 'ssmlab[bench]'``) is reported and its rows skipped. llama.cpp is compared in
+``benchmarks/llamacpp.py``.
 
     python benchmarks/cpu.py [--sections scan model step generate] [--lengths 1024 4096]
                              [--backward-lengths 1024] [--repeats 5] [--contexts 256 2048]

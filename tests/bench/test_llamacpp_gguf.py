@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import ssmlab
+from tests.utils import assert_close
 
 gguf = pytest.importorskip("gguf")
 
@@ -86,3 +87,23 @@ def test_gguf_refuses_models_llama_cpp_cannot_run(tmp_path):
                                 mixer_options={"expand": 3})
     with pytest.raises(ValueError, match="expand=2"):
         write_gguf(model, tmp_path / "expand.gguf")
+
+
+def test_llama_cpp_computes_the_models_logits(tmp_path):
+    """Where llama-cpp-python is installed: llama.cpp runs the F32 file to ssmlab's logits, prefill and steps."""
+    pytest.importorskip("llama_cpp")
+    from benchmarks.llamacpp import LlamaCpp
+
+    model = _tiny()
+    llm = LlamaCpp(write_gguf(model, tmp_path / "tiny.gguf", file_type="F32"), n_ctx=64, n_batch=16, threads=1)
+    try:
+        prompt = torch.randint(0, 64, (1, 13), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            ours = model(prompt)[0]
+        prefill = torch.from_numpy(llm.decode(prompt[0].tolist(), all_logits=True))
+        llm.reset()
+        steps = torch.stack([torch.from_numpy(llm.decode([t]).copy()) for t in prompt[0].tolist()])
+    finally:
+        llm.close()
+    assert_close(prefill, ours, atol=1e-4, name="llama.cpp prefill vs ssmlab forward")
+    assert_close(steps, ours, atol=1e-4, name="llama.cpp steps vs ssmlab forward")
