@@ -12,9 +12,9 @@ Then, at each ``--contexts`` prompt length (``--long`` adds 8192), it times, int
 rounds (medians): the prefill of the prompt (tokens/s, from an empty state to the last position's logits)
 and the time per generated token (greedy, ``--new-tokens`` tokens after the prompt), for
 
-* llama.cpp with the GGUF in each of ``--types`` (F16 by default, also F32 and Q8_0: the converter's
-  choices; norms, the convolution, A and D stay F32 in every type, and a matrix whose rows Q8_0 cannot
-  split into blocks of 32, ``ssm_dt`` with dt_rank 48, falls back to F16, as in the converter);
+* llama.cpp with the GGUF in each of ``--types`` (F16, F32 and Q8_0 by default; ratios are to the first;
+  the converter's choices: norms, the convolution, A and D stay F32 in every type, and a matrix whose rows
+  Q8_0 cannot split into blocks of 32, ``ssm_dt`` with dt_rank 48, falls back to F16, as in the converter);
 * ssmlab in float32 and with int8 weights (``torch.ao.quantization.quantize_dynamic`` on every
   ``nn.Linear`` but the mixers' ``dt_proj``, as in ``benchmarks/cpu.py``), through its public
   ``generate_tokens``: the first token yielded ends the prefill, the others are the generated tokens.
