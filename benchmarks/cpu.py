@@ -16,7 +16,7 @@ Sections (``--sections``, all by default):
   prompt (``model.prefill``) and time per generated token (``model.step``), float32 and with int8
   dynamic quantisation of the linear layers but ``dt_proj`` (``torch.ao.quantization.quantize_dynamic``),
   at each ``--contexts`` prompt length, with the per-token time's ratio to the first context's.
-  llama.cpp on the same shape: ``benchmarks/llama_cpp.py``.
+  llama.cpp on the same shape: ``benchmarks/llamacpp.py``.
 
 Each comparison warms up once, then runs its contenders in turn ``--repeats`` times (interleaved) and
 reports medians of wall-clock time. The machine may be shared: the load average and the thread count

@@ -237,6 +237,21 @@ def save_hf(model: LanguageModel, path, *, extra: dict | None = None) -> Path:
                       n_groups=mixer.ngroups, num_heads=mixer.nheads, chunk_size=mixer.chunk_size, rms_norm=True)
     if extra:
         config["ssmlab"] = extra
+    state = hf_state_dict(model)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / "config.json", "w") as f:
+        json.dump(config, f, indent=2)
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    return path
+
+
+def hf_state_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
+    """``model``'s weights under the transformers ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` names
+    (``backbone.embeddings.weight``, ``backbone.layers.{i}.norm.weight``, ``backbone.layers.{i}.mixer.*``,
+    ``backbone.norm_f.weight``; ``lm_head.weight`` only when not tied), as :func:`save_hf` writes them.
+    Converters keyed on those names (llama.cpp's GGUF writer) read it too."""
+    tied = model.lm_head.weight is model.encoder.embed.weight
     state = {}
     for key, value in model.state_dict().items():
         if key == "encoder.embed.weight":
@@ -245,9 +260,4 @@ def save_hf(model: LanguageModel, path, *, extra: dict | None = None) -> Path:
             continue
         key = key.replace(".norm1.", ".norm.")
         state[key] = value.detach().contiguous()
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path / "config.json", "w") as f:
-        json.dump(config, f, indent=2)
-    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
-    return path
+    return state
