@@ -61,8 +61,9 @@ def ssd(x, dt, A, B, C, *, chunk_size: int = 64, D=None, initial_state=None, ret
             are the mixer's business (not checked, as that would need the values).
         A: (H,) real decay rate per head, negative for a stable scan.
         B, C: (B, L, G, N), G groups dividing H; head h reads group h // (H / G).
-        chunk_size: positions per chunk for the ``torch`` backend (any L works); the ``triton`` backend rounds it
-            up to a power of two in [16, 256].
+        chunk_size: positions per chunk for the ``torch`` backend (any L works; on the CPU it runs at most
+            ``ssmlab.ops.ssd.torch.CPU_CHUNK`` = 64, which measured fastest there and changes only the rounding);
+            the ``triton`` backend rounds it up to a power of two in [16, 256].
         D: (H,) or (H, P) skip connection ``y += D x``; none when None.
         initial_state: (B, H, P, N) state before the first position; zeros when None.
         return_final_state: also return the state after the last position.
