@@ -188,3 +188,17 @@ def test_chunked_caps_the_chunk_on_the_cpu():
     for chunk_size in (256, 1000):
         assert_close(ssd(*args, **kwargs, chunk_size=chunk_size, backend="torch"), want, atol=1e-10,
                      name=f"chunk_size={chunk_size}")
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_chunked_strong_decay(dtype, atol):
+    """Decays far below the smallest normal number (exponents to -5000) are exactly what they are: the torch
+    backend's floor on the exponents changes nothing visible, and nothing underflows to NaN."""
+    args, kwargs = _inputs(100, 2, batch=2)
+    x, dt, A, B, C = args
+    A = A * 0 - 50.0  # a = dt A down to -25 per step
+    want, want_state = ssd(x, dt, A, B, C, **kwargs, return_final_state=True, backend="reference")
+    got, state = ssd(*[t.to(dtype) for t in (x, dt, A, B, C)], **{k: v.to(dtype) for k, v in kwargs.items()},
+                     chunk_size=64, return_final_state=True, backend="torch")
+    assert_close(got.double(), want, atol=atol, name="y")
+    assert_close(state.double(), want_state, atol=atol, name="final state")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
-import torch.nn.functional as F
 
 from ssmlab.ops.ssd import ssd_op
 from ssmlab.ops.ssd.reference import compute_dtype
@@ -15,85 +16,90 @@ CPU_CHUNK = 64
 
 
 def segment_sum(a: torch.Tensor) -> torch.Tensor:
-    """``S[..., t, s] = sum_{s < r <= t} a[..., r]`` for s <= t and -inf above the diagonal."""
-    return _segments(a.cumsum(dim=-1))
-
-
-def _segments(cum: torch.Tensor) -> torch.Tensor:
-    """``segment_sum`` from the prefix sums ``cum`` (..., T): ``cum_t - cum_s`` below the diagonal, -inf above.
-
-    A difference of prefix sums, as in Mamba-2's kernels: within a chunk the prefix sums stay small, and
-    the diagonal is exactly 0 (a decay of exactly 1). Returns a fresh tensor (..., T, T).
-    """
-    length = cum.shape[-1]
-    lower = torch.ones(length, length, dtype=torch.bool, device=cum.device).tril()
+    """``S[..., t, s] = sum_{s < r <= t} a[..., r]`` for s <= t and -inf above the diagonal: a difference of
+    prefix sums, as in Mamba-2's kernels (within a chunk the prefix sums stay small), 0 on the diagonal."""
+    length = a.shape[-1]
+    cum = a.cumsum(dim=-1)
+    lower = torch.ones(length, length, dtype=torch.bool, device=a.device).tril()
     return (cum[..., :, None] - cum[..., None, :]).masked_fill_(~lower, float("-inf"))
 
 
 def _chunked(x, dt, A, B, C, chunk_size, initial_state, D):
-    """Block decomposition over chunks of length T (L padded to a multiple of T with dt = 0), plus ``D x``.
+    """Chunk by chunk: the quadratic form inside the chunk plus the entering state's contribution, then the
+    state after it; plus ``D x``. The last chunk may be shorter. Returns y (B, L, H, P), state (B, H, P, N).
 
-    The operands stay in the layout they arrive in, (B, c, T, G, K, P) for x with K = H / G heads per
-    group, so that the chunk states and the states' contribution to the output are one matrix product
-    per chunk and group over all its heads at once, (K P, T) x (T, N) and (T, N) x (N, K P), with no
-    copy; only the product inside chunks runs head by head. Without autograd the large intermediates
-    are updated in place.
+    Every intermediate is the size of one chunk, (B, H, T, T) or (B, T, H, P), so it stays in cache and is
+    not a fresh page-faulted allocation. x is read in its arriving layout, (B, T, G, K, P) with K = H / G
+    heads per group: the chunk state and the state's contribution to the output are one matrix product
+    per group over all its heads, (K P, T) x (T, N) and (T, N) x (N, K P); only the product inside the
+    chunk runs head by head. Without autograd the intermediates are updated in place and y is written
+    into one output buffer.
     """
     batch, length, heads, head_dim = x.shape
     groups, n_state = B.shape[2], B.shape[3]
     k = heads // groups
     width = k * head_dim
-    inplace = not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, dt, A, B, C, D, initial_state)
-                                                   if t is not None))
-    pad = -length % chunk_size
-    x_in = x
-    if pad:
-        x, dt = F.pad(x, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))
-        B, C = F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(C, (0, 0, 0, 0, 0, pad))
-    chunks = x.shape[1] // chunk_size
-    shape = (batch, chunks, chunk_size, groups, k)
-    xdt = (x * dt[..., None]).view(*shape, head_dim)  # (B, c, T, G, K, P)
-    Bc, Cc = B.reshape(*shape[:4], n_state), C.reshape(*shape[:4], n_state)  # (B, c, T, G, N)
-    a_cum = (dt * A).view(shape).cumsum(dim=2)  # (B, c, T, G, K) log-decay from the chunk's start
+    inplace = not (torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                   for t in (x, dt, A, B, C, D, initial_state)))
+    d = None if D is None else (D[:, None] if D.dim() == 1 else D).to(x.dtype)  # (H, 1) or (H, P)
+    state = None if initial_state is None else initial_state.reshape(batch, groups, width, n_state)
+    y = x.new_empty(batch, length, heads, head_dim) if inplace else None
+    lower = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=x.device).tril()
+    # Every decay exponent is at least ``floor``: exp(floor) is far below rounding (1e-19 in float32, 1e-154 in
+    # float64), while exponentials that underflow take a slow path (about 6x) and subnormal states and outputs
+    # slow every later product on the CPU.
+    floor = math.log(torch.finfo(x.dtype).tiny) / 2
+    # The prefix sums of the log-decays, and their differences, in float64: in float32 a difference of two
+    # sums of size S loses S * 1e-7 of the exponent (the float32 ones lost 1e-4 of y's scale when a = -25).
+    wide = torch.promote_types(x.dtype, torch.float64)
+    outputs = []
+    for start in range(0, length, chunk_size):
+        end = min(start + chunk_size, length)
+        t = end - start
+        x_i, dt_i = x[:, start:end], dt[:, start:end]  # (B, T, H, P), (B, T, H)
+        B_i, C_i = B[:, start:end].transpose(1, 2), C[:, start:end].transpose(1, 2)  # (B, G, T, N)
+        a_cum = (dt_i * A).to(wide).cumsum(dim=1)  # (B, T, H) log-decay from the chunk's start
+        a_heads = a_cum.transpose(1, 2).reshape(batch, groups, k, t)  # (B, G, K, T)
+        xdt = (x_i * dt_i[..., None]).view(batch, t, groups, k, head_dim)  # (B, T, G, K, P)
 
-    # 1. Inside each chunk, the quadratic form: y_t = sum_{s<=t} exp(a_cum_t - a_cum_s) (C_t . B_s) dt_s x_s.
-    scores = Cc.transpose(2, 3) @ Bc.permute(0, 1, 3, 4, 2)  # (B, c, G, T, S)
-    log_decay = _segments(a_cum.permute(0, 1, 3, 4, 2))  # (B, c, G, K, T, S)
-    if inplace:
-        weights = log_decay.exp_().mul_(scores[:, :, :, None])  # (B, c, G, K, T, S)
-    else:
-        weights = log_decay.exp() * scores[:, :, :, None]
-    y = (weights @ xdt.permute(0, 1, 3, 4, 2, 5)).permute(0, 1, 4, 2, 3, 5)  # (B, c, T, G, K, P), a view
+        # The quadratic form: y_t = sum_{s<=t} exp(a_cum_t - a_cum_s) (C_t . B_s) dt_s x_s; the causal mask
+        # multiplies the scores.
+        scores = ((C_i @ B_i.transpose(-1, -2)) * lower[:t, :t])[:, :, None]  # (B, G, 1, T, S)
+        log_decay = (a_heads[..., :, None] - a_heads[..., None, :]).to(x.dtype).masked_fill_(~lower[:t, :t], floor)
+        if inplace:
+            weights = log_decay.clamp_min_(floor).exp_().mul_(scores)  # (B, G, K, T, S)
+        else:
+            weights = log_decay.clamp_min(floor).exp() * scores
+        y_i = weights @ xdt.permute(0, 2, 3, 1, 4)  # (B, G, K, T, P)
+        if state is not None:
+            # The entering state's contribution, exp(a_cum_t) C_t . h: (T, N) x (N, K P) per group.
+            carried = (C_i @ state.transpose(-1, -2)).view(batch, groups, t, k, head_dim).transpose(2, 3)
+            from_start = a_heads.to(x.dtype).clamp_min(floor).exp()[..., None]  # (B, G, K, T, 1)
+            y_i = y_i.addcmul_(carried, from_start) if inplace else y_i + carried * from_start
 
-    # 2. The state each chunk produces on its own (from a zero state): (K P, T) x (T, N) per chunk and group.
-    to_end = torch.exp(a_cum[:, :, -1:] - a_cum)[..., None]  # (B, c, T, G, K, 1)
-    xs = (xdt * to_end).view(*shape[:4], width)  # (B, c, T, G, K P)
-    chunk_states = xs.permute(0, 1, 3, 4, 2) @ Bc.transpose(2, 3)  # (B, c, G, K P, N)
-
-    if chunks > 1 or initial_state is not None:
-        # 3. The recurrence between chunks, one step per chunk, and 4. the entering state's contribution
-        # exp(a_cum_t) C_t . h to each position of the chunk, (T, N) x (N, K P) per group.
-        decay = torch.exp(a_cum[:, :, -1])[..., None, None]  # (B, c, G, K, 1, 1)
-        state = None if initial_state is None else initial_state.reshape(batch, groups, width, n_state)
-        carried = []
-        for i in range(chunks):
-            if state is None:
-                carried.append(xs.new_zeros(batch, chunk_size, groups, width))
-                state = chunk_states[:, i]
-                continue
-            carried.append((Cc[:, i].transpose(1, 2) @ state.transpose(-1, -2)).transpose(1, 2))  # (B, T, G, K P)
+        # The state after the chunk: its own, (K P, T) x (T, N) per group, plus the entering one decayed.
+        to_end = (a_cum[:, -1:] - a_cum).to(x.dtype).clamp_min(floor).exp().view(batch, t, groups, k, 1)
+        xs = (xdt.mul_(to_end) if inplace else xdt * to_end).view(batch, t, groups, width)
+        own = xs.permute(0, 2, 3, 1) @ B_i  # (B, G, K P, N)
+        if state is None:
+            state = own
+        else:
+            decay = a_cum[:, -1].to(x.dtype).clamp_min(floor).exp().view(batch, groups, k, 1, 1)
             h = state.view(batch, groups, k, head_dim, n_state)
-            state = torch.addcmul(chunk_states[:, i].view_as(h), decay[:, i], h).view(batch, groups, width, n_state)
-        carried = torch.stack(carried, dim=1).view(*shape, head_dim)  # (B, c, T, G, K, P)
-        from_start = torch.exp(a_cum)[..., None]  # (B, c, T, G, K, 1)
-        y = carried.mul_(from_start).add_(y) if inplace else carried * from_start + y
-    else:
-        # One chunk from a zero state (short sequences): its own state is the final one and nothing enters it.
-        state = chunk_states[:, 0]
-    y = y.reshape(batch, chunks * chunk_size, heads, head_dim)[:, :length]  # (B, L, H, P)
-    if D is not None:
-        d = (D[:, None] if D.dim() == 1 else D).to(x.dtype)
-        y = y.addcmul_(x_in, d) if inplace and y.is_contiguous() else x_in * d + y
+            own = own.view_as(h)
+            state = (own.addcmul_(decay, h) if inplace else own + decay * h).view(batch, groups, width, n_state)
+
+        y_i = y_i.permute(0, 3, 1, 2, 4)  # (B, T, G, K, P), a view
+        if inplace:
+            out = y[:, start:end]
+            out.view(batch, t, groups, k, head_dim).copy_(y_i)
+            if d is not None:
+                out.addcmul_(x_i, d)
+        else:
+            y_i = y_i.reshape(batch, t, heads, head_dim)
+            outputs.append(y_i if d is None else y_i + x_i * d)
+    if not inplace:
+        y = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
     return y, state.reshape(batch, heads, head_dim, n_state)
 
 
