@@ -86,7 +86,9 @@ class Mamba2(LengthsInForward, Mixer):
         z, xbc, dt = self._split(self.in_proj(x))
         xbc, conv_state = self.conv1d(xbc, None if state is None else state["conv"], return_state=True,
                                       lengths=lengths)
-        xh, b, c = self._heads(F.silu(xbc))  # (B, L, H, P), (B, L, G, N), (B, L, G, N)
+        # The convolution may return a (B, C, L) tensor seen as (B, L, C); SSD reads x, B and C position by
+        # position, so they are made contiguous along C first (the strided reads cost more than the copy).
+        xh, b, c = self._heads(F.silu(xbc.contiguous()))  # (B, L, H, P), (B, L, G, N), (B, L, G, N)
         dt = F.softplus(dt + self.dt_bias)  # (B, L, H)
         if lengths is not None:
             # A zero step at padded positions leaves the state as it was (decay exp(0) = 1, input 0).
