@@ -1,7 +1,8 @@
 """Time and peak memory of every backend of the recurrence ops, with ratios to the reference.
 
 The selective scan and SSD in shapes as in the Mamba papers' 1.3B-scale layers: B=4, D=1536, N=16 for the
-selective scan; B=4, H=24, P=64 (D = 1536), N=16, G=1 for SSD; L in {1024, 4096}.
+selective scan; B=4, H=24, P=64 (D = 1536), N=16, G=1 for SSD; the linear scan over (B=4, L, D=1536);
+L in {1024, 4096}.
 The gated delta rule (Gated DeltaNet, arXiv 2412.06464) and GLA (arXiv 2312.06635)
 run B=4, H=8 heads of K=V=64 with chunk size 64 by default, and so do the mLSTM
 (arXiv 2405.04517), RWKV-7 (arXiv 2503.14456) and Mamba-3 (arXiv 2603.15569; SISO, P=N=64, rotary angles on
@@ -19,6 +20,15 @@ with ``profile_memory=True`` (its event tree, so allocations inside an op and
 inside a custom autograd function are seen at the time they happen), summed in
 time order. Resident-set measurements were tried first and rejected, since the C
 allocator keeps freed memory and hides the difference between backends.
+
+After each op and length, a "bound" line gives a simple lower bound and the fastest backend's time over it:
+the larger of (a) the matrix-multiplication FLOPs of the op's chunked form (chunk 64; counted per position and
+head below, three times over with ``--backward``), timed as 64x64 batched ``torch.matmul`` products of the
+same total FLOPs, and (b) ``torch.exp`` over the decays the op must exponentiate (the selective scan's
+B L D N; GLA's B L H K) or, for the linear scan, one ``torch.addcmul`` over its (B, L, D) inputs (the same
+memory traffic as the scan), each repeated over a fixed buffer so that memory allocation is not timed.
+The bound is a floor of this machine's speed for that work, not an achievable target: it leaves out every
+elementwise pass, the sequential part and, for (a), the time of the exponentials.
 
 The machine this runs on may be shared; the load average is printed with the
 table, and timings are only comparable within one run. Tensors above glibc's
@@ -43,12 +53,13 @@ import torch
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
 
-from ssmlab.ops import gated_delta_rule, gla, mamba3, mlstm, rwkv7, selective_scan, ssd
+from ssmlab.ops import gated_delta_rule, gla, linear_scan, mamba3, mlstm, rwkv7, selective_scan, ssd
 from ssmlab.ops.gated_delta_rule import gated_delta_rule_op
 from ssmlab.ops.gla import gla_op
 from ssmlab.ops.mamba3 import mamba3_op
 from ssmlab.ops.mlstm import mlstm_op
 from ssmlab.ops.rwkv7 import rwkv7_op
+from ssmlab.ops.scan import linear_scan_op
 from ssmlab.ops.selective_scan import selective_scan_op
 from ssmlab.ops.ssd import ssd_op
 
@@ -64,6 +75,14 @@ def selective_scan_case(length, dtype, grad):
     D = torch.ones(d, dtype=dtype, requires_grad=grad)
     z = torch.randn(b, length, d, generator=g, dtype=dtype, requires_grad=grad)
     return lambda backend: selective_scan(u, delta, A, B, C, D=D, z=z, delta_softplus=True, backend=backend)
+
+
+def linear_scan_case(length, dtype, grad):
+    b, d = 4, 1536
+    g = torch.Generator().manual_seed(0)
+    a = torch.sigmoid(torch.randn(b, length, d, generator=g, dtype=dtype) + 2).requires_grad_(grad)
+    x = torch.randn(b, length, d, generator=g, dtype=dtype, requires_grad=grad)
+    return lambda backend: linear_scan(a, x, backend=backend)
 
 
 def ssd_case(length, dtype, grad):
@@ -136,6 +155,89 @@ def rwkv7_case(length, dtype, grad, batch=4, heads=8):
     return lambda backend: rwkv7(r, k, v, log_decay, a, b, chunk_size=64, backend=backend)
 
 
+BOUND_CHUNK = 64  # the chunk length whose matrix products the FLOP bound counts
+
+
+def chunked_flops(name, length, batch, heads):
+    """Multiply-add FLOPs of the op's chunked form, forward: its main matrix products, per position and head."""
+    t = BOUND_CHUNK
+    if name == "ssd":
+        b, h, p, n = 4, 24, 64, 16
+        # C B^T per group (one group of 24 heads), (L o C B^T) (dt x), the chunk states B^T x, the carried C h.
+        return 2 * b * length * (t * n + h * (t * p + 2 * p * n))
+    d = 64  # K = V = 64
+    if name == "gla":
+        # q k^T with the decays, the scores times v, q S and the state update k^T v.
+        return 2 * batch * heads * length * (2 * t * d + 2 * d * d)
+    if name == "gated_delta_rule":
+        # k k^T, the triangular solve (T^3 / 3 per chunk), W and U, q k^T, scores times u, W S, q S and k^T u.
+        return 2 * batch * heads * length * (4 * t * d + t * t // 3 + t * d + 3 * d * d)
+    return None
+
+
+def matmul_seconds(flops, dtype, repeats):
+    """Median seconds of ``flops`` worth of 64x64 batched products, in batches of at most 256 products."""
+    per_product = 2 * 64 ** 3
+    count = max(1, round(flops / per_product))
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(min(count, 256), 64, 64, generator=g, dtype=dtype) for _ in range(2))
+    out = torch.empty_like(a)
+    full, rest = divmod(count, 256)
+
+    def run():
+        for _ in range(full):
+            torch.matmul(a, b, out=out)
+        if rest:
+            torch.matmul(a[:rest], b[:rest], out=out[:rest])
+
+    return median_seconds(lambda _backend: run(), None, False, repeats)
+
+
+def elementwise_seconds(numel, dtype, repeats, kind):
+    """Median seconds of ``torch.exp`` (kind "exp") or ``torch.addcmul`` over ``numel`` numbers, in 2^20 at a time."""
+    size = min(numel, 1 << 20)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(size, generator=g, dtype=dtype)
+    out = torch.empty_like(x)
+    full, rest = divmod(numel, size)
+
+    def run():
+        for i in range(full + (1 if rest else 0)):
+            part = size if i < full else rest
+            if kind == "exp":
+                torch.exp(x[:part], out=out[:part])
+            else:
+                torch.addcmul(x[:part], x[:part], x[:part], out=out[:part])
+
+    return median_seconds(lambda _backend: run(), None, False, repeats)
+
+
+def bound_line(name, length, results, dtype, grad, repeats, batch, heads):
+    """The op's lower bound (see the module docstring) and the fastest backend's time over it, or None."""
+    passes = 3 if grad else 1
+    parts = {}
+    flops = chunked_flops(name, length, batch, heads)
+    if flops is not None:
+        parts[f"matmul {passes * flops / 1e9:.2f} GFLOP"] = matmul_seconds(passes * flops, dtype, repeats)
+    if name == "selective_scan":
+        numel = 4 * length * 1536 * 16
+        parts[f"exp {numel / 1e6:.0f} M"] = elementwise_seconds(numel, dtype, repeats, "exp")
+    elif name == "gla":
+        numel = batch * length * heads * 64
+        parts[f"exp {numel / 1e6:.1f} M"] = elementwise_seconds(numel, dtype, repeats, "exp")
+    elif name == "linear_scan":
+        numel = 4 * length * 1536
+        parts[f"addcmul {passes}x {numel / 1e6:.1f} M"] = passes * elementwise_seconds(numel, dtype, repeats,
+                                                                                      "addcmul")
+    if not parts:
+        return None
+    label, seconds = max(parts.items(), key=lambda item: item[1])
+    backend, (best, _) = min(results.items(), key=lambda item: item[1][0])
+    others = "".join(f", {k} {v:.4f} s" for k, v in parts.items() if k != label)
+    return (f"{name:<17}{length:>6}  {'bound':<12}{seconds:>10.4f}   ({label}{others}); "
+            f"fastest {backend} {best / seconds:.2f}x the bound")
+
+
 def run_once(fn, backend, grad):
     if grad:
         fn(backend).sum().backward()
@@ -177,9 +279,11 @@ def median_seconds(fn, backend, grad, repeats):
     return statistics.median(times)
 
 
-CASES = {"selective_scan": selective_scan_case, "ssd": ssd_case, "gated_delta_rule": gated_delta_rule_case,
+CASES = {"selective_scan": selective_scan_case, "linear_scan": linear_scan_case, "ssd": ssd_case,
+         "gated_delta_rule": gated_delta_rule_case,
          "gla": gla_case, "mlstm": mlstm_case, "mamba3": mamba3_case, "rwkv7": rwkv7_case}
-OPS = {"selective_scan": selective_scan_op, "ssd": ssd_op, "gated_delta_rule": gated_delta_rule_op, "gla": gla_op,
+OPS = {"selective_scan": selective_scan_op, "linear_scan": linear_scan_op, "ssd": ssd_op,
+       "gated_delta_rule": gated_delta_rule_op, "gla": gla_op,
        "mlstm": mlstm_op, "mamba3": mamba3_op, "rwkv7": rwkv7_op}
 HEADED = ("gated_delta_rule", "gla", "mlstm", "mamba3", "rwkv7")  # ops whose case takes --batch and --heads
 
@@ -221,6 +325,9 @@ def main() -> None:
                 ref_s, ref_m = results["reference"]
                 print(f"{name:<17}{length:>6}  {backend:<12}{seconds:>10.3f}{ref_s / seconds:>9.2f}x"
                       f"{mib:>10.1f}{mib / ref_m if ref_m else float('nan'):>8.2f}x", flush=True)
+            line = bound_line(name, length, results, dtype, args.backward, args.repeats, args.batch, args.heads)
+            if line:
+                print(line, flush=True)
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
 
 

@@ -164,3 +164,41 @@ def test_mixed_precision(backend):
     y_t, _ = ssd_step(low[0][:, 0], low[1][:, 0], low[2], low[3][:, 0], low[4][:, 0],
                       torch.zeros_like(h), D=kwargs["D"].float())
     assert y_t.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("initial_state", [False, True])
+@pytest.mark.parametrize("length", [1, 40, 70])
+def test_chunked_without_autograd_matches_with(initial_state, length):
+    """The torch backend updates its intermediates in place when nothing needs a gradient: same y and state."""
+    args, kwargs = _inputs(length, 2, batch=2, d_shape="hp")
+    kwargs["initial_state"] = kwargs["initial_state"] if initial_state else None
+    with torch.no_grad():
+        y, h = ssd(*args, **kwargs, chunk_size=16, return_final_state=True, backend="torch")
+    x = args[0].clone().requires_grad_(True)
+    y_grad, h_grad = ssd(x, *args[1:], **kwargs, chunk_size=16, return_final_state=True, backend="torch")
+    assert_close(y, y_grad, atol=1e-12, name="y without autograd")
+    assert_close(h, h_grad, atol=1e-12, name="final state without autograd")
+    assert_close(y, ssd(*args, **kwargs, backend="reference"), atol=1e-10, name="y against the reference")
+
+
+def test_chunked_caps_the_chunk_on_the_cpu():
+    """A chunk longer than CPU_CHUNK is the same function (the torch backend runs CPU_CHUNK on the CPU)."""
+    args, kwargs = _inputs(300, 2, batch=1, heads=2, head_dim=2, n_state=3)
+    want = ssd(*args, **kwargs, backend="reference")
+    for chunk_size in (256, 1000):
+        assert_close(ssd(*args, **kwargs, chunk_size=chunk_size, backend="torch"), want, atol=1e-10,
+                     name=f"chunk_size={chunk_size}")
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_chunked_strong_decay(dtype, atol):
+    """Decays far below the smallest normal number (exponents to -5000) are exactly what they are: the torch
+    backend's floor on the exponents changes nothing visible, and nothing underflows to NaN."""
+    args, kwargs = _inputs(100, 2, batch=2)
+    x, dt, A, B, C = args
+    A = A * 0 - 50.0  # a = dt A down to -25 per step
+    want, want_state = ssd(x, dt, A, B, C, **kwargs, return_final_state=True, backend="reference")
+    got, state = ssd(*[t.to(dtype) for t in (x, dt, A, B, C)], **{k: v.to(dtype) for k, v in kwargs.items()},
+                     chunk_size=64, return_final_state=True, backend="torch")
+    assert_close(got.double(), want, atol=atol, name="y")
+    assert_close(state.double(), want_state, atol=atol, name="final state")

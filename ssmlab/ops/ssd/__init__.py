@@ -15,10 +15,11 @@ Backends, all computing the same function:
 * ``reference``: the recurrence, one position at a time (the specification);
 * ``quadratic``: the attention-like form ``y = (L o C B^T) (dt x)`` with the
   1-semiseparable decay mask ``L[t, s] = exp(sum_{s<r<=t} dt_r A)``, O(L^2);
-* ``torch`` (default; also named ``chunked``): Mamba-2's block decomposition: the
-  quadratic form inside chunks of ``chunk_size`` positions, chunk states passed
-  between chunks by :func:`ssmlab.ops.linear_scan` over the chunks; any chunk size
-  and any L. Memory O(B L H (T + P + P N / T)) for chunk size T.
+* ``torch`` (default; also named ``chunked``): Mamba-2's block decomposition, one chunk
+  of ``chunk_size`` positions after another: the quadratic form inside the chunk, the
+  entering state's contribution, the state after it; any chunk size and any L.
+  Memory O(B L H P + B H (T^2 + P N)) for chunk size T without autograd, and
+  O(B L H (T + P + P N / T)) kept for the backward pass.
 * ``triton`` (default on CUDA tensors when Triton is importable): the same block
   decomposition as Triton kernels, forward and backward (:mod:`ssmlab.ops.ssd.triton`);
   on the CPU only by name, under Triton's interpreter (``TRITON_INTERPRET=1``).
@@ -61,8 +62,9 @@ def ssd(x, dt, A, B, C, *, chunk_size: int = 64, D=None, initial_state=None, ret
             are the mixer's business (not checked, as that would need the values).
         A: (H,) real decay rate per head, negative for a stable scan.
         B, C: (B, L, G, N), G groups dividing H; head h reads group h // (H / G).
-        chunk_size: positions per chunk for the ``torch`` backend (any L works); the ``triton`` backend rounds it
-            up to a power of two in [16, 256].
+        chunk_size: positions per chunk for the ``torch`` backend (any L works; on the CPU it runs at most
+            ``ssmlab.ops.ssd.torch.CPU_CHUNK`` = 64, which measured fastest there and changes only the rounding);
+            the ``triton`` backend rounds it up to a power of two in [16, 256].
         D: (H,) or (H, P) skip connection ``y += D x``; none when None.
         initial_state: (B, H, P, N) state before the first position; zeros when None.
         return_final_state: also return the state after the last position.
