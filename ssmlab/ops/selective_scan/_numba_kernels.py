@@ -40,7 +40,8 @@ def exp_row(x, A, n, g, out, bits, scale, k):
     c2, c3, c4, c5, c6, c7 = k[8], k[9], k[10], k[11], k[12], k[13]
     for j in range(width):
         a = min(max(x[g, j] * A[n, g, j], lo), hi)
-        i = math.floor(a * log2e + half)
+        # np.floor keeps float32; math.floor returns an integer, which turned the rest into float64 arithmetic.
+        i = np.floor(a * log2e + half)
         r = (a - i * ln2_hi) - i * ln2_lo
         out[j] = one + r * (one + r * (c2 + r * (c3 + r * (c4 + r * (c5 + r * (c6 + r * c7))))))
         bits[j] = (np.int32(i) + np.int32(127)) << 23
