@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmlab.layers.conv import ShortConvolution
+from ssmlab.layers.conv import ShortConvolution, causal_conv
 from ssmlab.mixers.base import LengthsInForward, Mixer, padding_mask, State, ssm_dtype, ssm_parameter
 from ssmlab.ops import selective_scan, selective_scan_step
 from ssmlab.ops.discretize import init_dt_bias
@@ -76,8 +76,9 @@ class Mamba(LengthsInForward, Mixer):
 
     def _forward(self, x, state, return_state, lengths=None):
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E*D) each
-        xs, conv_state = self.conv1d(xs, None if state is None else state["conv"], return_state=True, lengths=lengths)
-        xs = F.silu(xs)
+        # The convolution and its SiLU in one op (one pass forward and backward with the numba backend).
+        xs, conv_state = causal_conv(xs, self.conv1d.weight, self.conv1d.bias, None if state is None else state["conv"],
+                                     lengths, activation="silu")
         dt, b, c = self._ssm_inputs(xs)
         bias, softplus = self.dt_proj.bias, True
         if lengths is not None:
