@@ -55,8 +55,10 @@ class _Conv(torch.autograd.Function):
         ctx.save_for_backward(x, w, bias.detach(), state.detach())
         ctx.silu = silu
         ctx.set_materialize_grads(False)
-        full = torch.cat([state, x], dim=1)[:, x.shape[1]:]  # (B, K - 1, D): the last K - 1 inputs
-        return y, full
+        length, keep = x.shape[1], state.shape[1]
+        # (B, K - 1, D): the last K - 1 inputs of state ++ x, without concatenating the whole sequence.
+        final = x[:, length - keep:].clone() if length >= keep else torch.cat([state[:, length:], x], dim=1)
+        return y, final
 
     @staticmethod
     @once_differentiable
