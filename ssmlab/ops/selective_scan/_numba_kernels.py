@@ -258,7 +258,6 @@ def backward(u, delta, bias, softplus, A, Bm, Cm, skip, z, gated, entering, chun
     grad_out = np.empty((groups, width), dtype=u.dtype)
     bu_grad = np.empty((groups, width), dtype=u.dtype)
     step_grad = np.empty((groups, width), dtype=u.dtype)
-    through = np.empty(width, dtype=u.dtype)
     adj = np.empty((n_state, groups, width), dtype=u.dtype)
     for b in range(batch):
         adj[:] = dh[b]
@@ -308,7 +307,6 @@ def backward(u, delta, bias, softplus, A, Bm, Cm, skip, z, gated, entering, chun
                         c_n = Cm[b, t, g, n]
                         grad_b = zero
                         grad_c = zero
-                        # Two loops rather than one: the compiler vectorises loops that touch fewer arrays better.
                         for j in range(width):
                             gn = adj[n, g, j] + grad_out[g, j] * c_n  # dloss/dh_t
                             grad_c += grad_out[g, j] * states[s + 1, n, g, j]
@@ -316,10 +314,9 @@ def backward(u, delta, bias, softplus, A, Bm, Cm, skip, z, gated, entering, chun
                             bu_grad[g, j] += gn * b_n
                             carried = gn * decays[s, n, g, j]
                             adj[n, g, j] = carried
-                            through[j] = carried * states[s, n, g, j]  # dloss/d(delta A) at (t, n, g, j)
-                        for j in range(width):
-                            step_grad[g, j] += through[j] * A[n, g, j]
-                            dA[n, g, j] += through[j] * step[g, j]
+                            through = carried * states[s, n, g, j]  # dloss/d(delta A) at (t, n, g, j)
+                            step_grad[g, j] += through * A[n, g, j]
+                            dA[n, g, j] += through * step[g, j]
                         dB[b, t, g, n] = grad_b
                         dC[b, t, g, n] = grad_c
                 for g in range(groups):
