@@ -9,13 +9,13 @@ from the state entering it and runs the adjoint recurrence
 recomputation of Mamba's fused kernel (arXiv 2312.00752, section 3.3). Every inner loop
 runs over the channels of one group from index 0, which the compiler vectorises. The
 step size's bias and softplus, the skip ``D u`` and the gate ``silu(z)`` are computed
-inside the kernels, forward and backward, so autograd sees one node. Measured on a 2-core CPU, float32,
-against the ``torch`` backend: 3.5x faster forward at B=4, L=1024, D=1536, N=16, and
+inside the kernels, forward and backward, so autograd sees one node. Measured on a
+2-core CPU, float32, against the ``torch`` backend: 3.5x faster forward at B=4, L=1024, D=1536, N=16, and
 3 to 4x faster forward+backward at the harness's small shapes (B=32, L=64, D=128).
 
 In float32 the exponentials are a polynomial that vectorises (``math.exp`` is a scalar
 call; see ``_numba_kernels.decays_into``); in float64, ``math.exp``. The kernels are compiled
-on first use (about 12 s for float32 and 6 s more for float64 on that CPU) and cached on
+on first use (about 9 s for float32 on that CPU, idle, and more for float64) and cached on
 disk by Numba. Under ``torch.compile`` and ``torch.export`` the ``torch`` backend runs
 instead.
 """
@@ -78,10 +78,10 @@ class _Kernel(torch.autograd.Function):
         chunk = default_chunk(n_state, channels)
         entering = u.new_empty(batch, -(-length // chunk) if keep else 0, n_state, channels)
         y, h = torch.empty_like(u), torch.empty_like(h0_t)
-        split = lambda t: _split(t, groups).numpy()  # noqa: E731
-        kernels.forward(split(u), split(delta), split(bias), delta_softplus, split(A_t), B.numpy(), C.numpy(),
-                        split(skip), split(gate), z is not None, split(h0_t), split(y), split(h), split(entering),
-                        chunk, kernels.constants(y.numpy().dtype))
+        split = lambda t: _split(t.detach(), groups).numpy()  # noqa: E731
+        kernels.forward(split(u), split(delta), split(bias), delta_softplus, split(A_t), B.detach().numpy(),
+                        C.detach().numpy(), split(skip), split(gate), z is not None, split(h0_t), split(y), split(h),
+                        split(entering), chunk, kernels.constants(y.numpy().dtype))
         ctx.options = (chunk, delta_softplus, D is not None, z is not None, delta_bias is not None)
         ctx.save_for_backward(u, delta, A_t, B, C, skip, gate, bias, entering)
         ctx.set_materialize_grads(False)
@@ -100,7 +100,7 @@ class _Kernel(torch.autograd.Function):
         dz = torch.empty_like(u) if gated else gate
         dA_t, dskip, dbias = torch.zeros_like(A_t), torch.zeros_like(skip), torch.zeros_like(bias)
         dB, dC = torch.empty_like(B), torch.empty_like(C)
-        split = lambda t: _split(t, B.shape[2]).numpy()  # noqa: E731
+        split = lambda t: _split(t.detach(), B.shape[2]).numpy()  # noqa: E731
         kernels.backward(split(u), split(delta), split(bias), softplus, split(A_t), B.numpy(), C.numpy(), split(skip),
                          split(gate), gated, split(entering), chunk, split(grad_y), split(grad_h), split(du),
                          split(ddelta), split(dA_t), dB.numpy(), dC.numpy(), split(dh0), split(dz), split(dskip),
