@@ -6,8 +6,9 @@ The forward kernel sums the K taps over the sequence preceded by the state and a
 backward kernel recomputes the pre-activation and writes every gradient (input, initial state, weight, bias) in one
 pass more, where the ``torch`` backend's shifted multiply-adds make about twenty tensors of x's size. The SiLU's
 exponential is the selective scan kernels' float32 polynomial (``math.exp`` in float64). Measured at Mamba's
-training shape in the harness (B=32, L=64, D=128, K=4, float32, one thread), forward and backward with the SiLU:
-see the commit that added it.
+training shape in the harness (B=32, L=64, D=128, K=4, float32, one thread, 2-core CPU), forward and backward with
+the SiLU: 1.35 ms against 2.36 ms for the ``torch`` backend followed by ``F.silu``. The kernels compile on first use
+(about 6 s) and are cached on disk by Numba.
 """
 
 from __future__ import annotations
