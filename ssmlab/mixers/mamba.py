@@ -91,7 +91,10 @@ class Mamba(LengthsInForward, Mixer):
 
     def _ssm_inputs(self, x: torch.Tensor):
         dt, b, c = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        return _LowRank.apply(dt, self.dt_proj.weight), b, c  # (..., E*D), (..., N), (..., N)
+        weight = self.dt_proj.weight
+        # The custom backward only where a gradient is recorded: generation keeps the plain product.
+        delta = _LowRank.apply(dt, weight) if torch.is_grad_enabled() else dt @ weight.T
+        return delta, b, c  # (..., E*D), (..., N), (..., N)
 
     def _forward(self, x, state, return_state, lengths=None):
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E*D) each
