@@ -36,11 +36,32 @@ def test_fast_exponential():
     x = np.concatenate([np.linspace(-87.0, 88.0, 200001), [-88.5, -100.0, -1e30, 0.0, 89.0]]).astype(np.float32)
     out = np.empty_like(x)
     bits = np.empty(x.shape[0], dtype=np.int32)
-    kernels.exp_row(x[None], np.ones((1, 1, x.shape[0]), np.float32), 0, 0, out, bits, bits.view(np.float32),
-                    kernels.constants(np.float32))
+    kernels.decays_into(x[None], np.ones((1, 1, x.shape[0]), np.float32), out[None, None], bits[None, None],
+                        bits.view(np.float32)[None, None], kernels.constants(np.float32))
     want = np.exp(x[:200001].astype(np.float64))
     assert np.max(np.abs(out[:200001] - want) / want) < 2.5e-7
     assert list(out[200001:]) == [0.0, 0.0, 0.0, 1.0, np.inf]
+
+
+def test_fast_softplus_and_silu():
+    """float32 kernels compute the step's softplus and the gate's silu with the polynomial exponential: values and
+    slopes (sigmoids) within 4e-7 of their scale over [-30, 30], and softplus(x) = x above 20, as torch's."""
+    from ssmlab.ops.selective_scan import _numba_kernels as kernels
+
+    x = np.linspace(-30.0, 30.0, 60001).astype(np.float32)
+    k = kernels.constants(np.float32)
+    out, slope, work = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    bits = np.empty(x.shape[0], dtype=np.int32)
+    xd = x.astype(np.float64)
+    sigmoid = 1 / (1 + np.exp(-xd))
+    softplus = np.where(xd > 20, xd, np.log1p(np.exp(xd)))
+    kernels.softplus_into(x, out, slope, work, bits, bits.view(np.float32), k)
+    assert np.max(np.abs(out - softplus) / np.maximum(softplus, 1.0)) < 4e-7
+    assert np.max(np.abs(slope - sigmoid)) < 4e-7
+    assert np.array_equal(out[x > 20], x[x > 20])
+    kernels.silu_into(x, out, slope, bits, bits.view(np.float32), k)
+    assert np.max(np.abs(out - xd * sigmoid) / np.maximum(np.abs(xd), 1.0)) < 4e-7
+    assert np.max(np.abs(slope - sigmoid)) < 4e-7
 
 
 @pytest.mark.parametrize("groups", [None, 2])

@@ -15,8 +15,10 @@ continues the sequence exactly (``causal_conv_step`` runs one position).
 
 Computation is in float32 at least (float64 for float64 inputs); y and the state have x's dtype.
 
-Backends: ``reference`` (a sum over the taps, the specification), ``torch`` (``F.conv1d``, default
-on the CPU) and ``triton`` (Triton kernels forward and backward, default on CUDA tensors).
+Backends: ``reference`` (a sum over the taps, the specification), ``torch`` (``F.conv1d`` or shifted
+multiply-adds, the default on the CPU where Numba is absent), ``numba`` (compiled loops, the default on
+the CPU where Numba is installed; see ``numba.py``) and ``triton`` (Triton kernels forward and backward,
+default on CUDA tensors).
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def causal_conv_step(x, weight, state, bias=None, *, activation: str | None = No
 
 from ssmlab.ops.causal_conv import reference as _reference  # noqa: E402  (registers the backend)
 from ssmlab.ops.causal_conv import torch as _torch_backend  # noqa: E402,F401
+from ssmlab.ops.causal_conv import numba as _numba_backend  # noqa: E402,F401
 from ssmlab.ops.causal_conv import numba_step as _numba_step  # noqa: E402
 
 causal_conv_step_op.register("reference", priority=0)(_reference.step)

@@ -1,7 +1,7 @@
 """The ``numba`` backend of ``causal_conv_step``: one position of the short convolution, with its SiLU and the
 shifted state, in one compiled call (the reference launches half a dozen small PyTorch kernels for it).
 
-The SiLU's exponential is :func:`ssmlab.ops._numba_math.exp_into` (a vectorised polynomial in float32,
+The SiLU's exponential is :func:`ssmlab.ops._numba_math.exp_into` (through ``exp_flat``) (a vectorised polynomial in float32,
 ``math.exp`` in float64). The new state is a new tensor (the state passed in is left as it was). Gradients,
 where asked for, come from the reference recomputed in the backward pass; tensors other than float32 and
 float64, and code under ``torch.compile``, run the reference.
@@ -31,7 +31,7 @@ def _compiled():
         import numba
         import numpy as np
 
-        from ssmlab.ops._numba_math import exp_into
+        from ssmlab.ops._numba_math import exp_flat
 
         @numba.njit(cache=True, fastmath={"reassoc", "contract", "nsz"}, error_model="numpy")
         def kernel(x, state, weight, bias, has_bias, silu, k, y, new):
@@ -53,7 +53,7 @@ def _compiled():
                 if silu:
                     for d in range(channels):
                         neg[d] = -pre[d]
-                    exp_into(neg, exp_neg, bits, k)
+                    exp_flat(neg, exp_neg, bits, k)
                     for d in range(channels):
                         y[b, d] = pre[d] / (k[1] + exp_neg[d])
                 else:
@@ -65,7 +65,7 @@ def _compiled():
 
 
 def _run(x, weight, state, bias, activation):
-    from ssmlab.ops.selective_scan._numba_kernels import constants
+    from ssmlab.ops._numba_math import constants
 
     np_ = lambda t: (t if t.dtype == x.dtype else t.to(x.dtype)).detach().contiguous().numpy()  # noqa: E731
     y, new = torch.empty_like(x), x.new_empty(state.shape)

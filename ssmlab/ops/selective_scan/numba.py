@@ -8,15 +8,14 @@ from the state entering it and runs the adjoint recurrence
 ``g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}`` backwards through them, the
 recomputation of Mamba's fused kernel (arXiv 2312.00752, section 3.3). Every inner loop
 runs over the channels of one group from index 0, which the compiler vectorises. The
-skip ``D u`` and the gate are applied inside the forward kernel; the step size's bias
-and softplus and the gate's ``silu(z)`` are computed by PyTorch, and the backward pass
-through them is written by hand in :class:`_Kernel`. Measured on a 2-core CPU, float32,
-against the ``torch`` backend: 3.5x faster forward at B=4, L=1024, D=1536, N=16, and
+step size's bias and softplus, the skip ``D u`` and the gate ``silu(z)`` are computed
+inside the kernels, forward and backward, so autograd sees one node. Measured on a
+2-core CPU, float32, against the ``torch`` backend: 3.5x faster forward at B=4, L=1024, D=1536, N=16, and
 3 to 4x faster forward+backward at the harness's small shapes (B=32, L=64, D=128).
 
 In float32 the exponentials are a polynomial that vectorises (``math.exp`` is a scalar
-call; see ``_numba_kernels.exp_row``); in float64, ``math.exp``. The kernels are compiled
-on first use (about 12 s for float32 and 6 s more for float64 on that CPU) and cached on
+call; see ``_numba_kernels.decays_into``); in float64, ``math.exp``. The kernels are compiled
+on first use (about 9 s for float32 on that CPU, idle, and more for float64) and cached on
 disk by Numba. Under ``torch.compile`` and ``torch.export`` the ``torch`` backend runs
 instead.
 """
@@ -26,7 +25,6 @@ from __future__ import annotations
 import importlib.util
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from ssmlab.ops.selective_scan import selective_scan_op
@@ -47,10 +45,6 @@ def _kernels():
     return _module
 
 
-def _np(t: torch.Tensor):
-    return t.detach().contiguous().numpy()
-
-
 def _split(t: torch.Tensor, groups: int) -> torch.Tensor:
     """A contiguous tensor whose last dim is the D channels, viewed as (..., G, D / G)."""
     return t.view(*t.shape[:-1], groups, t.shape[-1] // groups)
@@ -66,9 +60,9 @@ class _Kernel(torch.autograd.Function):
     """The whole selective scan with the compiled kernels; arguments as ``selective_scan``'s, in the computation
     dtype, with B and C grouped (Bt, L, G, N) and ``initial_state`` (Bt, D, N) never None.
 
-    The kernels keep A and the states as (N, G, D / G), so that their inner loops run over channels. Autograd keeps
-    the inputs, the step size (in place of ``delta``) and the state entering every chunk: the softplus's
-    derivative is ``sigmoid(x) = -expm1(-softplus(x))``, the gate is recomputed from ``z``.
+    The kernels keep A and the states as (N, G, D / G), so that their inner loops run over channels. The step
+    size's bias and softplus, the skip ``D u`` and the gate ``silu(z)`` are computed inside the kernels, forward
+    and backward, so autograd sees one node. It keeps the inputs and the state entering every chunk.
     """
 
     @staticmethod
@@ -76,47 +70,43 @@ class _Kernel(torch.autograd.Function):
         kernels = _kernels()
         batch, length, channels = u.shape
         n_state, groups = A.shape[1], B.shape[2]
-        step = delta if delta_bias is None else delta + delta_bias
-        step = (F.softplus(step) if delta_softplus else step).contiguous()
-        u, B, C = u.contiguous(), B.contiguous(), C.contiguous()
+        u, delta, B, C = u.contiguous(), delta.contiguous(), B.contiguous(), C.contiguous()
         skip = u.new_zeros(channels) if D is None else D.contiguous()
-        gate = u.new_empty(1, 1, 1, 1) if z is None else _split(F.silu(z).contiguous(), groups)
+        bias = u.new_zeros(channels) if delta_bias is None else delta_bias.contiguous()
+        gate = u.new_empty(batch, length, 0) if z is None else z.contiguous()
         A_t, h0_t = A.t().contiguous(), initial_state.transpose(1, 2).contiguous()  # (N, D), (Bt, N, D)
         chunk = default_chunk(n_state, channels)
         entering = u.new_empty(batch, -(-length // chunk) if keep else 0, n_state, channels)
         y, h = torch.empty_like(u), torch.empty_like(h0_t)
-        kernels.forward(*(_np(_split(t, groups)) for t in (u, step, A_t)), _np(B), _np(C), _np(_split(skip, groups)),
-                        _np(gate), z is not None, *(_split(t, groups).numpy() for t in (h0_t, y, h, entering)), chunk,
-                        kernels.constants(y.numpy().dtype))
+        split = lambda t: _split(t.detach(), groups).numpy()  # noqa: E731
+        kernels.forward(split(u), split(delta), split(bias), delta_softplus, split(A_t), B.detach().numpy(),
+                        C.detach().numpy(), split(skip), split(gate), z is not None, split(h0_t), split(y), split(h),
+                        split(entering), chunk, kernels.constants(y.numpy().dtype))
         ctx.options = (chunk, delta_softplus, D is not None, z is not None, delta_bias is not None)
-        ctx.save_for_backward(u, step, A_t, B, C, skip, z, entering)
+        ctx.save_for_backward(u, delta, A_t, B, C, skip, gate, bias, entering)
         ctx.set_materialize_grads(False)
         return y, h.transpose(1, 2)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y, grad_h):
-        u, step, A_t, B, C, skip, z, entering = ctx.saved_tensors
+        u, delta, A_t, B, C, skip, gate, bias, entering = ctx.saved_tensors
         chunk, softplus, has_skip, gated, has_bias = ctx.options
         kernels = _kernels()
-        grad_y = torch.zeros_like(u) if grad_y is None else grad_y.to(u.dtype)
-        grad_out = grad_y * F.silu(z) if gated else grad_y  # before the gate
+        grad_y = torch.zeros_like(u) if grad_y is None else grad_y.to(u.dtype).contiguous()
         grad_h = entering.new_zeros(entering.shape[0], *entering.shape[2:]) if grad_h is None else \
             grad_h.to(u.dtype).transpose(1, 2).contiguous()
-        du, dstep, dh0, ungated = (torch.empty_like(t) for t in (u, step, grad_h, u))
-        dA_t, dB, dC = torch.zeros_like(A_t), torch.empty_like(B), torch.empty_like(C)
-        groups = B.shape[2]
-        split = lambda t: _split(t, groups).numpy()  # noqa: E731
-        kernels.backward(split(u), split(step), split(A_t), _np(B), _np(C), split(skip), split(entering), chunk,
-                         split(grad_out.contiguous()), split(grad_h), split(du), split(dstep), split(dA_t), dB.numpy(),
-                         dC.numpy(), split(dh0), split(ungated), kernels.constants(du.numpy().dtype))
-        grad_pre = dstep * torch.expm1(-step).neg_() if softplus else dstep
-        grad_z = torch.ops.aten.silu_backward(grad_y * ungated, z) if gated else None
-        if has_skip:
-            du.addcmul_(grad_out, skip)
-        grad_D = (grad_out * u).sum((0, 1)) if has_skip else None
-        grad_bias = grad_pre.sum((0, 1)) if has_bias else None
-        return du, grad_pre, dA_t.t(), dB, dC, grad_D, grad_z, grad_bias, dh0.transpose(1, 2), None, None
+        du, ddelta, dh0 = torch.empty_like(u), torch.empty_like(u), torch.empty_like(grad_h)
+        dz = torch.empty_like(u) if gated else gate
+        dA_t, dskip, dbias = torch.zeros_like(A_t), torch.zeros_like(skip), torch.zeros_like(bias)
+        dB, dC = torch.empty_like(B), torch.empty_like(C)
+        split = lambda t: _split(t.detach(), B.shape[2]).numpy()  # noqa: E731
+        kernels.backward(split(u), split(delta), split(bias), softplus, split(A_t), B.numpy(), C.numpy(), split(skip),
+                         split(gate), gated, split(entering), chunk, split(grad_y), split(grad_h), split(du),
+                         split(ddelta), split(dA_t), dB.numpy(), dC.numpy(), split(dh0), split(dz), split(dskip),
+                         split(dbias), kernels.constants(du.numpy().dtype))
+        return (du, ddelta, dA_t.t(), dB, dC, dskip if has_skip else None, dz if gated else None,
+                dbias if has_bias else None, dh0.transpose(1, 2), None, None)
 
 
 @selective_scan_op.register("numba", priority=20, available=numba_available)

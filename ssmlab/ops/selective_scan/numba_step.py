@@ -5,7 +5,7 @@ products) and PyTorch spends most of its time there launching a dozen small kern
 PyTorch computes the step size (its bias and softplus, as for the training kernels); one
 compiled call does the decays, the state update, the read-out, the skip and the gate,
 writing the state to a new (B, D, N) tensor (the state passed in is left as it was).
-In float32 the exponentials are the polynomial of :func:`ssmlab.ops._numba_math.exp_into`,
+In float32 the exponentials are the polynomial of :func:`ssmlab.ops._numba_math.exp_into` (through ``exp_flat``),
 which vectorises; in float64, ``math.exp``. At the Mamba-130M shape (D=1536, N=16, B=1)
 the kernel takes about 25 µs against about 100 µs for the reference's dozen PyTorch
 kernels (one thread).
@@ -32,7 +32,7 @@ def _compiled():
         import numba
         import numpy as np
 
-        from ssmlab.ops._numba_math import exp_into
+        from ssmlab.ops._numba_math import exp_flat
 
         @numba.njit(cache=True, fastmath={"reassoc", "contract", "nsz"}, error_model="numpy")
         def kernel(u, step, A, Bm, Cm, state, skip, z, has_skip, gated, k, y, new):
@@ -50,11 +50,11 @@ def _compiled():
                 for d in range(channels):
                     for n in range(n_state):
                         arg[d * n_state + n] = step[b, d] * flat_A[d * n_state + n]
-                exp_into(arg, decay, bits, k)
+                exp_flat(arg, decay, bits, k)
                 if gated:
                     for d in range(channels):
                         neg_z[d] = -z[b, d]
-                    exp_into(neg_z, exp_neg_z, bits[:channels], k)
+                    exp_flat(neg_z, exp_neg_z, bits[:channels], k)
                 for d in range(channels):
                     g = d // per_group
                     bu = step[b, d] * u[b, d]
@@ -74,7 +74,7 @@ def _compiled():
 
 
 def _run(u, delta, A, B, C, state, D, z, delta_bias, softplus):
-    from ssmlab.ops.selective_scan._numba_kernels import constants
+    from ssmlab.ops._numba_math import constants
     from ssmlab.ops.selective_scan.reference import compute_dtype, prepare_delta
 
     dtype = compute_dtype(u.dtype)
