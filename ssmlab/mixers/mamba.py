@@ -16,7 +16,7 @@ from torch import nn
 from ssmlab.layers.conv import ShortConvolution, causal_conv
 from ssmlab.layers.linear import project
 from ssmlab.mixers.base import LengthsInForward, Mixer, padding_mask, State, ssm_dtype, ssm_parameter
-from ssmlab.ops import selective_scan, selective_scan_step
+from ssmlab.ops import mamba_step, selective_scan, selective_scan_step
 from ssmlab.ops.discretize import init_dt_bias
 from ssmlab.registry import register
 
@@ -116,6 +116,14 @@ class Mamba(LengthsInForward, Mixer):
         return out, ({"conv": conv_state, "ssm": ssm_state} if return_state else None)
 
     def _step(self, x_t, state):
+        if type(self.in_proj) is type(self.x_proj) is type(self.out_proj) is type(self.dt_proj) is nn.Linear:
+            # The whole step as one op (one compiled pass on the CPU); a quantised model keeps its own modules below.
+            out, conv_state, ssm_state = mamba_step(
+                x_t, state["conv"], state["ssm"], in_weight=self.in_proj.weight, in_bias=self.in_proj.bias,
+                conv_weight=self.conv1d.weight[:, 0], conv_bias=self.conv1d.bias, x_weight=self.x_proj.weight,
+                dt_weight=self.dt_proj.weight, dt_bias=self.dt_proj.bias, A=self._step_A(), D=self.D,
+                out_weight=self.out_proj.weight, out_bias=self.out_proj.bias)
+            return out, {"conv": conv_state, "ssm": ssm_state}
         xs, z = project(self.in_proj, x_t).chunk(2, dim=-1)  # (B, E*D)
         xs, conv_state = self.conv1d.step(xs, state["conv"], activation="silu")
         dt, b, c = self._ssm_inputs(xs)
@@ -125,8 +133,8 @@ class Mamba(LengthsInForward, Mixer):
 
     def _step_A(self) -> torch.Tensor:
         """``-exp(A_log)``, kept from one generation step to the next while ``A_log`` is the same tensor, unchanged
-        (its version counter counts in-place updates); recomputed whenever a gradient is recorded."""
-        if torch.is_grad_enabled():
+        (its version counter counts in-place updates); recomputed when a gradient is recorded or under torch.compile."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return -torch.exp(self.A_log)
         key = (self.A_log.data_ptr(), self.A_log._version, self.A_log.dtype)
         kept = self.__dict__.get("_kept_A")

@@ -11,6 +11,7 @@ from ssmlab.ops.fftconv import fft_conv
 from ssmlab.ops.gated_delta_rule import gated_delta_rule, gated_delta_rule_step
 from ssmlab.ops.gla import gla, gla_step
 from ssmlab.ops.linear_attention import linear_attention, linear_attention_step
+from ssmlab.ops.mamba_step import mamba_step
 from ssmlab.ops.matvec import matvec
 from ssmlab.ops.mlstm import mlstm, mlstm_step
 from ssmlab.ops.mamba3 import Mamba3State, mamba3, mamba3_step

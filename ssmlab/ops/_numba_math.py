@@ -105,3 +105,9 @@ def exp_flat(x, out, bits, k):
     """``out = exp(x)`` over flat arrays of one length, ``bits`` (int32, as long) scratch: :func:`exp_into` as a
     function of its own, for kernels compiled with reassociation."""
     exp_into(x, out, bits, bits.view(np.float32), k)
+
+
+@numba.njit(cache=True, fastmath={"contract", "nsz"}, error_model="numpy")
+def softplus_flat(x, out, slope, work, bits, k):
+    """:func:`softplus_into` as a function of its own, for kernels compiled with reassociation."""
+    softplus_into(x, out, slope, work, bits, bits.view(np.float32), k)

@@ -86,6 +86,10 @@ CALLS = {
     "wkv": _seeded(lambda randn, rand, **kw: ops.wkv(randn(1, 5, 3), randn(1, 5, 3), rand(3) + 0.1, randn(3), **kw)),
     "fft_conv": _seeded(lambda randn, rand, **kw: ops.fft_conv(randn(1, 5, 2), randn(2, 5), **kw)),
     "linear_scan": _seeded(lambda randn, rand, **kw: ops.linear_scan(rand(1, 5, 2), randn(1, 5, 2), **kw)),
+    "mamba_step": _seeded(lambda randn, rand, **kw: torch.cat([t.flatten() for t in ops.mamba_step(
+        randn(2, 3), randn(2, 4, 2), randn(2, 4, 2), in_weight=randn(8, 3), in_bias=randn(8), conv_weight=randn(4, 3),
+        conv_bias=randn(4), x_weight=randn(5, 4), dt_weight=randn(4, 1), dt_bias=randn(4), A=-rand(4, 2), D=randn(4),
+        out_weight=randn(3, 4), out_bias=randn(3), **kw)])),
     "matvec": _seeded(lambda randn, rand, **kw: ops.matvec(randn(2, 3), randn(5, 3), randn(5), **kw)),
     "selective_scan_step": _seeded(lambda randn, rand, **kw: torch.cat([t.flatten() for t in ops.selective_scan_step(
         randn(1, 2), randn(1, 2), -rand(2, 3), randn(1, 3), randn(1, 3), randn(1, 2, 3), D=randn(2), z=randn(1, 2),
