@@ -16,7 +16,8 @@ from torch import nn
 from ssmlab.layers.conv import ShortConvolution, causal_conv
 from ssmlab.layers.linear import project
 from ssmlab.mixers.base import LengthsInForward, Mixer, padding_mask, State, ssm_dtype, ssm_parameter
-from ssmlab.ops import mamba_step, selective_scan, selective_scan_step
+from ssmlab.ops import selective_scan, selective_scan_step
+from ssmlab.ops.mamba_step import mamba_step_op
 from ssmlab.ops.discretize import init_dt_bias
 from ssmlab.registry import register
 
@@ -118,11 +119,12 @@ class Mamba(LengthsInForward, Mixer):
     def _step(self, x_t, state):
         if type(self.in_proj) is type(self.x_proj) is type(self.out_proj) is type(self.dt_proj) is nn.Linear:
             # The whole step as one op (one compiled pass on the CPU); a quantised model keeps its own modules below.
-            out, conv_state, ssm_state = mamba_step(
-                x_t, state["conv"], state["ssm"], in_weight=self.in_proj.weight, in_bias=self.in_proj.bias,
-                conv_weight=self.conv1d.weight[:, 0], conv_bias=self.conv1d.bias, x_weight=self.x_proj.weight,
-                dt_weight=self.dt_proj.weight, dt_bias=self.dt_proj.bias, A=self._step_A(), D=self.D,
-                out_weight=self.out_proj.weight, out_bias=self.out_proj.bias)
+            # Called on its backend directly: the mixer's parameters agree by construction and step() checked
+            # x_t and the state, so the op's own checks (a dozen per layer and token) are skipped.
+            out, conv_state, ssm_state = mamba_step_op.resolve(None, x_t.device)(
+                x_t, state["conv"], state["ssm"], self.in_proj.weight, self.in_proj.bias, self.conv1d.weight[:, 0],
+                self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, self._step_A(), self.D,
+                self.out_proj.weight, self.out_proj.bias)
             return out, {"conv": conv_state, "ssm": ssm_state}
         xs, z = project(self.in_proj, x_t).chunk(2, dim=-1)  # (B, E*D)
         xs, conv_state = self.conv1d.step(xs, state["conv"], activation="silu")

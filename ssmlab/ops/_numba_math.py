@@ -9,6 +9,7 @@ with it call :func:`exp_flat`, a function of its own.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numba
@@ -17,10 +18,12 @@ import numpy as np
 _inline = numba.njit(cache=True, fastmath={"contract", "nsz"}, error_model="numpy", inline="always")
 
 
+@functools.lru_cache(maxsize=None)
 def constants(dtype) -> np.ndarray:
     """The kernels' constants in their own precision (float32 arithmetic stays float32 and vectorises twice as
     wide): 0, 1, the clamp of exp's argument, 1/2, log2(e), ln(2) in two parts (Cody and Waite), 1/2!, ..., 1/7!,
-    and 1 to use the polynomial exponential (float32), 0 for ``math.exp``."""
+    and 1 to use the polynomial exponential (float32), 0 for ``math.exp``. One array per dtype, shared by every
+    call: the kernels only read it."""
     fast = 1.0 if dtype == np.float32 else 0.0
     values = [0.0, 1.0, -127 * math.log(2), 128 * math.log(2), 0.5, 1 / math.log(2), 0.693359375,
               math.log(2) - 0.693359375]

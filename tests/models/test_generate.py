@@ -48,15 +48,22 @@ def test_generate_rejects_bad_arguments():
 
 
 @pytest.mark.parametrize("mixer", ["mamba", "mamba2"])
-def test_generation_through_matvec_and_the_step_kernels_matches_full_forward(monkeypatch, mixer):
-    """At widths where ``project`` sends the projections and the LM head to ``ops.matvec``, the logits of every
-    generated position equal those of the full forward (float64), and the fast path did run."""
+def test_generation_through_the_fast_paths_matches_full_forward(monkeypatch, mixer):
+    """At widths where ``project`` sends the LM head (and Mamba-2's input projection) to ``ops.matvec`` and
+    Mamba's step runs as ``ops.mamba_step``, the logits of every generated position equal those of the full
+    forward (float64), and the fast paths did run."""
+    from ssmlab.ops.mamba_step import mamba_step_op
     from tests.layers.test_linear import _spy
 
     calls = _spy(monkeypatch)
+    fused = []
+    for name in mamba_step_op.available_backends("cpu"):
+        fn = mamba_step_op.resolve(name)
+        monkeypatch.setattr(mamba_step_op.backends[name], "fn", lambda *a, _fn=fn: fused.append(1) or _fn(*a))
     torch.manual_seed(0)
-    model = ssmlab.create_model(mixer, d_model=256, n_layers=2, vocab_size=520, dtype=torch.float64).eval()
-    prompt = torch.randint(0, 520, (2, 7))
+    vocab = 1100  # a 1100 x 256 head: above project()'s threshold
+    model = ssmlab.create_model(mixer, d_model=256, n_layers=2, vocab_size=vocab, dtype=torch.float64).eval()
+    prompt = torch.randint(0, vocab, (2, 7))
     with torch.no_grad():
         logits, states = model.prefill(prompt)
         assert_close(logits, model(prompt)[:, -1], atol=1e-10, name="logits after the prompt")
@@ -66,7 +73,10 @@ def test_generation_through_matvec_and_the_step_kernels_matches_full_forward(mon
             tokens = torch.cat([tokens, token[:, None]], dim=1)
             logits, states = model.step(token, states)
             assert_close(logits, model(tokens)[:, -1], atol=1e-10, name=f"logits after {tokens.shape[1]} tokens")
-    assert len(calls) == 1 + 4 * 5  # the LM head after the prompt; both projections of 2 layers and the head per step
+    if mixer == "mamba":  # the head after the prompt and at each step; each layer's step as one op
+        assert (len(calls), len(fused)) == (1 + 4, 4 * 2)
+    else:  # the head, and the input projection of each layer at each step
+        assert (len(calls), len(fused)) == (1 + 4 * 3, 0)
 
 
 def test_mamba_step_sees_a_changed_A_log():

@@ -117,7 +117,12 @@ def _run(x, conv_state, ssm_state, *weights):
     from ssmlab.ops._numba_math import constants
 
     dtype = x.dtype
-    np_ = lambda t: (t if t.dtype == dtype else t.to(dtype)).detach().contiguous().numpy()  # noqa: E731
+
+    def np_(t):
+        if t.dtype == dtype and t.is_contiguous():
+            return t.detach().numpy()
+        return t.detach().to(dtype).contiguous().numpy()
+
     dummy = x.new_zeros(1)
     arrays = [np_(dummy if w is None else w) for w in weights]
     in_b, conv_b, D, out_b = (weights[i] is not None for i in (1, 3, 8, 10))
