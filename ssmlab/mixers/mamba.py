@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmlab.layers.conv import ShortConvolution, causal_conv
-from ssmlab.layers.linear import project
+from ssmlab.layers.linear import Int8Linear, project
 from ssmlab.mixers.base import LengthsInForward, Mixer, padding_mask, State, ssm_dtype, ssm_parameter
 from ssmlab.ops import selective_scan, selective_scan_step
 from ssmlab.ops.mamba_step import mamba_step_op
@@ -117,14 +117,17 @@ class Mamba(LengthsInForward, Mixer):
         return out, ({"conv": conv_state, "ssm": ssm_state} if return_state else None)
 
     def _step(self, x_t, state):
-        if type(self.in_proj) is type(self.x_proj) is type(self.out_proj) is type(self.dt_proj) is nn.Linear:
-            # The whole step as one op (one compiled pass on the CPU); a quantised model keeps its own modules below.
-            # Called on its backend directly: the mixer's parameters agree by construction and step() checked
-            # x_t and the state, so the op's own checks (a dozen per layer and token) are skipped.
+        projections = (self.in_proj, self.x_proj, self.out_proj)
+        if type(self.dt_proj) is nn.Linear and all(type(p) in (nn.Linear, Int8Linear) for p in projections):
+            # The whole step as one op (one compiled pass on the CPU); a model quantised by torch keeps its own
+            # modules below. Called on its backend directly: the mixer's parameters agree by construction and step()
+            # checked x_t and the state, so the op's own checks (a dozen per layer and token) are skipped.
+            (in_w, in_s), (x_w, x_s), (out_w, out_s) = (
+                (p.qweight, p.scale) if type(p) is Int8Linear else (p.weight, None) for p in projections)
             out, conv_state, ssm_state = mamba_step_op.resolve(None, x_t.device)(
-                x_t, state["conv"], state["ssm"], self.in_proj.weight, self.in_proj.bias, self.conv1d.weight[:, 0],
-                self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, self._step_A(), self.D,
-                self.out_proj.weight, self.out_proj.bias)
+                x_t, state["conv"], state["ssm"], in_w, self.in_proj.bias, self.conv1d.weight[:, 0], self.conv1d.bias,
+                x_w, self.dt_proj.weight, self.dt_proj.bias, self._step_A(), self.D, out_w, self.out_proj.bias, in_s,
+                x_s, out_s)
             return out, {"conv": conv_state, "ssm": ssm_state}
         xs, z = project(self.in_proj, x_t).chunk(2, dim=-1)  # (B, E*D)
         xs, conv_state = self.conv1d.step(xs, state["conv"], activation="silu")

@@ -114,3 +114,27 @@ def exp_flat(x, out, bits, k):
 def softplus_flat(x, out, slope, work, bits, k):
     """:func:`softplus_into` as a function of its own, for kernels compiled with reassociation."""
     softplus_into(x, out, slope, work, bits, bits.view(np.float32), k)
+
+
+def serial_and_parallel(kernel, name: str) -> dict:
+    """``{False: serial build, True: parallel build}`` of ``kernel`` (whose ``numba.prange`` loops split across
+    threads in the parallel build), compiled with reassociation. Numba's disk cache is keyed on the function's
+    qualified name, not on its options: each build gets a name of its own, or the two would share one cache
+    entry and the parallel one could run serially."""
+    import types
+
+    builds = {}
+    for parallel in (False, True):
+        fn = types.FunctionType(kernel.__code__, kernel.__globals__, f"{name}_{'parallel' if parallel else 'serial'}",
+                                kernel.__defaults__, kernel.__closure__)
+        fn.__qualname__ = fn.__name__
+        builds[parallel] = numba.njit(parallel=parallel, cache=True, fastmath={"reassoc", "contract", "nsz"},
+                                      error_model="numpy")(fn)
+    return builds
+
+
+def threads() -> int:
+    """Threads for the parallel builds: torch's thread count, at most Numba's."""
+    import torch
+
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))

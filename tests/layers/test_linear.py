@@ -41,3 +41,37 @@ def test_everything_else_goes_to_the_layer(monkeypatch, case):
         y = project(layer, x)
     assert calls == []
     assert torch.equal(y, layer(x))
+
+
+def test_int8_linear_quantises_each_row_and_computes_with_the_dequantised_weight():
+    from ssmlab.layers.linear import Int8Linear
+
+    torch.manual_seed(0)
+    layer = nn.Linear(48, 20)
+    layer.weight.data[3] *= 100  # one row much larger: per-row scales keep the others' precision
+    q = Int8Linear.from_linear(layer)
+    assert q.qweight.dtype == torch.int8 and q.qweight.abs().max() == 127
+    err = (q.dequantized() - layer.weight.detach()).abs()
+    row_max = layer.weight.detach().abs().amax(dim=1, keepdim=True)
+    assert (err <= row_max / 254 * (1 + 1e-5)).all(), "an error above half a step of its own row's scale"
+    with torch.no_grad():
+        for rows in (1, 40):  # one generated position (ops.matvec) and a sequence (dequantised F.linear)
+            x = torch.randn(rows, 48)
+            assert_close(q(x), torch.nn.functional.linear(x, q.dequantized(), layer.bias), atol=1e-5, rtol=1e-5,
+                         name=f"{rows} rows")
+
+
+def test_quantize_int8_replaces_plain_linear_layers_but_skipped_names():
+    import ssmlab
+    from ssmlab.layers.linear import Int8Linear, quantize_int8
+
+    torch.manual_seed(0)
+    model = ssmlab.create_model("mamba", d_model=32, n_layers=2, vocab_size=50, mlp=False).eval()
+    q = quantize_int8(model)
+    kinds = {name: type(m) for name, m in q.named_modules() if isinstance(m, (nn.Linear, Int8Linear))}
+    assert all(kind is (nn.Linear if name.endswith("dt_proj") else Int8Linear) for name, kind in kinds.items())
+    assert not any(isinstance(m, Int8Linear) for m in model.modules()), "the original was changed"
+    tokens = torch.randint(0, 50, (2, 6))
+    with torch.no_grad():
+        ref, got = model(tokens), q(tokens)
+    assert (got - ref).abs().max() < 0.05 * ref.abs().max()

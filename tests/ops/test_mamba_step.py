@@ -101,3 +101,40 @@ def test_bad_inputs_are_one_line_errors():
         with pytest.raises(ValueError, match=message) as info:
             mamba_step(x, conv, ssm, **{**weights, name: bad})
         assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_serial_and_parallel_builds(threads):
+    """With two torch threads the numba backend runs its parallel build (projections split across threads)."""
+    if "numba" not in FAST:
+        pytest.skip("Numba is not installed")
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        (x, conv, ssm), weights = _inputs(inner=70, d_model=33)
+        want = mamba_step(x, conv, ssm, **weights, backend="reference")
+        got = mamba_step(x, conv, ssm, **weights, backend="numba")
+    finally:
+        torch.set_num_threads(old)
+    for name, a, b in zip(("out", "conv state", "ssm state"), got, want):
+        assert_close(a, b, atol=1e-12, name=f"{name}, {threads} threads")
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_int8_projections(backend):
+    """int8 in, x and out projections with a scale per row against the reference on the dequantised weights."""
+    (x, conv, ssm), weights = _inputs(torch.float32, inner=32, d_model=16)
+    g = torch.Generator().manual_seed(3)
+    for name in ("in", "x", "out"):
+        rows, cols = weights[f"{name}_weight"].shape
+        weights[f"{name}_weight"] = torch.randint(-127, 128, (rows, cols), generator=g, dtype=torch.int8)
+        weights[f"{name}_scale"] = torch.rand(rows, generator=g) * 0.01
+    dense = {k: v for k, v in weights.items() if not k.endswith("_scale")}
+    for name in ("in", "x", "out"):
+        dense[f"{name}_weight"] = weights[f"{name}_weight"].float() * weights[f"{name}_scale"][:, None]
+    want = mamba_step(x, conv, ssm, **dense, backend="reference")
+    got = mamba_step(x, conv, ssm, **weights, backend=backend)
+    for name, a, b in zip(("out", "conv state", "ssm state"), got, want):
+        assert_close(a, b, atol=1e-5, rtol=1e-5, name=f"int8 {name} ({backend})")
+    with pytest.raises(ValueError, match="in_weight must be int8 exactly when in_scale is given"):
+        mamba_step(x, conv, ssm, **{**weights, "in_scale": None})

@@ -56,3 +56,27 @@ def test_serial_and_parallel_builds_match_linear(threads):
         assert_close(matvec(x, w, b, backend="numba"), F.linear(x, w, b), atol=1e-12, name=f"{threads} threads")
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bias", [False, True])
+def test_int8_weight_with_a_scale_per_row(backend, bias):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 40, generator=g)
+    q = torch.randint(-127, 128, (130, 40), generator=g, dtype=torch.int8)
+    scale, b = torch.rand(130, generator=g) * 0.01, torch.randn(130, generator=g) if bias else None
+    want = F.linear(x.double(), q.double() * scale.double()[:, None], None if b is None else b.double())
+    got = matvec(x, q, b, scale=scale, backend=backend)
+    assert got.dtype == torch.float32
+    assert_close(got, want, atol=1e-5, rtol=1e-5, name=f"int8 matvec ({backend})")
+    xd = x.double().requires_grad_()
+    (grad,) = torch.autograd.grad(matvec(xd, q, None, scale=scale.double(), backend=backend).sum(), xd)
+    assert_close(grad, (q.double() * scale.double()[:, None]).sum(0).expand(3, -1), atol=1e-12, name="grad of x")
+
+
+def test_int8_weight_needs_its_scale():
+    with pytest.raises(ValueError, match="weight must be a floating point tensor") as info:
+        matvec(torch.randn(1, 4), torch.zeros(3, 4, dtype=torch.int8))
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="needs an int8 weight"):
+        matvec(torch.randn(1, 4), torch.randn(3, 4), scale=torch.ones(3))

@@ -5,8 +5,9 @@ vectorised), and keeps every intermediate vector in small scratch arrays: the in
 convolution with its SiLU and shifted state, the x projection, the step size (``dt_weight`` times the first
 R entries, its bias and softplus), the decays, the state update, the read-out with the skip and the gate, and
 the output projection. The exponentials, softplus and SiLU are those of :mod:`ssmlab.ops._numba_math` (a
-vectorised polynomial in float32). One thread: the pass is bound by memory bandwidth, which one core of the
-2-core machine it was written on already saturates. The states come back as new tensors (those passed in are
+vectorised polynomial in float32). The three projections, which stream almost all the bytes, split their rows
+across ``torch.get_num_threads()`` threads (a serial build runs for one): on the 2-core machine it was written
+on one thread streams about 30 GB/s and two about 45 to 50. The states come back as new tensors (those passed in are
 left as they were). Gradients, where asked for, come from the reference recomputed in the backward pass;
 tensors other than float32 and float64 (all of one dtype with x), and code under ``torch.compile``, run the
 ``torch`` backend.
@@ -29,19 +30,19 @@ def numba_available(device: torch.device) -> bool:
     return device.type == "cpu" and importlib.util.find_spec("numba") is not None
 
 
-def _compiled():
+def _compiled(parallel: bool):
+    """The kernel; its three projections split their rows across threads when ``parallel``."""
     global _kernel
     if _kernel is None:
         import numba
         import numpy as np
 
-        from ssmlab.ops._numba_math import exp_flat, softplus_flat
+        from ssmlab.ops._numba_math import exp_flat, serial_and_parallel, softplus_flat
 
-        @numba.njit(cache=True, fastmath={"reassoc", "contract", "nsz"}, error_model="numpy")
         def kernel(x, conv_state, ssm_state, in_w, in_b, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w, out_b,
-                   flags, k, out, new_conv, new_ssm):
-            """flags: has in_bias, conv_bias, D, out_bias. Shapes as ``mamba_step``'s; out, new_conv, new_ssm are
-            written."""
+                   in_s, x_s, out_s, flags, k, out, new_conv, new_ssm):
+            """flags: has in_bias, conv_bias, D, out_bias, in_scale, x_scale, out_scale. Shapes as
+            ``mamba_step``'s (int8 projections times their scales); out, new_conv, new_ssm are written."""
             batch, d_model = x.shape
             inner, width = conv_w.shape
             n_state, rank = A.shape[1], dt_w.shape[1]
@@ -56,11 +57,13 @@ def _compiled():
             flat_A = A.reshape(inner * n_state)
             zero, one = k[0], k[1]
             for b in range(batch):
-                for r in range(2 * inner):
-                    total = in_b[r] if flags[0] else zero
+                for r in numba.prange(2 * inner):
+                    total = zero
                     for j in range(d_model):
-                        total += in_w[r, j] * x[b, j]
-                    xz[r] = total
+                        total += in_w[r, j] * x[b, j]  # int8 times float32 is float32 in Numba
+                    if flags[4]:
+                        total *= in_s[r]
+                    xz[r] = total + in_b[r] if flags[0] else total
                 for c in range(inner):
                     total = conv_b[c] if flags[1] else zero
                     for j in range(width - 1):
@@ -75,11 +78,11 @@ def _compiled():
                 exp_flat(neg, e, bits[:inner], k)
                 for c in range(inner):
                     u[c] = pre[c] / (one + e[c])
-                for r in range(rank + 2 * n_state):
+                for r in numba.prange(rank + 2 * n_state):
                     total = zero
                     for c in range(inner):
                         total += x_w[r, c] * u[c]
-                    proj[r] = total
+                    proj[r] = total * x_s[r] if flags[5] else total
                 for c in range(inner):
                     total = dt_b[c]
                     for r in range(rank):
@@ -103,32 +106,39 @@ def _compiled():
                     if flags[2]:
                         total += D[c] * u[c]
                     y[c] = total * xz[inner + c] / (one + e[c])
-                for m in range(out_w.shape[0]):
-                    total = out_b[m] if flags[3] else zero
+                for m in numba.prange(out_w.shape[0]):
+                    total = zero
                     for c in range(inner):
                         total += out_w[m, c] * y[c]
-                    out[b, m] = total
+                    if flags[6]:
+                        total *= out_s[m]
+                    out[b, m] = total + out_b[m] if flags[3] else total
 
-        _kernel = kernel
-    return _kernel
+        _kernel = serial_and_parallel(kernel, "mamba_step")
+    return _kernel[parallel]
 
 
 def _run(x, conv_state, ssm_state, *weights):
-    from ssmlab.ops._numba_math import constants
+    import numba
+
+    from ssmlab.ops._numba_math import constants, threads
 
     dtype = x.dtype
 
     def np_(t):
-        if t.dtype == dtype and t.is_contiguous():
+        if (t.dtype == dtype or t.dtype == torch.int8) and t.is_contiguous():
             return t.detach().numpy()
-        return t.detach().to(dtype).contiguous().numpy()
+        return t.detach().to(torch.int8 if t.dtype == torch.int8 else dtype).contiguous().numpy()
 
     dummy = x.new_zeros(1)
     arrays = [np_(dummy if w is None else w) for w in weights]
-    in_b, conv_b, D, out_b = (weights[i] is not None for i in (1, 3, 8, 10))
-    out = x.new_empty(x.shape[0], weights[-2].shape[0])
+    flags = tuple(weights[i] is not None for i in (1, 3, 8, 10, 11, 12, 13))
+    out = x.new_empty(x.shape[0], weights[9].shape[0])  # (B, M): out_weight has M rows
     new_conv, new_ssm = x.new_empty(conv_state.shape), x.new_empty(ssm_state.shape)
-    _compiled()(np_(x), np_(conv_state), np_(ssm_state), *arrays, (in_b, conv_b, D, out_b),
+    parallel = threads()
+    if parallel > 1:
+        numba.set_num_threads(parallel)
+    _compiled(parallel > 1)(np_(x), np_(conv_state), np_(ssm_state), *arrays, flags,
                 constants(out.numpy().dtype), out.numpy(), new_conv.numpy(), new_ssm.numpy())
     return out, new_conv, new_ssm
 
@@ -137,6 +147,6 @@ def _run(x, conv_state, ssm_state, *weights):
 def mamba_step_numba(x, conv_state, ssm_state, *weights):
     tensors = (x, conv_state, ssm_state, *weights)
     if torch.compiler.is_compiling() or x.dtype not in (torch.float32, torch.float64) or any(
-            t is not None and t.dtype not in (torch.float32, torch.float64) for t in tensors):
+            t is not None and t.dtype not in (torch.float32, torch.float64, torch.int8) for t in tensors):
         return mamba_step_torch(*tensors)
     return run_with_reference_gradient(_run, mamba_step_reference, *tensors)

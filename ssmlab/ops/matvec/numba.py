@@ -6,7 +6,7 @@ read from cache. The kernel runs on ``torch.get_num_threads()`` threads (at most
 Numba's own limit; with one, a serial build of the same loop runs) and is compiled
 on first use, then cached on disk by Numba.
 Under ``torch.compile`` and ``torch.export``, and on tensors that are not float32
-or float64, ``F.linear`` runs instead.
+or float64, the reference (``F.linear``) runs instead.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from __future__ import annotations
 import importlib.util
 
 import torch
-import torch.nn.functional as F
 
-from ssmlab.ops.matvec import matvec_op
+from ssmlab.ops._recompute import run_with_reference_gradient
+from ssmlab.ops.matvec import matvec_op, matvec_reference
 
 _kernel = None
 _BLOCK = 64  # output rows per task of the parallel loop
@@ -34,36 +34,40 @@ def _compiled(parallel: bool):
     if _kernel is None:
         import numba
 
-        def kernel(x, weight, bias, has_bias, y):  # x (R, K), weight (N, K), bias (N,), y (R, N)
+        def kernel(x, weight, scale, bias, scaled, has_bias, zero, y):
+            """x (R, K), weight (N, K), scale and bias (N,), zero (1,) of x's dtype; writes y (R, N)."""
             rows, inner = x.shape
             outputs = weight.shape[0]
             for block in numba.prange((outputs + _BLOCK - 1) // _BLOCK):
                 for n in range(block * _BLOCK, min(outputs, block * _BLOCK + _BLOCK)):
                     for r in range(rows):
-                        total = bias[n] if has_bias else weight[n, 0] * 0
+                        total = zero[0]
                         for k in range(inner):
-                            total += weight[n, k] * x[r, k]
-                        y[r, n] = total
+                            total += weight[n, k] * x[r, k]  # int8 times float32 is float32 in Numba
+                        if scaled:
+                            total *= scale[n]
+                        y[r, n] = total + bias[n] if has_bias else total
 
-        options = dict(cache=True, fastmath={"reassoc", "contract", "nsz"}, error_model="numpy")
-        _kernel = {True: numba.njit(parallel=True, **options)(kernel), False: numba.njit(**options)(kernel)}
+        from ssmlab.ops._numba_math import serial_and_parallel
+
+        _kernel = serial_and_parallel(kernel, "matvec")
     return _kernel[parallel]
 
 
-def _threads() -> int:
+def _run(x, weight, bias, scale=None):
     import numba
-    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
+    from ssmlab.ops._numba_math import threads as numba_threads
 
-def _run(x, weight, bias):
-    import numba
     y = x.new_empty(x.shape[0], weight.shape[0])
-    b = weight.new_zeros(1) if bias is None else bias.detach().contiguous()
-    threads = _threads()
+    dummy = x.new_zeros(1)
+    b = dummy if bias is None else bias.detach().contiguous()
+    s = dummy if scale is None else scale.detach().contiguous()
+    threads = numba_threads()
     if threads > 1:
         numba.set_num_threads(threads)
-    _compiled(threads > 1)(x.detach().contiguous().numpy(), weight.detach().contiguous().numpy(), b.numpy(),
-                           bias is not None, y.numpy())
+    _compiled(threads > 1)(x.detach().contiguous().numpy(), weight.detach().contiguous().numpy(), s.numpy(),
+                           b.numpy(), scale is not None, bias is not None, dummy.numpy(), y.numpy())
     return y
 
 
@@ -84,9 +88,11 @@ class _MatVec(torch.autograd.Function):
 
 
 @matvec_op.register("numba", priority=20, available=numba_available)
-def matvec_numba(x, weight, bias=None):
+def matvec_numba(x, weight, bias=None, scale=None):
     if torch.compiler.is_compiling() or x.dtype not in (torch.float32, torch.float64):
-        return F.linear(x, weight, bias)
+        return matvec_reference(x, weight, bias, scale)
+    if scale is not None:  # int8 weights: no gradient for them; one for x and the others through the reference
+        return run_with_reference_gradient(_run, matvec_reference, x, weight, bias, scale)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return _MatVec.apply(x, weight, bias)
     return _run(x, weight, bias)
