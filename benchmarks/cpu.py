@@ -13,9 +13,10 @@ Sections (``--sections``, all by default):
 * ``step``: one training step (forward, backward, gradient clipping, AdamW) of 2-layer language
   models, d_model 64, vocab 32, B=32, L=64, as the harness trains them; ratios to attention's step.
 * ``generate``: the Mamba-130M shape (d_model 768, 24 layers, vocab 50280, no MLP): prefill of a
-  prompt (``model.prefill``) and time per generated token (``model.step``), float32 and with int8
-  dynamic quantisation of the linear layers but ``dt_proj`` (``torch.ao.quantization.quantize_dynamic``),
-  at each ``--contexts`` prompt length, with the per-token time's ratio to the first context's.
+  prompt (``model.prefill``) and time per generated token (``model.step``), in float32, with
+  ``ssmlab.quantize_int8`` ("int8": weight-only int8, a scale per row) and with torch's dynamic int8
+  quantisation (``torch.ao.quantization.quantize_dynamic``, "int8 dynamic"), each on every linear layer but
+  ``dt_proj``, at each ``--contexts`` prompt length, with the per-token time's ratio to the first context's.
   llama.cpp on the same shape: ``benchmarks/llamacpp.py``.
 
 Each comparison warms up once, then runs its contenders in turn ``--repeats`` times (interleaved) and
@@ -43,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 import ssmlab
+from ssmlab.layers.linear import quantize_int8
 from ssmlab.ops import selective_scan
 
 
@@ -240,12 +242,13 @@ def generate_section(contexts, repeats, new_tokens=16) -> None:
         quantised = torch.ao.quantization.quantize_dynamic(
             copy.deepcopy(model), {name: torch.ao.quantization.default_dynamic_qconfig for name in linears},
             dtype=torch.qint8)
+    int8 = quantize_int8(model)
     print(f"Mamba-130M shape (d_model 768, 24 layers, vocab {vocab}), B=1: prefill (model.prefill) and the median "
           f"time of {new_tokens} model.step calls after it, medians of {repeats} {load()}")
     first = {}
     for context in contexts:
         prompt = torch.randint(0, vocab, (1, context), generator=torch.Generator().manual_seed(context))
-        for label, net in (("float32", model), ("int8 dynamic", quantised)):
+        for label, net in (("float32", model), ("int8", int8), ("int8 dynamic", quantised)):
             prefills, per_token = [], []
             with torch.no_grad():
                 for _ in range(repeats):

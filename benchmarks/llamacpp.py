@@ -15,9 +15,10 @@ and the time per generated token (greedy, ``--new-tokens`` tokens after the prom
 * llama.cpp with the GGUF in each of ``--types`` (F16, F32 and Q8_0 by default; ratios are to the first;
   the converter's choices: norms, the convolution, A and D stay F32 in every type, and a matrix whose rows
   Q8_0 cannot split into blocks of 32, ``ssm_dt`` with dt_rank 48, falls back to F16, as in the converter);
-* ssmlab in float32 and with int8 weights (``torch.ao.quantization.quantize_dynamic`` on every
-  ``nn.Linear`` but the mixers' ``dt_proj``, as in ``benchmarks/cpu.py``), through its public
-  ``generate_tokens``: the first token yielded ends the prefill, the others are the generated tokens.
+* ssmlab in float32 and with int8 weights, both ways of ``benchmarks/cpu.py``: ``ssmlab.quantize_int8``
+  (weight-only int8 with a scale per row, activations in float32, every ``nn.Linear`` but the mixers'
+  ``dt_proj``) and ``torch.ao.quantization.quantize_dynamic`` on the same layers ("torch dynamic"), through
+  its public ``generate_tokens``: the first token yielded ends the prefill, the others are the generated tokens.
 
 Both use the same number of threads (``--threads``, default ``torch.get_num_threads()``). The machine may
 be shared: the load average is printed with every figure, and only ratios within one run are comparable.
@@ -47,6 +48,7 @@ import torch
 
 import ssmlab
 from ssmlab.interop.checkpoints import hf_state_dict
+from ssmlab.layers.linear import quantize_int8
 
 MAMBA_130M = {"d_model": 768, "n_layers": 24, "vocab_size": 50280, "mlp": False,
               "mixer_options": {"d_state": 16, "expand": 2, "d_conv": 4, "dt_rank": 48}}
@@ -335,8 +337,9 @@ def main() -> None:
                       for t in args.types}
         contenders["ssmlab float32"] = lambda p: ssmlab_run(model, p, args.new_tokens)
         if not args.no_int8:
-            int8 = quantised(model)
+            int8, dynamic = quantize_int8(model), quantised(model)
             contenders["ssmlab int8"] = lambda p: ssmlab_run(int8, p, args.new_tokens)
+            contenders["ssmlab int8 (torch dynamic)"] = lambda p: ssmlab_run(dynamic, p, args.new_tokens)
         base = f"llama.cpp {args.types[0]}"
         print(f"Mamba-130M shape, random weights, B=1, greedy, {args.new_tokens} tokens after the prompt, "
               f"{args.threads} threads, median of {args.repeats} interleaved rounds; ratios are times over {base}'s")

@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 from ssmlab import ops, registry
 from ssmlab.mixers import Attention, Mixer
+from ssmlab.layers.linear import quantize_int8
 from ssmlab.models import create_mixer, create_model
 from ssmlab.tasks import create_task
 
@@ -37,4 +38,4 @@ def list_tasks(pattern: str = "*") -> list[str]:
 
 
 __all__ = ["Attention", "Mixer", "create_mixer", "create_model", "create_task", "list_mixers", "list_tasks",
-           "load_pretrained", "ops", "registry", "__version__"]
+           "load_pretrained", "ops", "quantize_int8", "registry", "__version__"]
