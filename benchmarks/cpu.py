@@ -16,7 +16,8 @@ Sections (``--sections``, all by default):
   prompt (``model.prefill``) and time per generated token (``model.step``), in float32, with
   ``ssmlab.quantize_int8`` ("int8": weight-only int8, a scale per row) and with torch's dynamic int8
   quantisation (``torch.ao.quantization.quantize_dynamic``, "int8 dynamic"), each on every linear layer but
-  ``dt_proj``, at each ``--contexts`` prompt length, with the per-token time's ratio to the first context's.
+  ``dt_proj``, at each ``--contexts`` prompt length; then the per-token time by context, with steps from
+  every context's state taken in turn (so that the machine's drift between rows does not enter the ratios).
   llama.cpp on the same shape: ``benchmarks/llamacpp.py``.
 
 Each comparison warms up once, then runs its contenders in turn ``--repeats`` times (interleaved) and
@@ -245,10 +246,11 @@ def generate_section(contexts, repeats, new_tokens=16) -> None:
     int8 = quantize_int8(model)
     print(f"Mamba-130M shape (d_model 768, 24 layers, vocab {vocab}), B=1: prefill (model.prefill) and the median "
           f"time of {new_tokens} model.step calls after it, medians of {repeats} {load()}")
-    first = {}
+    nets = {"float32": model, "int8": int8, "int8 dynamic": quantised}
+    after = {label: {} for label in nets}  # the states after each context's prompt, for the interleaved steps
     for context in contexts:
         prompt = torch.randint(0, vocab, (1, context), generator=torch.Generator().manual_seed(context))
-        for label, net in (("float32", model), ("int8", int8), ("int8 dynamic", quantised)):
+        for label, net in nets.items():
             prefills, per_token = [], []
             with torch.no_grad():
                 for _ in range(repeats):
@@ -261,11 +263,26 @@ def generate_section(contexts, repeats, new_tokens=16) -> None:
                         logits, states = net.step(token, states)
                         token = logits.argmax(-1)
                         per_token.append(time.perf_counter() - start)
+            after[label][context] = (token, states)
             prefill, token_time = statistics.median(prefills), statistics.median(per_token)
-            first.setdefault(label, token_time)
             print(f"  context {context:>5} {label:<13} prefill {prefill:7.2f} s ({context / prefill:7.1f} tokens/s), "
-                  f"{token_time * 1e3:7.1f} ms/token ({token_time / first[label]:.2f}x context {contexts[0]}) "
-                  f"{load()}", flush=True)
+                  f"{token_time * 1e3:7.1f} ms/token {load()}", flush=True)
+    # The per-token time against the context, without the machine's drift between the rows above: steps that
+    # continue each context's state, taken in turn (one step per context per round), medians.
+    print(f"per-token time by context, steps interleaved across contexts ({repeats * new_tokens} rounds) {load()}")
+    with torch.no_grad():
+        for label, net in nets.items():
+            times = {context: [] for context in contexts}
+            for _ in range(repeats * new_tokens):
+                for context in contexts:
+                    token, states = after[label][context]
+                    start = time.perf_counter()
+                    logits, states = net.step(token, states)
+                    times[context].append(time.perf_counter() - start)
+                    after[label][context] = (logits.argmax(-1), states)
+            medians = {context: statistics.median(t) for context, t in times.items()}
+            print(f"  {label:<13}" + "".join(f"  context {c}: {m * 1e3:6.1f} ms ({m / medians[contexts[0]]:.2f}x)"
+                                            for c, m in medians.items()), flush=True)
     print()
 
 
