@@ -30,6 +30,7 @@ is chosen with the op's own variable (``SSMLAB_SSD_BACKEND=quadratic``) or
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -71,6 +72,11 @@ def triton_available(device: torch.device) -> bool:
     except ImportError:
         return False
     return True
+
+
+def numba_available(device: torch.device) -> bool:
+    """Numba is importable and the tensors are on the CPU: the availability of every ``numba`` backend."""
+    return device.type == "cpu" and importlib.util.find_spec("numba") is not None
 
 
 def _always(device: torch.device) -> bool:

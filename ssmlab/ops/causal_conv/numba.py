@@ -13,20 +13,15 @@ the SiLU: 1.35 ms against 2.36 ms for the ``torch`` backend followed by ``F.silu
 
 from __future__ import annotations
 
-import importlib.util
 
 import torch
 from torch.autograd.function import once_differentiable
 
+from ssmlab.ops._dispatch import numba_available
 from ssmlab.ops.causal_conv import causal_conv_op
 from ssmlab.ops.causal_conv.torch import SHIFTED_BELOW, causal_conv_torch
 
 _module = None
-
-
-def numba_available(device: torch.device) -> bool:
-    """Numba is importable and the tensors are on the CPU."""
-    return torch.device(device).type == "cpu" and importlib.util.find_spec("numba") is not None
 
 
 def _kernels():

@@ -9,20 +9,15 @@ float64, and code under ``torch.compile``, run the reference.
 
 from __future__ import annotations
 
-import importlib.util
 from functools import partial
 
 import torch
 
+from ssmlab.ops._dispatch import numba_available  # noqa: F401  (registered in causal_conv/__init__.py)
 from ssmlab.ops._recompute import run_with_reference_gradient
 from ssmlab.ops.causal_conv.reference import step as _reference_step
 
 _kernel = None
-
-
-def numba_available(device: torch.device) -> bool:
-    """Numba is importable and the tensors are on the CPU."""
-    return device.type == "cpu" and importlib.util.find_spec("numba") is not None
 
 
 def _compiled():

@@ -15,19 +15,14 @@ tensors other than float32 and float64 (all of one dtype with x), and code under
 
 from __future__ import annotations
 
-import importlib.util
 
 import torch
 
+from ssmlab.ops._dispatch import numba_available
 from ssmlab.ops._recompute import run_with_reference_gradient
 from ssmlab.ops.mamba_step import mamba_step_op, mamba_step_reference, mamba_step_torch
 
 _kernel = None
-
-
-def numba_available(device: torch.device) -> bool:
-    """Numba is importable and the tensors are on the CPU."""
-    return device.type == "cpu" and importlib.util.find_spec("numba") is not None
 
 
 def _compiled(parallel: bool):

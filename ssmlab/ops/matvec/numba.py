@@ -11,20 +11,15 @@ or float64, the reference (``F.linear``) runs instead.
 
 from __future__ import annotations
 
-import importlib.util
 
 import torch
 
+from ssmlab.ops._dispatch import numba_available
 from ssmlab.ops._recompute import run_with_reference_gradient
 from ssmlab.ops.matvec import matvec_op, matvec_reference
 
 _kernel = None
 _BLOCK = 64  # output rows per task of the parallel loop
-
-
-def numba_available(device: torch.device) -> bool:
-    """Numba is importable and the tensors are on the CPU."""
-    return device.type == "cpu" and importlib.util.find_spec("numba") is not None
 
 
 def _compiled(parallel: bool):

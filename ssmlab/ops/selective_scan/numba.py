@@ -22,19 +22,14 @@ instead.
 
 from __future__ import annotations
 
-import importlib.util
 
 import torch
 from torch.autograd.function import once_differentiable
 
+from ssmlab.ops._dispatch import numba_available
 from ssmlab.ops.selective_scan import selective_scan_op
 
 _module = None
-
-
-def numba_available(device: torch.device) -> bool:
-    """Numba is importable and the tensors are on the CPU."""
-    return device.type == "cpu" and importlib.util.find_spec("numba") is not None
 
 
 def _kernels():
