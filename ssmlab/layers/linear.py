@@ -1,4 +1,5 @@
-"""``project``: a linear layer applied to the rows of one generated position, by ``ops.matvec``."""
+"""Linear layers for generation on the CPU: ``project`` (a linear layer applied to the rows of one generated
+position, by ``ops.matvec``), ``Int8Linear`` (int8 weights with a scale per row) and ``quantize_int8``."""
 
 from __future__ import annotations
 
