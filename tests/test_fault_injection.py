@@ -116,7 +116,11 @@ def test_sweep_survives_random_kills(tmp_path):
             continue
         if store.exists():
             assert _integrity(store) == "ok"
-            assert all(len(v) == 1 for v in _finished(store).values()), "a configuration finished twice"
+            try:
+                finished = _finished(store)
+            except sqlite3.OperationalError:  # killed between creating the file and its tables: nothing to check
+                finished = {}
+            assert all(len(v) == 1 for v in finished.values()), "a configuration finished twice"
         if proc.returncode == 130:  # Ctrl-C caught by ssmlab (not during start-up imports): one line
             assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     survived = sum(kills.values())

@@ -94,6 +94,8 @@ class Mamba(LengthsInForward, Mixer):
     def _ssm_inputs(self, x: torch.Tensor):
         dt, b, c = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         weight = self.dt_proj.weight
+        if weight.dtype != dt.dtype:  # dt in bf16 or fp16 under autocast: the product in its dtype, as autocast's
+            weight = weight.to(dt.dtype)
         # The custom backward only where a gradient is recorded: generation keeps the plain product.
         delta = _LowRank.apply(dt, weight) if torch.is_grad_enabled() else dt @ weight.T
         return delta, b, c  # (..., E*D), (..., N), (..., N)
