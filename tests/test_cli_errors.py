@@ -162,8 +162,8 @@ def test_ctrl_c_is_one_line_and_records_the_run_as_interrupted(tmp_path):
                           f"tasks: [{TINY_TASK}]\ntrainer: {{steps: 1000000, batch_size: 4}}\n")
     db = tmp_path / "r.sqlite"
     proc = subprocess.Popen([sys.executable, "-m", "ssmlab.cli", "run", str(experiment), "--store", str(db),
-                             "--no-progress"], env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                             "--no-progress"], env={**_env(), "PYTHONFAULTHANDLER": "1"}, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -177,7 +177,12 @@ def test_ctrl_c_is_one_line_and_records_the_run_as_interrupted(tmp_path):
             raise AssertionError("the sweep never started its run")
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # show where it was: the fault handler prints every thread on SIGABRT
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=60)
+            raise AssertionError(f"no exit 60 s after Ctrl-C; its threads:\n{err[-6000:]}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
