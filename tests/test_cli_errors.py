@@ -73,6 +73,13 @@ def _store_with_a_run(path: Path) -> Path:
     return path
 
 
+def terminal_signals() -> None:
+    """In the child before exec: Ctrl-C as from a terminal. A test process started as a background job of a
+    non-interactive shell ignores SIGINT, and its children would inherit that (then no Ctrl-C reaches them)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _rows(path: Path) -> list:
     with sqlite3.connect(path) as conn:
         return conn.execute("SELECT suite, model, status FROM runs ORDER BY id").fetchall()
@@ -163,7 +170,8 @@ def test_ctrl_c_is_one_line_and_records_the_run_as_interrupted(tmp_path):
     db = tmp_path / "r.sqlite"
     proc = subprocess.Popen([sys.executable, "-m", "ssmlab.cli", "run", str(experiment), "--store", str(db),
                              "--no-progress"], env={**_env(), "PYTHONFAULTHANDLER": "1"}, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=terminal_signals)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.test_cli_errors import terminal_signals
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +101,7 @@ def test_sweep_survives_random_kills(tmp_path):
             except sqlite3.OperationalError:  # created, tables not yet
                 pass
         proc = subprocess.Popen(_command(experiment, store), env=_env(), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, preexec_fn=terminal_signals)
         try:
             proc.wait(timeout=startup + rng.uniform(0.05, 0.95) * (duration - startup) * remaining)
         except subprocess.TimeoutExpired:
