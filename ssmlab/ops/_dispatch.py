@@ -30,6 +30,7 @@ is chosen with the op's own variable (``SSMLAB_SSD_BACKEND=quadratic``) or
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -74,9 +75,16 @@ def triton_available(device: torch.device) -> bool:
     return True
 
 
+@functools.cache
+def numba_installed() -> bool:
+    """Numba can be imported here; looked up once (``find_spec`` takes about 35 µs, and every call of an op with a
+    ``numba`` backend asks)."""
+    return importlib.util.find_spec("numba") is not None
+
+
 def numba_available(device: torch.device) -> bool:
     """Numba is importable and the tensors are on the CPU: the availability of every ``numba`` backend."""
-    return device.type == "cpu" and importlib.util.find_spec("numba") is not None
+    return device.type == "cpu" and numba_installed()
 
 
 def _always(device: torch.device) -> bool:

@@ -3,12 +3,10 @@ backend where it is not, and float32 (its SiLU uses the selective scan's polynom
 against the reference. Its float64 agreement with the reference (outputs, states, every gradient) is checked with
 the other backends in test_causal_conv.py."""
 
-import importlib.util
-
 import pytest
 import torch
 
-from ssmlab.ops import causal_conv
+from ssmlab.ops import _dispatch, causal_conv
 from ssmlab.ops.causal_conv import causal_conv_op
 from ssmlab.ops.causal_conv.numba import causal_conv_numba
 from ssmlab.ops.causal_conv.torch import causal_conv_torch
@@ -22,8 +20,7 @@ def test_numba_is_the_cpu_default_when_installed():
 
 
 def test_torch_serves_without_numba(monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numba" else real(name, *a))
+    monkeypatch.setattr(_dispatch, "numba_installed", lambda: False)
     assert "numba" not in causal_conv_op.available_backends("cpu")
     assert causal_conv_op.resolve(None, "cpu") is causal_conv_torch
 

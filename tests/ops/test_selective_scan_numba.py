@@ -2,13 +2,11 @@
 where it is not or under ``torch.compile``, and its float32 exponential. Its agreement with the reference (outputs,
 states, every gradient) is checked with the other backends in test_selective_scan.py."""
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
 
-from ssmlab.ops import selective_scan
+from ssmlab.ops import _dispatch, selective_scan
 from ssmlab.ops.selective_scan import selective_scan_op
 from ssmlab.ops.selective_scan.numba import default_chunk, selective_scan_numba
 from ssmlab.ops.selective_scan.torch import selective_scan_chunked
@@ -23,8 +21,7 @@ def test_numba_is_the_cpu_default_when_installed():
 
 
 def test_torch_serves_without_numba(monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "numba" else real(name, *a))
+    monkeypatch.setattr(_dispatch, "numba_installed", lambda: False)
     assert "numba" not in selective_scan_op.available_backends("cpu")
     assert selective_scan_op.resolve(None, "cpu") is selective_scan_chunked
 
